@@ -1,0 +1,197 @@
+"""Backbone step time and memory: dense vs MoT vs the tutorial's mask routing, at matched shapes.
+
+    python benchmarks/backbone.py                       # CPU, dim 256, seq 512, 3 modalities
+    python benchmarks/backbone.py --quick               # a 20-second smoke run
+    python benchmarks/backbone.py --device cuda --dtype bf16 --preset chameleon-443m \
+        --seq-len 4096 --batch 4                        # GPU variant
+
+One *step* is forward + backward of ``out.pow(2).mean()`` on a batch whose
+sequences interleave text runs, fixed-size image runs and speech runs (like
+interleaved documents). Cases are timed round-robin (one step of each per
+round) so slow drift of the machine hits all of them alike; the median is
+reported. Memory: CUDA peak allocated, or on CPU the bytes saved for backward
+(activations, via saved-tensor hooks) plus the process peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tutorial_mot import TutorialTransformer  # noqa: E402
+
+from mot_lightning.model import Transformer, TransformerConfig  # noqa: E402
+
+
+def interleaved_batch(batch: int, seq_len: int, n_modalities: int, image_tokens: int, seed: int = 0):
+    """long[B, T] modality ids: text runs 8-64, image runs of ``image_tokens``, speech runs 16-96."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(batch):
+        row: list[int] = []
+        while len(row) < seq_len:
+            m = int(torch.randint(0, n_modalities, (1,), generator=g))
+            n = {0: int(torch.randint(8, 65, (1,), generator=g)), 1: image_tokens,
+                 2: int(torch.randint(16, 97, (1,), generator=g))}[m]
+            row.extend([m] * n)
+        rows.append(row[:seq_len])
+    return torch.tensor(rows)
+
+
+class SavedBytes:
+    """Counts bytes of distinct storages autograd saves for backward (activation memory)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor):
+        storage = t.untyped_storage()
+        self.seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+
+def step(model, x, modality, routed: bool) -> None:
+    out = model(x, modality)
+    out.float().pow(2).mean().backward()
+
+
+def build_cases(args, device, dtype):
+    base = TransformerConfig.from_preset(args.preset, n_modalities=args.modalities, attn_backend="sdpa")
+    torch.manual_seed(0)
+    dense = Transformer(base.replace(sparsity="dense"))
+    mot = Transformer(base.replace(sparsity="mot"))
+    cases = {"dense": dense, "mot": mot}
+    if not args.skip_tutorial:
+        cases["tutorial"] = TutorialTransformer(mot)
+    return {name: m.to(device=device, dtype=dtype) for name, m in cases.items()}, base
+
+
+def check_tutorial_matches(cases, x, modality) -> float:
+    with torch.no_grad():
+        ours, theirs = cases["mot"](x, modality).float(), cases["tutorial"](x, modality).float()
+    return float((ours - theirs).abs().max())
+
+
+def measure_memory(model, x, modality, device) -> dict:
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(model, x, modality, True)
+        torch.cuda.synchronize()
+        return {"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        step(model, x, modality, True)
+    return {"saved_for_backward_mb": saved.total / 2**20}
+
+
+def timed_step(model, x, modality, device) -> float:
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step(model, x, modality, True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases, cfg = build_cases(args, device, dtype)
+    modality = interleaved_batch(args.batch, args.seq_len, args.modalities, args.image_tokens).to(device)
+    x = torch.randn(args.batch, args.seq_len, cfg.dim, device=device, dtype=dtype, requires_grad=True)
+    max_diff = check_tutorial_matches(cases, x, modality) if "tutorial" in cases else None
+    memory = {name: measure_memory(m, x, modality, device) for name, m in cases.items()}
+    for _ in range(args.warmup):
+        for m in cases.values():
+            timed_step(m, x, modality, device)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.steps):
+        for name, m in cases.items():
+            times[name].append(timed_step(m, x, modality, device))
+    tokens = args.batch * args.seq_len
+    dense_ms = statistics.median(times["dense"]) * 1e3
+    rows = {}
+    for name, ts in times.items():
+        ms = statistics.median(ts) * 1e3
+        rows[name] = {"median_ms": ms, "min_ms": min(ts) * 1e3, "ratio_vs_dense": ms / dense_ms,
+                      "tokens_per_s": tokens / (ms / 1e3), **memory[name]}
+    counts = torch.bincount(modality.flatten(), minlength=args.modalities).tolist()
+    return {
+        "config": {**vars(args), "dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+                   "tokens_per_modality": counts},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()},
+        "tutorial_max_abs_diff": max_diff,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "results": rows,
+    }
+
+
+def print_table(report: dict) -> None:
+    c = report["config"]
+    print(f"preset={c['preset']} dim={c['dim']} layers={c['n_layers']} batch={c['batch']} "
+          f"seq={c['seq_len']} modalities={c['modalities']} tokens/modality={c['tokens_per_modality']} "
+          f"device={c['device']} dtype={c['dtype']} threads={report['machine']['threads']}")
+    if report["tutorial_max_abs_diff"] is not None:
+        print(f"tutorial routing vs ours, max |diff| of outputs: {report['tutorial_max_abs_diff']:.2e}")
+    mem_key = "peak_mb" if c["device"].startswith("cuda") else "saved_for_backward_mb"
+    print(f"{'case':<10} {'median ms':>10} {'min ms':>9} {'vs dense':>9} {'tokens/s':>10} {mem_key:>22}")
+    for name, r in report["results"].items():
+        print(f"{name:<10} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['ratio_vs_dense']:>9.3f} "
+              f"{r['tokens_per_s']:>10.0f} {r[mem_key]:>22.1f}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="chameleon-37m", help="backbone size preset (dim 256 x 4 layers)")
+    p.add_argument("--modalities", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--image-tokens", type=int, default=64, help="length of one image run")
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--skip-tutorial", action="store_true")
+    p.add_argument("--quick", action="store_true", help="small shapes, few steps (smoke run)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/<name>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.preset, args.batch, args.seq_len, args.steps, args.warmup = "cpu-small", 2, 256, 5, 1
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    report = run(args)
+    print_table(report)
+    out = Path(args.out) if args.out else (
+        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The ``mot`` command.
+
+``mot fit|validate|test|predict`` run experiments through LightningCLI (arrives
+with the training app); the tool commands below are dispatched to the module
+that owns them, imported lazily so ``mot --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
+TOOLS: dict[str, tuple[str, str]] = {
+    "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
+    "bench": ("mot_lightning.model.bench", "time forward+backward of dense vs MoT backbones"),
+    "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
+    "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _usage() -> str:
+    lines = ["usage: mot <command> [args...]", "", "commands:"]
+    for name, (_, help_) in TOOLS.items():
+        lines.append(f"  {name:<10} {help_}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``mot`` console script (returns None, as LightningCLI expects)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        module_name = TOOLS[command][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                raise SystemExit(f"mot {command}: not available in this version ({err})") from None
+            raise
+        module.main(rest)
+        return
+    if command in LIGHTNING_COMMANDS:
+        try:
+            lit_cli = importlib.import_module("mot_lightning.lit_cli")
+        except ModuleNotFoundError:
+            raise SystemExit(f"mot {command}: the training app is not part of this version yet") from None
+        lit_cli.cli_main([command, *rest])
+        return
+    raise SystemExit(f"mot: unknown command {command!r}\n\n{_usage()}")
+
+
+if __name__ == "__main__":
+    main()

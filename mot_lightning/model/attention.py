@@ -1,0 +1,83 @@
+"""Global self-attention with per-tower Q/K/V/O projections and QK-norm.
+
+Each tower projects its own tokens (tower-sorted order), the projections go
+back to sequence order, and one attention runs over the whole interleaved
+sequence: the paper's "untied projections, global attention".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import flex_attention
+
+from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.masks import AttentionMask
+from mot_lightning.model.rope import apply_rotary
+from mot_lightning.model.untied import Routing, UntiedLinear, UntiedRMSNorm, scaled_std
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """Everything a block needs that depends only on the batch's ids: built once per forward."""
+
+    batch: int
+    seq_len: int
+    routing: Routing
+    mask: AttentionMask
+    cos: Tensor  # (B, T, 1, hd/2)
+    sin: Tensor  # (B, T, 1, hd/2)
+
+
+_compiled_flex = None
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, block_mask, enable_gqa: bool) -> Tensor:
+    """FlexAttention, compiled once per process on CUDA (eager elsewhere: forward-only on CPU)."""
+    global _compiled_flex
+    if q.is_cuda:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
+    """q: (B, H, T, hd), k/v: (B, KV, T, hd) -> (B, H, T, hd)."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask.block_mask is not None:
+        return _flex(q, k, v, mask.block_mask, gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, is_causal=mask.is_causal,
+                                          enable_gqa=gqa)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        n, copy = cfg.towers_for("attn"), cfg.tower_init == "copy"
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.split_sizes = (q_out, kv_out, kv_out)
+        self.wqkv = UntiedLinear(cfg.dim, q_out + 2 * kv_out, n, std=cfg.init_std, copy_towers=copy)
+        self.wo = UntiedLinear(q_out, cfg.dim, n, std=scaled_std(cfg.init_std, cfg.n_layers), copy_towers=copy)
+        self.q_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
+        """x: (N, dim) tower-sorted -> (N, dim) tower-sorted."""
+        B, T, r = ctx.batch, ctx.seq_len, ctx.routing
+        q, k, v = self.wqkv(x, r).split(self.split_sizes, dim=-1)
+        q = q.unflatten(-1, (self.n_heads, self.head_dim))  # (N, H, hd)
+        k = k.unflatten(-1, (self.n_kv_heads, self.head_dim))  # (N, KV, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q, r), self.k_norm(k, r)
+        # back to sequence order for the one global attention
+        q = r.to_sequence(q).view(B, T, self.n_heads, self.head_dim)
+        k = r.to_sequence(k).view(B, T, self.n_kv_heads, self.head_dim)
+        v = r.to_sequence(v).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B * T, self.n_heads * self.head_dim)  # (N, H*hd) sequence order
+        return self.wo(r.to_sorted(y), r)

@@ -1,0 +1,74 @@
+"""The backbone: ``Transformer(cfg)(x, modality) -> float[B, T, dim]``.
+
+No embeddings and no output head inside (they stay shared across modalities
+and live in the LightningModule). Everything that depends only on the batch's
+ids (tower routing, attention mask, RoPE angles) is built once in
+``context`` and handed to every block; the residual stream stays in
+tower-sorted order between the input gather and the output gather.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mot_lightning.model.attention import BatchContext
+from mot_lightning.model.block import BLOCKS
+from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.masks import AttentionMask
+from mot_lightning.model.rope import RotaryEmbedding
+from mot_lightning.model.untied import Routing, UntiedRMSNorm
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(BLOCKS[cfg.norm_layout](cfg) for _ in range(cfg.n_layers))
+        self.norm = UntiedRMSNorm(cfg.dim, cfg.towers_for("norm"), cfg.norm_eps)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+    def attention_backend(self, device: torch.device) -> str:
+        if self.cfg.attn_backend == "auto":
+            return "flex" if device.type == "cuda" else "sdpa"
+        return self.cfg.attn_backend
+
+    def context(self, modality: Tensor, *, positions: Tensor | None = None, doc_ids: Tensor | None = None,
+                span_ids: Tensor | None = None, causal: bool = True) -> BatchContext:
+        """Routing, mask and rotary angles for a ``(B, T)`` batch of ids; computed once per forward."""
+        B, T = modality.shape
+        device = modality.device
+        for name, ids in (("positions", positions), ("doc_ids", doc_ids), ("span_ids", span_ids)):
+            if ids is not None and ids.shape != (B, T):
+                raise ValueError(f"{name} must have shape {(B, T)} like modality, got {tuple(ids.shape)}")
+        routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers)
+        mask = AttentionMask.build(B, T, device, backend=self.attention_backend(device), causal_=causal,
+                                   doc_ids=doc_ids, span_ids=span_ids)
+        if positions is None:
+            positions = torch.arange(T, device=device).expand(B, T)
+        cos, sin = self.rope(positions)
+        return BatchContext(batch=B, seq_len=T, routing=routing, mask=mask, cos=cos, sin=sin)
+
+    def forward(self, x: Tensor, modality: Tensor, *, positions: Tensor | None = None,
+                doc_ids: Tensor | None = None, span_ids: Tensor | None = None, causal: bool = True) -> Tensor:
+        """x: float[B, T, dim], modality: long[B, T] -> float[B, T, dim].
+
+        ``positions`` (RoPE; default ``arange(T)``), ``doc_ids`` (packed documents
+        never attend to each other), ``span_ids`` (bidirectional spans inside the
+        causal mask) and ``causal`` are optional ``(B, T)`` ids / a flag.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
+            raise ValueError(f"x must be float[B, T, {self.cfg.dim}], got shape {tuple(x.shape)}")
+        if modality.shape != x.shape[:2]:
+            raise ValueError(f"modality must have shape {tuple(x.shape[:2])}, got {tuple(modality.shape)}")
+        ctx = self.context(modality, positions=positions, doc_ids=doc_ids, span_ids=span_ids, causal=causal)
+        B, T, D = x.shape
+        h = ctx.routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
+        for layer in self.layers:
+            h = layer(h, ctx)
+        h = self.norm(h, ctx.routing)
+        return ctx.routing.to_sequence(h).view(B, T, D)
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()

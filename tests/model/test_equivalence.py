@@ -1,0 +1,107 @@
+"""Fast paths against their obviously-correct twins: MoT vs dense, towers, backends."""
+import pytest
+import torch
+
+from mot_lightning.model import Transformer, TransformerConfig
+from tests.model.helpers import copy_dense_into_towers, interleaved_modality
+
+B, T = 2, 24
+
+
+def _tiny(**kw) -> TransformerConfig:
+    return TransformerConfig(**{"dim": 32, "n_layers": 2, "n_heads": 4, **kw})
+
+
+@pytest.mark.parametrize("norm_layout", ["pre", "post_sublayer"])
+@pytest.mark.parametrize("untie", [None, ("ffn",), ("ffn", "attn")])
+def test_mot_with_identical_towers_equals_dense(norm_layout, untie):
+    dense = Transformer(_tiny(sparsity="dense", n_modalities=3, norm_layout=norm_layout))
+    mot = Transformer(_tiny(sparsity="mot", n_modalities=3, norm_layout=norm_layout, untie=untie))
+    copy_dense_into_towers(dense, mot)
+    x, modality = torch.randn(B, T, 32), interleaved_modality(B, T, 3)
+    torch.testing.assert_close(mot(x, modality), dense(x, modality))
+
+
+def test_mot_with_one_modality_equals_dense():
+    torch.manual_seed(1)
+    dense = Transformer(_tiny(sparsity="dense", n_modalities=1))
+    torch.manual_seed(1)
+    mot = Transformer(_tiny(sparsity="mot", n_modalities=1))
+    x, modality = torch.randn(B, T, 32), torch.zeros(B, T, dtype=torch.long)
+    assert torch.equal(mot(x, modality), dense(x, modality))
+
+
+def test_copy_init_starts_as_the_dense_model():
+    """tower_init='copy' draws tower 0 from the same RNG stream the dense model uses."""
+    torch.manual_seed(3)
+    dense = Transformer(_tiny(sparsity="dense", n_modalities=3))
+    torch.manual_seed(3)
+    mot = Transformer(_tiny(sparsity="mot", n_modalities=3, tower_init="copy"))
+    x, modality = torch.randn(B, T, 32), interleaved_modality(B, T, 3)
+    torch.testing.assert_close(mot(x, modality), dense(x, modality))
+    independent = Transformer(_tiny(sparsity="mot", n_modalities=3))
+    assert not torch.allclose(independent.layers[0].ffn.w2.weight[0], independent.layers[0].ffn.w2.weight[1])
+
+
+def test_shared_tower_map_equals_mot_with_copied_tower():
+    """towers=[0, 0, 1] (text+image share) == 3-tower MoT whose image tower is the text tower."""
+    grouped = Transformer(_tiny(n_modalities=3, towers=[0, 0, 1]))
+    full = Transformer(_tiny(n_modalities=3))
+    with torch.no_grad():
+        for (name, g), (_, f) in zip(grouped.named_parameters(), full.named_parameters()):
+            f.copy_(g[[0, 0, 1]])
+    x, modality = torch.randn(B, T, 32), interleaved_modality(B, T, 3)
+    torch.testing.assert_close(grouped(x, modality), full(x, modality))
+
+
+def test_gqa_with_repeated_kv_heads_equals_full_heads():
+    gqa = Transformer(_tiny(n_modalities=2, n_kv_heads=2, qk_norm=False))
+    mha = Transformer(_tiny(n_modalities=2, n_kv_heads=4, qk_norm=False))
+    hd = 8
+    with torch.no_grad():
+        for (name, g), (_, f) in zip(gqa.named_parameters(), mha.named_parameters()):
+            if name.endswith("wqkv.weight"):
+                q, k, v = g.split([4 * hd, 2 * hd, 2 * hd], dim=1)
+                rep = lambda w: w.unflatten(1, (2, hd)).repeat_interleave(2, dim=1).flatten(1, 2)  # noqa: E731
+                f.copy_(torch.cat([q, rep(k), rep(v)], dim=1))
+            else:
+                f.copy_(g)
+    x, modality = torch.randn(B, T, 32), interleaved_modality(B, T, 2)
+    torch.testing.assert_close(gqa(x, modality), mha(x, modality))
+
+
+@pytest.mark.parametrize("with_spans", [False, True])
+def test_flex_backend_equals_sdpa_forward(with_spans):
+    """Same ids -> same mask under FlexAttention (eager, forward-only on CPU) and SDPA."""
+    sdpa = Transformer(_tiny(n_modalities=3, attn_backend="sdpa"))
+    flex = Transformer(_tiny(n_modalities=3, attn_backend="flex"))
+    flex.load_state_dict(sdpa.state_dict())
+    x, modality = torch.randn(B, T, 32), interleaved_modality(B, T, 3)
+    doc_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 5 + [1] * 15 + [2] * 4])
+    span_ids = None
+    if with_spans:
+        span_ids = torch.full((B, T), -1)
+        span_ids[0, 12:20] = 0
+        span_ids[1, 2:5] = 0
+    kw = dict(doc_ids=doc_ids, span_ids=span_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x, modality, **kw), sdpa(x, modality, **kw), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm_layout", ["pre", "post_sublayer"])
+def test_identical_towers_backward_equals_dense(norm_layout):
+    """Input gradients match, and each dense weight gradient is the sum of its towers' gradients."""
+    dense = Transformer(_tiny(sparsity="dense", n_modalities=3, norm_layout=norm_layout))
+    mot = Transformer(_tiny(sparsity="mot", n_modalities=3, norm_layout=norm_layout))
+    copy_dense_into_towers(dense, mot)
+    modality = interleaved_modality(B, T, 3)
+    x = torch.randn(B, T, 32)
+    grads = []
+    for model in (dense, mot):
+        xg = x.clone().requires_grad_(True)
+        model(xg, modality).pow(2).sum().backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+    mot_params = dict(mot.named_parameters())
+    for name, p in dense.named_parameters():
+        torch.testing.assert_close(mot_params[name].grad.sum(0, keepdim=True), p.grad, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,119 @@
+"""Routed untied layers agree with a per-token loop; routing is a permutation."""
+import pytest
+import torch
+
+from mot_lightning.model.untied import Routing, UntiedLinear, UntiedRMSNorm
+from tests.model.helpers import interleaved_modality
+
+
+def test_routing_sorts_by_tower_and_inverts():
+    modality = interleaved_modality(3, 17, 3)
+    r = Routing.build(modality, towers=[0, 1, 2], n_towers=3)
+    flat = modality.reshape(-1)
+    assert sum(r.counts) == flat.numel()
+    assert r.counts == tuple(int((flat == k).sum()) for k in range(3))
+    sorted_mod = r.to_sorted(flat)
+    assert torch.equal(sorted_mod, torch.sort(flat, stable=True).values)
+    assert torch.equal(r.to_sequence(sorted_mod), flat)
+    # stable: within a tower, tokens keep sequence order
+    for k, chunk in enumerate(r.split(r.order)):
+        assert torch.all(chunk[1:] > chunk[:-1]), k
+
+
+def test_tower_map_groups_modalities():
+    modality = interleaved_modality(2, 20, 3)
+    r = Routing.build(modality, towers=[0, 0, 1], n_towers=2)
+    flat = modality.reshape(-1)
+    assert r.counts == (int((flat < 2).sum()), int((flat == 2).sum()))
+
+
+def test_single_tower_is_identity():
+    modality = interleaved_modality(2, 9, 3)
+    r = Routing.build(modality, towers=[0, 0, 0], n_towers=1)
+    x = torch.randn(18, 4)
+    assert r.order is None and r.to_sorted(x) is x and r.to_sequence(x) is x
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_out_of_range_modality_is_a_clear_error(bad):
+    modality = interleaved_modality(1, 8, 3)
+    modality[0, 4] = bad
+    with pytest.raises(ValueError, match="modality ids must be in"):
+        Routing.build(modality, towers=[0, 1, 2], n_towers=3)
+
+
+def test_float_modality_is_rejected():
+    with pytest.raises(TypeError, match="integer"):
+        Routing.build(torch.zeros(1, 4), towers=[0, 1], n_towers=2)
+
+
+def test_untied_linear_equals_per_token_loop():
+    modality = interleaved_modality(2, 23, 3)
+    r = Routing.build(modality, towers=[0, 1, 2], n_towers=3)
+    layer = UntiedLinear(8, 5, n_weights=3)
+    x = torch.randn(2 * 23, 8)
+    routed = r.to_sequence(layer(r.to_sorted(x), r))
+    flat = modality.reshape(-1)
+    loop = torch.stack([layer.weight[flat[i]] @ x[i] for i in range(x.shape[0])])
+    torch.testing.assert_close(routed, loop)
+
+
+def test_untied_rmsnorm_equals_per_token_loop():
+    modality = interleaved_modality(2, 15, 3)
+    r = Routing.build(modality, towers=[0, 1, 1], n_towers=2)
+    norm = UntiedRMSNorm(6, n_weights=2)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(30, 6)
+    routed = r.to_sequence(norm(r.to_sorted(x), r))
+    tower = torch.tensor([0, 1, 1])[modality.reshape(-1)]
+    loop = torch.stack([x[i] * torch.rsqrt(x[i].pow(2).mean() + 1e-5) * norm.weight[tower[i]]
+                        for i in range(30)])
+    torch.testing.assert_close(routed, loop)
+
+
+def test_empty_tower_still_gets_zero_gradient():
+    """A tower with no tokens takes part in the graph (DDP needs it) with gradient exactly 0."""
+    modality = torch.zeros(2, 6, dtype=torch.long)  # text only
+    r = Routing.build(modality, towers=[0, 1, 2], n_towers=3)
+    layer = UntiedLinear(4, 4, n_weights=3)
+    layer(r.to_sorted(torch.randn(12, 4)), r).sum().backward()
+    assert layer.weight.grad is not None
+    assert layer.weight.grad[0].abs().sum() > 0
+    assert torch.count_nonzero(layer.weight.grad[1:]) == 0
+
+
+def _grads(fn, layer, x, r):
+    layer.zero_grad()
+    xg = x.clone().requires_grad_(True)
+    y = fn(xg, r)
+    y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+    return y, xg.grad, layer.weight.grad.clone()
+
+
+@pytest.mark.parametrize("layer_cls", ["linear", "norm"])
+def test_grouped_fast_path_matches_reference_forward_and_backward(layer_cls):
+    modality = interleaved_modality(3, 21, 3, seed=4)
+    modality[:, :] = modality.clamp(max=1)  # speech absent: an empty tower slice too
+    r = Routing.build(modality, towers=[0, 1, 2], n_towers=3)
+    layer = UntiedLinear(8, 6, n_weights=3) if layer_cls == "linear" else UntiedRMSNorm(8, n_weights=3)
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))
+    x = r.to_sorted(torch.randn(63, 8))
+    fast = _grads(layer, layer, x, r)
+    ref = _grads(layer.reference, layer, x, r)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_grouped_linear_follows_autocast():
+    modality = interleaved_modality(2, 16, 2)
+    r = Routing.build(modality, towers=[0, 1], n_towers=2)
+    layer = UntiedLinear(8, 4, n_weights=2)
+    x = torch.randn(32, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ref = layer(x, r), layer.reference(x, r)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref)
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32
