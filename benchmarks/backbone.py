@@ -10,7 +10,7 @@ sequences interleave text runs, fixed-size image runs and speech runs (like
 interleaved documents). Cases are timed round-robin (one step of each per
 round) so slow drift of the machine hits all of them alike; the median is
 reported. Memory: CUDA peak allocated, or on CPU the bytes saved for backward
-(activations, via saved-tensor hooks) plus the process peak RSS.
+(activations, parameters excluded, via saved-tensor hooks) plus the process peak RSS.
 """
 from __future__ import annotations
 
@@ -47,14 +47,17 @@ def interleaved_batch(batch: int, seq_len: int, n_modalities: int, image_tokens:
 
 
 class SavedBytes:
-    """Counts bytes of distinct storages autograd saves for backward (activation memory)."""
+    """Counts bytes of distinct storages autograd saves for backward, parameters excluded
+    (the activation memory a training step holds at its peak)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.seen: dict[int, int] = {}
 
     def pack(self, t: torch.Tensor):
         storage = t.untyped_storage()
-        self.seen[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in self.params:
+            self.seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     @property
@@ -93,21 +96,21 @@ def measure_memory(model, x, modality, device) -> dict:
         step(model, x, modality, True)
         torch.cuda.synchronize()
         return {"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    saved = SavedBytes()
+    saved = SavedBytes(model)
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         step(model, x, modality, True)
     return {"saved_for_backward_mb": saved.total / 2**20}
 
 
-def timed_step(model, x, modality, device) -> float:
+def timed_step(model, x, modality, device, clock=time.perf_counter) -> float:
     model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock()
     step(model, x, modality, True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def run(args) -> dict:
@@ -120,13 +123,16 @@ def run(args) -> dict:
     x = torch.randn(args.batch, args.seq_len, cfg.dim, device=device, dtype=dtype, requires_grad=True)
     max_diff = check_tutorial_matches(cases, x, modality) if "tutorial" in cases else None
     memory = {name: measure_memory(m, x, modality, device) for name, m in cases.items()}
+    # --cpu-time: process CPU seconds instead of wall seconds; with --threads 1 this is robust to
+    # other load on a shared machine (wall time is what matters on a quiet one)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     for _ in range(args.warmup):
         for m in cases.values():
-            timed_step(m, x, modality, device)
+            timed_step(m, x, modality, device, clock)
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.steps):
         for name, m in cases.items():
-            times[name].append(timed_step(m, x, modality, device))
+            times[name].append(timed_step(m, x, modality, device, clock))
     tokens = args.batch * args.seq_len
     dense_ms = statistics.median(times["dense"]) * 1e3
     rows = {}
@@ -151,7 +157,8 @@ def print_table(report: dict) -> None:
     c = report["config"]
     print(f"preset={c['preset']} dim={c['dim']} layers={c['n_layers']} batch={c['batch']} "
           f"seq={c['seq_len']} modalities={c['modalities']} tokens/modality={c['tokens_per_modality']} "
-          f"device={c['device']} dtype={c['dtype']} threads={report['machine']['threads']}")
+          f"device={c['device']} dtype={c['dtype']} threads={report['machine']['threads']} "
+          f"clock={'process CPU time' if c['cpu_time'] else 'wall'}")
     if report["tutorial_max_abs_diff"] is not None:
         print(f"tutorial routing vs ours, max |diff| of outputs: {report['tutorial_max_abs_diff']:.2e}")
     mem_key = "peak_mb" if c["device"].startswith("cuda") else "saved_for_backward_mb"
@@ -173,6 +180,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
     p.add_argument("--skip-tutorial", action="store_true")
     p.add_argument("--quick", action="store_true", help="small shapes, few steps (smoke run)")
     p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/<name>.json)")
@@ -187,7 +195,7 @@ def main(argv=None) -> None:
     report = run(args)
     print_table(report)
     out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}.json")
+        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")

@@ -12,7 +12,6 @@ import sys
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
     "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
-    "bench": ("mot_lightning.model.bench", "time forward+backward of dense vs MoT backbones"),
     "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
     "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
 }
@@ -20,7 +19,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _usage() -> str:
-    lines = ["usage: mot <command> [args...]", "", "commands:"]
+    lines = ["usage: mot <command> [args...]", "", "experiments (LightningCLI; `mot fit --help`):",
+             "  fit|validate|test|predict --config configs/<setting>/<variant>.yaml", "", "tools:"]
     for name, (_, help_) in TOOLS.items():
         lines.append(f"  {name:<10} {help_}")
     return "\n".join(lines)
@@ -28,6 +28,7 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mot`` console script (returns None, as LightningCLI expects)."""
+    argv_from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -44,11 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         module.main(rest)
         return
     if command in LIGHTNING_COMMANDS:
-        try:
-            lit_cli = importlib.import_module("mot_lightning.lit_cli")
-        except ModuleNotFoundError:
-            raise SystemExit(f"mot {command}: the training app is not part of this version yet") from None
-        lit_cli.cli_main([command, *rest])
+        lit_cli = importlib.import_module("mot_lightning.lit_cli")
+        lit_cli.cli_main(None if argv_from_sys else [command, *rest])
         return
     raise SystemExit(f"mot: unknown command {command!r}\n\n{_usage()}")
 

@@ -1,0 +1,183 @@
+"""Raw WebDataset samples -> ``Document`` (a list of decoded segments).
+
+Layouts (DESIGN.md "Shards"), tried in this order:
+
+1. image-caption pair (img2dataset): ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.txt``
+   (a ``<key>.json`` next to them is img2dataset metadata and is ignored);
+2. speech-transcript pair: ``<key>.{wav,flac}`` + ``<key>.txt``;
+3. interleaved: ``<key>.json`` = ``{"segments": [...]}`` with files as ``<key>.<file>``;
+4. plain text: ``<key>.txt``.
+
+Pairs become two segments; their order (text first or media first) is chosen
+per key by a hash, so a corpus trains both captioning and generation and the
+choice is the same on every pass. Images are decoded with PIL (RGB, resized
+and centre-cropped to ``image_size``), audio with soundfile (mono, resampled
+to 16 kHz with torchaudio). Nothing is unpickled. Problems raise
+``BadSample(reason)`` with a reason from ``counters.SKIP_REASONS``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+from PIL import Image, ImageOps
+
+from mot_lightning.modality import Modality
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+AUDIO_EXTS = ("wav", "flac")
+SAMPLE_RATE = 16_000
+
+
+class BadSample(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Segment:
+    modality: Modality
+    value: str | torch.Tensor  # text str | image float[3, S, S] in [0, 1] | speech float[samples] at 16 kHz
+
+
+@dataclass
+class Document:
+    key: str
+    segments: list[Segment] = field(default_factory=list)
+    dropped: int = 0  # segments removed by the modality filter
+
+
+def parse_sample(sample: dict, keep: frozenset[Modality], image_size: int) -> Document:
+    """Decode one raw sample (``{"__key__": str, "<ext>": bytes, ...}``) keeping only ``keep`` modalities."""
+    key = str(sample.get("__key__", "?"))
+    image_ext = _first(sample, IMAGE_EXTS)
+    audio_ext = _first(sample, AUDIO_EXTS)
+    if image_ext or audio_ext:
+        media_ext = image_ext or audio_ext
+        modality = Modality.IMAGE if image_ext else Modality.SPEECH
+        return _pair(key, sample, media_ext, modality, keep, image_size)
+    if "json" in sample:
+        return _interleaved(key, sample, keep, image_size)
+    if "txt" in sample:
+        return _build(key, [(Modality.TEXT, lambda: _text(sample["txt"], key))], keep)
+    members = sorted(k for k in sample if not k.startswith("__"))
+    raise BadSample("unknown_layout", f"{key}: members {members} match no layout")
+
+
+def _first(sample: dict, exts: tuple[str, ...]) -> str | None:
+    return next((ext for ext in exts if ext in sample), None)
+
+
+def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, image_size: int) -> Document:
+    if "txt" not in sample:
+        raise BadSample("missing_member", f"{key}.{ext} has no {key}.txt caption/transcript")
+    text = (Modality.TEXT, lambda: _text(sample["txt"], key))
+    media = (modality, lambda: _media(modality, sample[ext], f"{key}.{ext}", image_size))
+    text_first = zlib.crc32(key.encode()) % 2 == 0
+    return _build(key, [text, media] if text_first else [media, text], keep)
+
+
+def _interleaved(key: str, sample: dict, keep, image_size: int) -> Document:
+    segments = _segments_json(key, sample["json"])
+    parts = []
+    for i, seg in enumerate(segments):
+        modality = _segment_modality(key, i, seg)
+        parts.append((modality, _segment_loader(key, i, seg, modality, sample, image_size)))
+    return _build(key, parts, keep)
+
+
+def _segments_json(key: str, raw: bytes) -> list:
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSample("bad_json", f"{key}.json: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("segments"), list):
+        raise BadSample("bad_json", f'{key}.json: expected {{"segments": [...]}}')
+    if not all(isinstance(s, dict) for s in meta["segments"]):
+        raise BadSample("bad_json", f"{key}.json: every segment must be an object")
+    return meta["segments"]
+
+
+def _segment_modality(key: str, i: int, seg: dict) -> Modality:
+    try:
+        return Modality.parse(seg.get("modality"))
+    except ValueError as err:
+        raise BadSample("unknown_modality", f"{key}.json segment {i}: {err}") from None
+
+
+def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dict, image_size: int):
+    if modality == Modality.TEXT:
+        if not isinstance(seg.get("text"), str):
+            raise BadSample("bad_json", f'{key}.json segment {i}: text segment needs a "text" string')
+        return lambda: seg["text"]
+    name = seg.get("file")
+    if not isinstance(name, str):
+        raise BadSample("bad_json", f'{key}.json segment {i}: {modality.label} segment needs a "file" name')
+    member = name.lower()
+
+    def load():
+        if member not in sample:
+            raise BadSample(
+                "missing_member", f"{key}.json names {name!r} but {key}.{name} is not in the shard"
+            )
+        return _media(modality, sample[member], f"{key}.{name}", image_size)
+
+    return load
+
+
+def _build(key: str, parts: list, keep: frozenset[Modality]) -> Document:
+    """Run the loaders of kept segments only (dropped media is never decoded)."""
+    doc = Document(key)
+    for modality, load in parts:
+        if modality not in keep:
+            doc.dropped += 1
+            continue
+        doc.segments.append(Segment(modality, load()))
+    return doc
+
+
+def _text(raw: bytes, key: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadSample("unknown_layout", f"{key}.txt is not UTF-8: {err}") from None
+
+
+def _media(modality: Modality, raw: bytes, name: str, image_size: int) -> torch.Tensor:
+    if modality == Modality.IMAGE:
+        return load_image(raw, image_size, name)
+    return load_audio(raw, SAMPLE_RATE, name)
+
+
+def load_image(raw: bytes, size: int, name: str = "image") -> torch.Tensor:
+    """Encoded image bytes -> ``float[3, size, size]`` in [0, 1] (RGB, resized + centre-cropped)."""
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types
+        raise BadSample("bad_image", f"{name}: {type(err).__name__}: {err}") from None
+    array = np.asarray(img, dtype=np.float32) / 255.0  # (S, S, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+
+def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> torch.Tensor:
+    """Encoded audio bytes (WAV/FLAC/...) -> mono ``float[samples]`` at ``sample_rate``."""
+    try:
+        data, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)  # (N, C)
+    except Exception as err:  # noqa: BLE001 - soundfile.LibsndfileError, RuntimeError, ...
+        raise BadSample("bad_audio", f"{name}: {type(err).__name__}: {err}") from None
+    if data.shape[0] == 0:
+        raise BadSample("bad_audio", f"{name}: no samples")
+    wave = torch.from_numpy(data).mean(dim=1)  # (N,) mono
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, sample_rate)
+    return wave

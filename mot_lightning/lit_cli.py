@@ -1,0 +1,63 @@
+"""``mot fit|validate|test|predict``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
+
+Vocabulary size, modality count and validation-set names flow from the data
+module to the model by ``link_arguments`` (never repeated in YAML). The same
+YAML runs on one CPU, one GPU or many GPUs by changing only ``trainer.*``.
+Always present (configurable under their own keys): ``checkpoint``
+(``ModelCheckpoint``, ``save_last=True`` so ``--ckpt_path last`` works),
+``throughput`` (tokens/s and cumulative FLOPs) and ``lr_monitor``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from mot_lightning.callbacks import FlopsThroughput
+from mot_lightning.data.datamodule import MultiModalDataModule
+from mot_lightning.lit_module import MultiModalLM
+
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+               "init_args": {"save_dir": "runs", "name": "mot", "default_hp_metric": False}},
+    "log_every_n_steps": 10,
+}
+
+
+class MotCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.n_modalities", "model.backbone.n_modalities", apply_on="instantiate")
+        parser.link_arguments("data.val_set_names", "model.val_set_names", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(FlopsThroughput, "throughput")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        log_dir = trainer.logger.log_dir if trainer.logger else None
+        ckpt = trainer.checkpoint_callback
+        lines = ["", "Done."]
+        if log_dir:
+            lines += [f"  TensorBoard logs: {log_dir}",
+                      f"  view them with:   tensorboard --logdir {Path(log_dir).parent.parent}"]
+        if ckpt is not None and ckpt.dirpath:
+            lines += [f"  checkpoints:      {ckpt.dirpath} (resume with --ckpt_path last)"]
+        print("\n".join(lines))
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Run the CLI (``args=None`` reads ``sys.argv``; tests pass a list)."""
+    MotCLI(
+        MultiModalLM,
+        MultiModalDataModule,
+        args=args,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the optimizer is built in configure_optimizers (FSDP2-safe)
+    )

@@ -1,0 +1,193 @@
+"""``MultiModalLM``: shared token embedding + backbone + shared output head + next-token objective.
+
+Thin by design (CONVENTIONS.md): the backbone config, optimizer and scheduler
+are injected; heavy work (building weights, sharding, checkpointing wrappers,
+compilation) happens in ``configure_model``; one ``_shared_step`` serves
+train/val/test. Embeddings and the head stay shared across modalities, as in
+the paper; everything inside the backbone is untied per its config.
+
+Logged (DESIGN.md metric contract; one step axis, the optimizer step):
+``train/loss``, ``train/loss_<modality>``, ``val/loss``, ``val/loss_<modality>``
+(all validation sets together) and ``val/<set>/loss_<modality>`` per named set.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from mot_lightning.data.batch import MultiModalBatch
+from mot_lightning.modality import Modality
+from mot_lightning.model import TransformerConfig, backbone_stats
+from mot_lightning.model.lm import TokenLM
+from mot_lightning.model.untied import UntiedRMSNorm
+from mot_lightning.objectives import next_token_losses
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+
+class MultiModalLM(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: TransformerConfig,
+        vocab_size: int = 0,
+        loss_weights: dict[str, float] | None = None,
+        z_loss: float = 0.0,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        val_set_names: list[str] | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the ``TransformerConfig`` (dense / mot / partial untying / towers / size).
+            vocab_size: joint vocabulary size; linked from ``data.vocab_size`` by the CLI.
+            loss_weights: weight of each modality's target tokens in the training loss, e.g.
+                ``{text: 1.0, image: 1.0}``; missing modalities weigh 1.
+            z_loss: coefficient of the squared log-normaliser (Chameleon: 1e-5; 0 = off).
+            optimizer / scheduler: injected callables (YAML ``class_path``); the scheduler steps every
+                optimizer step.
+            activation_checkpointing: recompute each block in backward (less memory).
+            compile: ``torch.compile`` each block.
+            val_set_names: names of the validation dataloaders, in order; linked from the data.
+        """
+        super().__init__()
+        if vocab_size <= 0:
+            raise ValueError("vocab_size must be positive: link it from the data module (`mot fit` does) "
+                             "or set model.vocab_size")
+        self.save_hyperparameters()
+        self.cfg, self.vocab_size, self.z_loss = backbone, vocab_size, z_loss
+        self.modalities = [Modality(m) for m in range(backbone.n_modalities)]
+        weights = {Modality.parse(k): float(v) for k, v in (loss_weights or {}).items()}
+        unknown = [m for m in weights if m not in self.modalities]
+        if unknown:
+            raise ValueError(f"loss_weights name modalities the model does not have: {[m.label for m in unknown]}; "
+                             f"it has {[m.label for m in self.modalities]}")
+        self.register_buffer("loss_weights", torch.tensor([weights.get(m, 1.0) for m in self.modalities]),
+                             persistent=False)
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self.val_set_names = list(val_set_names or ["val"])
+        self.net: TokenLM | None = None
+        self.val_metrics = nn.ModuleDict({
+            self._metric_key(s, m): MeanMetric() for s in ["all", *self.val_set_names] for m in self.modalities
+        })
+        self.val_total = MeanMetric()
+
+    @staticmethod
+    def _metric_key(set_name: str, m: Modality) -> str:
+        return f"{set_name}__{m.label}".replace(".", "_")
+
+    # ---------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        self.net = TokenLM(self.cfg, self.vocab_size)
+        layers = self.net.backbone.layers
+        if self.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+            for i, block in enumerate(layers):
+                layers[i] = checkpoint_wrapper(block)
+        if self.compile_blocks:
+            for block in layers:
+                block.compile()
+        if getattr(self, "device_mesh", None) is not None:  # ModelParallelStrategy (FSDP2)
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for block in layers:
+                fully_shard(block, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
+
+    def forward(self, batch: MultiModalBatch) -> Tensor:
+        """-> logits float[B, T, vocab_size]."""
+        return self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
+
+    # ---------------------------------------------------------------- steps
+    def _shared_step(self, batch: MultiModalBatch):
+        logits = self(batch)
+        return next_token_losses(logits, batch.targets, batch.target_modality(), self.loss_weights, self.z_loss)
+
+    def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
+        out = self._shared_step(batch)
+        per_mod = out.per_modality()
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch.batch_size)
+        for m, value, n in zip(self.modalities, per_mod, out.count.tolist()):
+            if n > 0:  # a batch without this modality has no loss for it
+                self.log(f"train/loss_{m.label}", value, prog_bar=True, batch_size=int(n))
+        if self.z_loss:
+            self.log("train/z_loss", out.z_loss, batch_size=batch.batch_size)
+        return out.loss
+
+    def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self._shared_step(batch)
+        set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
+        for i, m in enumerate(self.modalities):
+            for key in (self._metric_key("all", m), self._metric_key(set_name, m)):
+                self.val_metrics[key].update(out.ce_sum[i] / out.count[i].clamp_min(1), weight=out.count[i])
+        self.val_total.update(out.ce_sum.sum() / out.count.sum().clamp_min(1), weight=out.count.sum())
+
+    def test_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: str) -> None:
+        values = {}
+        for set_name in ["all", *self.val_set_names]:
+            prefix = stage if set_name == "all" else f"{stage}/{set_name}"
+            for m in self.modalities:
+                metric = self.val_metrics[self._metric_key(set_name, m)]
+                value = metric.compute()
+                if torch.isfinite(value):  # every rank computes the same synced value
+                    values[f"{prefix}/loss_{m.label}"] = value
+                metric.reset()
+        values[f"{stage}/loss"] = self.val_total.compute()
+        self.val_total.reset()
+        self.log_dict(values, prog_bar=False, sync_dist=False, add_dataloader_idx=False)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose shapes disagree with this config, naming what differs."""
+        own = self.state_dict()
+        mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+                      for k, v in checkpoint.get("state_dict", {}).items()
+                      if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        if not mismatched:
+            return
+        hint = ""
+        if any(k.startswith(("net.embed.", "net.head.")) for k in (m.split(":")[0] for m in mismatched)):
+            hint = (" The vocabulary differs: the data's tokenizers (vocab_size "
+                    f"{self.vocab_size}) are not the ones this checkpoint was trained with.")
+        raise ValueError("checkpoint does not fit this model config." + hint + " Mismatched tensors:\n  "
+                         + "\n  ".join(mismatched[:10]))
+
+    # ---------------------------------------------------------------- optim
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        no_decay_ids = {id(p) for mod in self.modules() if isinstance(mod, (UntiedRMSNorm, nn.Embedding))
+                        for p in mod.parameters(recurse=False)}
+        for p in self.parameters():
+            if p.requires_grad:
+                (no_decay if id(p) in no_decay_ids else decay).append(p)
+        optimizer = self.optimizer_fn([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_fn is None:
+            return optimizer
+        scheduler = self.scheduler_fn(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- accounting
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token of backbone + head (mean over modalities)."""
+        return backbone_stats(self.cfg, seq_len, vocab_size=self.vocab_size).mean_flops_per_token

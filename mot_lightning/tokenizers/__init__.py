@@ -1,0 +1,38 @@
+"""Tokenizers: raw text / images / speech <-> what the backbone consumes (see base.py).
+
+Files: base (interface) · files (weights-only file format) · media (image/audio conversion)
+· sources (folders and tar shards) · fitting (FitData, TrainConfig) · text (bytes, BPE)
+· image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE) · registry
+(load_tokenizer) · synthetic (demo data) · cli (`mot tokenizer`).
+
+Names are imported lazily (PEP 562) so that ``import mot_lightning.tokenizers`` and the text
+tokenizers stay cheap in dataloader workers; Lightning loads only with the VQ-VAE / KL-VAE.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer, Tokenizer, TokenizerFileError
+
+_LAZY = {
+    "FitData": "fitting", "TrainConfig": "fitting", "FittableTokenizer": "fitting",
+    "load_tokenizer": "registry",
+    "ByteTokenizer": "text", "BPETokenizer": "text", "BPEConfig": "text",
+    "KMeansImageTokenizer": "image_kmeans", "KMeansImageConfig": "image_kmeans",
+    "VQImageTokenizer": "vqvae", "VQVAEConfig": "vqvae", "VQVAE": "vqvae", "VectorQuantizerEMA": "vqvae",
+    "SpeechUnitTokenizer": "speech", "SpeechUnitConfig": "speech",
+    "LatentImageTokenizer": "latent", "KLVAEConfig": "latent", "KLVAE": "latent",
+}
+
+__all__ = ["Tokenizer", "DiscreteTokenizer", "ContinuousTokenizer", "TokenizerFileError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mot_lightning.tokenizers.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mot_lightning.tokenizers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,1 @@
+"""Tests of the data layer (mot_lightning/data)."""

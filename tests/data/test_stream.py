@@ -1,0 +1,167 @@
+"""Streaming shards -> packed batches: nothing lost or doubled, bad samples counted, modality filters."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+import torch
+
+from mot_lightning.data.documents import parse_sample
+from mot_lightning.data.sources import SourceConfig
+from mot_lightning.modality import Modality
+
+from .helpers import (
+    interleaved,
+    make_datamodule,
+    mixed_corpus,
+    png_bytes,
+    text_of,
+    unpack_checked,
+    wav_bytes,
+    write_tar,
+)
+
+
+def read_val(dm, name=None):
+    dm.setup("validate")
+    loaders = dict(zip(dm.val_set_names, dm.val_dataloader()))
+    return [b for b in loaders[name or dm.val_set_names[0]]]
+
+
+def test_stream_yields_every_document_exactly_once(tmp_path):
+    samples = mixed_corpus(tmp_path, n=24, shards=4)
+    dm = make_datamodule(
+        tmp_path,
+        [SourceConfig("all", str(tmp_path / "mixed-{000000..000003}.tar"))],
+        val_sets=[SourceConfig("all", str(tmp_path / "*.tar"))],
+    )
+    docs = unpack_checked(read_val(dm), dm.vocab)
+    keep = frozenset(Modality)
+    expected = [dm.encoder.encode(parse_sample(s, keep, dm.image_size)) for s in samples]
+    assert Counter(tuple(d.tolist()) for d in docs) == Counter(tuple(d.tolist()) for d in expected)
+    stats = dm.stream_stats()["all"]
+    assert stats["docs"] == 24 and sum(dm.skip_counts().values()) == 0
+    assert stats["tokens"] == sum(len(d) for d in expected)
+
+
+def bad_corpus(root):
+    """Shards with one of every problem; returns the tags of the documents that must survive."""
+    seg = lambda m, v: (m, v)
+    shard0 = [
+        {"__key__": "good0", "txt": b"good-000 text"},
+        {"__key__": "badimg", "png": b"definitely not a png", "txt": b"lost"},
+        {"__key__": "badwav", "wav": b"RIFF\x00\x00garbage", "txt": b"lost"},
+        {"__key__": "nofile", "json": b'{"segments": [{"modality": "image", "file": "img0.png"}]}'},
+        {"__key__": "nocaption", "png": png_bytes(1)},
+        {"__key__": "badjson", "json": b'{"segments": [oops'},
+        {"__key__": "noseg", "json": b'{"text": "no segments key"}'},
+        {"__key__": "video", "json": b'{"segments": [{"modality": "video", "file": "v.mp4"}]}'},
+        {"__key__": "empty", "txt": b""},
+        {"__key__": "long", "txt": b"x" * 500},
+        {"__key__": "label", "cls": b"3"},
+        interleaved(
+            "good1", [seg("text", "good-001"), seg("image", png_bytes(2)), seg("speech", wav_bytes(3))]
+        ),
+        {"__key__": "good2", "png": png_bytes(4), "txt": b"good-002 caption"},
+        {"__key__": "good3", "wav": wav_bytes(5), "txt": b"good-003 transcript"},
+    ]
+    write_tar(str(root / "bad-000000.tar"), shard0)
+    shard1 = [{"__key__": f"good{i}", "txt": f"good-{i:03d} text".encode()} for i in (4, 5, 6)]
+    shard1.append(
+        {"__key__": "good7", "png": png_bytes(7, size=64), "txt": b"good-007 dropped with the shard"}
+    )
+    path = write_tar(str(root / "bad-000001.tar"), shard1)
+    with open(path, "r+b") as fh:  # cut inside good7.png: good7 and the end-of-archive blocks are lost
+        fh.truncate(os.path.getsize(path) - 10240 - 3000)
+    write_tar(
+        str(root / "bad-000002.tar"),
+        [
+            {"__key__": "good8", "txt": b"good-008 text"},
+            interleaved("badimg2", [seg("text", "lost"), seg("image", b"\x89PNG\r\n\x1a\n truncated")]),
+            interleaved("good9", [seg("text", "good-009"), seg("speech", wav_bytes(9))]),
+        ],
+    )
+    return [f"good-{i:03d}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path):
+    survivors = bad_corpus(tmp_path)
+    pattern = str(tmp_path / "bad-{000000..000002}.tar")
+    dm = make_datamodule(tmp_path, [SourceConfig("bad", pattern)], val_sets=[SourceConfig("bad", pattern)])
+    docs = unpack_checked(read_val(dm), dm.vocab)
+    tags = sorted(text_of(d, dm.vocab)[:8] for d in docs)
+    assert tags == survivors
+    assert dm.skip_counts() == {
+        "bad_json": 2,
+        "unknown_modality": 1,
+        "missing_member": 2,
+        "bad_image": 2,
+        "bad_audio": 1,
+        "unknown_layout": 1,
+        "empty_doc": 1,
+        "too_long": 1,
+        "unreadable_shard": 1,
+        "duplicate_member": 0,
+    }
+
+
+def test_shard_errors_count_once_when_workers_share_a_shard(tmp_path):
+    bad_corpus(tmp_path)
+    one = [SourceConfig("one", str(tmp_path / "bad-000001.tar"))]  # 1 shard < 2 workers: split by sample
+    dm = make_datamodule(tmp_path, one, val_sets=one, num_workers=2)
+    docs = unpack_checked(read_val(dm), dm.vocab)
+    assert sorted(text_of(d, dm.vocab)[:8] for d in docs) == ["good-004", "good-005", "good-006"]
+    assert dm.skip_counts()["unreadable_shard"] == 1
+
+
+@pytest.mark.parametrize("how", ["filter", "no_speech_tokenizer"])
+def test_same_shards_text_image_or_text_image_speech(tmp_path, how):
+    mixed_corpus(tmp_path, n=16, shards=2)
+    val = [SourceConfig("all", str(tmp_path / "*.tar"))]
+    full = make_datamodule(tmp_path, val, val_sets=val)
+    kw = {"modalities": ["text", "image"]} if how == "filter" else {"speech_tokenizer": None}
+    ti = make_datamodule(tmp_path, val, val_sets=val, **kw)
+    assert (full.n_modalities, ti.n_modalities) == (3, 2)
+    full_batches, ti_batches = read_val(full), read_val(ti)
+    seen = lambda batches: set(torch.cat([b.modality.flatten() for b in batches]).tolist())
+    assert seen(full_batches) == {0, 1, 2}
+    assert seen(ti_batches) == {0, 1}
+    assert not any((b.tokens == ti.vocab.bos_speech_id).any() for b in ti_batches)
+    assert ti.stream_stats()["all"]["dropped_segments"] == 8  # 4 speech pairs + 4 interleaved with speech
+    assert ti.stream_stats()["all"]["docs"] == 16  # speech pairs keep their transcript as a text document
+
+
+def test_setup_errors_are_clear(tmp_path):
+    missing = make_datamodule(tmp_path, [SourceConfig("gone", str(tmp_path / "nope-{000..003}.tar"))])
+    with pytest.raises(FileNotFoundError, match="source 'gone': 4 of 4 shards not found"):
+        missing.setup("fit")
+    write_tar(str(tmp_path / "empty.tar"), [])
+    empty = make_datamodule(tmp_path, [SourceConfig("empty", str(tmp_path / "empty.tar"))])
+    with pytest.raises(ValueError, match="source 'empty': all 1 shards are empty"):
+        empty.setup("fit")
+    with pytest.raises(FileNotFoundError, match="no shard matches"):
+        make_datamodule(tmp_path, [SourceConfig("glob", str(tmp_path / "none-*.tar"))]).setup("fit")
+    with pytest.raises(ValueError, match="need a tokenizer for: speech"):
+        make_datamodule(tmp_path, None, modalities=["text", "speech"], speech_tokenizer=None)
+
+
+def test_training_epochs_have_fixed_length_and_reshuffle(tmp_path):
+    mixed_corpus(tmp_path, n=24, shards=4)
+    dm = make_datamodule(
+        tmp_path,
+        [SourceConfig("a", str(tmp_path / "*.tar"))],
+        val_sets=[],
+        train_batches_per_epoch=3,
+        num_workers=1,
+        shuffle_buffer=8,
+        seq_len=64,
+        batch_size=2,
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = [[b.tokens for b in loader] for _ in range(2)]
+    assert len(loader) == 3 and [len(e) for e in epochs] == [3, 3]
+    assert not all(torch.equal(a, b) for a, b in zip(*epochs)), "each epoch must reseed the stream"
+    assert dm.state_dict() == {"train_epoch": 2}
