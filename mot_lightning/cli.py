@@ -7,6 +7,7 @@ that owns them, imported lazily so ``mot --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
@@ -28,6 +29,10 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mot`` console script (returns None, as LightningCLI expects)."""
+    # OpenMP threads that spin while waiting make every step 10-50x slower as soon as another
+    # process (a data worker, a second DDP rank) wants the same cores; sleeping threads cost ~nothing.
+    # Must be set before torch loads its OpenMP runtime; an explicit user setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv_from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -36,6 +36,18 @@ class MotCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
+    def before_instantiate_classes(self) -> None:
+        """Name the TensorBoard run after the first config file (configs/chameleon/mot.yaml ->
+        runs/chameleon/mot/version_N) unless the YAML names it."""
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        logger = config.get("trainer", {}).get("logger")
+        paths = config.get("config") or []
+        init = getattr(logger, "init_args", None) if logger is not None else None
+        if not paths or init is None or getattr(init, "name", None) != "mot":
+            return
+        first = Path(str(paths[0]))
+        init.name = f"{first.parent.name}/{first.stem}" if first.parent.name != "configs" else first.stem
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:

@@ -1,8 +1,14 @@
 """Shared test fixtures: tiny seeded inputs; the `gpu` marker skips without CUDA."""
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Before torch loads OpenMP: spinning threads slow every step 10-50x once the multi-process tests'
+# ranks and data workers share the 2 CI cores (the `mot` command sets the same default).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

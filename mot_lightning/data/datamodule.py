@@ -23,11 +23,12 @@ write (``counters.py``); they are this rank's counts.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from mot_lightning.data import demo
+from mot_lightning.data import demo, tokenizer_files
 from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.sources import SourceConfig, resolve
@@ -49,7 +50,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         seq_len: int = 256,
         batch_size: int = 8,
         val_batch_size: int | None = None,
-        image_size: int = 32,
+        image_size: int | None = None,
         num_workers: int = 2,
         train_batches_per_epoch: int = 1000,
         shuffle_buffer: int = 64,
@@ -58,6 +59,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         demo_dir: str = "data/demo",
+        tokenizer_dir: str = "data/tokenizers",
+        tokenizer_fit_data: str | None = None,
     ) -> None:
         """
         Args:
@@ -69,11 +72,16 @@ class MultiModalDataModule(pl.LightningDataModule):
             modalities: global filter applied on top of every source's own, e.g. ``[text, image]`` to run
                 the text+image setting on text+image+speech shards; ``None`` = every tokenized modality.
             seq_len: tokens per packed row; batch_size: rows per training batch.
-            image_size: side images are resized/centre-cropped to before the image tokenizer.
+            image_size: side images are resized/centre-cropped to before the image tokenizer; ``None`` =
+                the image tokenizer's ``config.resolution`` (32 without one).
             train_batches_per_epoch: length of one training epoch on every rank (equal batches per rank).
             shuffle_buffer: documents held for shuffling in each training worker (0 = none).
             overlong: documents longer than ``seq_len``: ``"skip"`` (counted ``too_long``) or ``"truncate"``.
             pack_open_rows: rows filled at once by first-fit packing (less padding); 1 = greedy, in order.
+            tokenizer_dir: where fitted tokenizer files live (``data/tokenizer_files.py``); unfitted
+                learned tokenizers are fitted once by ``prepare_data`` and loaded by ``setup``.
+            tokenizer_fit_data: shards/files the tokenizers are fitted on; ``None`` = the demo corpus'
+                training shards (demo), else the first training source's URLs.
         """
         super().__init__()
         self.tokenizers = {"text": text_tokenizer, "image": image_tokenizer, "speech": speech_tokenizer}
@@ -83,10 +91,11 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.kept = self._kept_modalities(modalities)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.image_size, self.num_workers = image_size, num_workers
+        self.image_size, self.num_workers = self._image_size(image_size, image_tokenizer), num_workers
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
         self.overlong, self.pack_open_rows = overlong, pack_open_rows
         self.seed, self.pin_memory, self.demo_dir = seed, pin_memory, demo_dir
+        self.tokenizer_dir, self.tokenizer_fit_data = tokenizer_dir, tokenizer_fit_data
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
         self._train_epoch = 0
@@ -112,6 +121,16 @@ class MultiModalDataModule(pl.LightningDataModule):
             return [v.name for v in self.val_sets]
         return list(demo.VAL_SETS) if self._uses_demo() else []
 
+    @staticmethod
+    def _image_size(image_size: int | None, tok: DiscreteTokenizer | None) -> int:
+        resolution = getattr(getattr(tok, "config", None), "resolution", None)
+        if image_size is None:
+            return resolution or 32
+        if resolution is not None and resolution != image_size:
+            raise ValueError(f"data.image_size={image_size} but the image tokenizer's resolution is {resolution}: "
+                             "drop data.image_size (it follows the tokenizer) or make them equal")
+        return image_size
+
     def _kept_modalities(self, modalities: list[str] | None) -> frozenset[Modality]:
         available = self.encoder.modalities
         if modalities is None:
@@ -130,8 +149,21 @@ class MultiModalDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self._uses_demo() and not demo.is_complete(self.demo_dir):
             demo.generate(demo.DemoConfig(out=self.demo_dir))
+        tokenizer_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data())
+
+    def _fit_data(self) -> str | None:
+        if self.tokenizer_fit_data is not None:
+            return self.tokenizer_fit_data
+        if self._uses_demo():
+            return str(Path(self.demo_dir) / "train")
+        urls = self.sources[0].urls if self.sources else None
+        return urls if isinstance(urls, str) else (urls[0] if urls else None)
 
     def setup(self, stage: str | None = None) -> None:
+        if any(tokenizer_files.needs_file(t) for t in self.tokenizers.values()):
+            self.tokenizers = tokenizer_files.load_fitted(self.tokenizers, self.tokenizer_dir)
+            self.encoder = DocumentEncoder(self.tokenizers["text"], self.tokenizers["image"],
+                                           self.tokenizers["speech"])
         rank, world = self._rank_world()
         if stage in (None, "fit"):
             configs = self._train_configs()

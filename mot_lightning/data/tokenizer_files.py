@@ -1,0 +1,67 @@
+"""Fit-once tokenizer files for the data module.
+
+Learned tokenizers (k-means image patches, speech units, VQ-VAE, ...) are
+configured in YAML by class and config like any other; their weights live in
+``<tokenizer_dir>/<modality>-<Class>-<hash of its config>.pt``. ``prepare_data``
+(one process per node) fits every unfitted tokenizer whose file is missing on
+the training data and saves it; ``setup`` (every process) loads the file. A
+changed tokenizer config therefore gets a new file instead of silently reusing
+weights fitted under another config.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mot_lightning.tokenizers.base import Tokenizer
+from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer
+
+
+def needs_file(tok: Tokenizer | None) -> bool:
+    return isinstance(tok, FittableTokenizer) and not tok.is_fitted
+
+
+def tokenizer_path(directory: str, modality: str, tok: Tokenizer) -> Path:
+    config = repr(getattr(tok, "config", None))
+    digest = hashlib.sha1(f"{type(tok).__name__}:{config}".encode()).hexdigest()[:10]
+    return Path(directory) / f"{modality}-{type(tok).__name__}-{digest}.pt"
+
+
+def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_data: str | None) -> None:
+    """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``)."""
+    for modality, tok in tokenizers.items():
+        if not needs_file(tok):
+            continue
+        path = tokenizer_path(directory, modality, tok)
+        if path.exists():
+            continue
+        if fit_data is None:
+            raise FileNotFoundError(
+                f"no fitted {modality} tokenizer at {path} and no data to fit one on: set "
+                "`data.tokenizer_fit_data` to shards/files of your data, or fit one with `mot tokenizer fit`"
+            )
+        print(f"fitting the {modality} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
+        metrics = tok.fit(FitData(path=fit_data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)  # atomic: other processes never see a half-written file
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+        print(f"  saved {path} ({shown})", flush=True)
+
+
+def load_fitted(tokenizers: dict[str, Tokenizer | None], directory: str) -> dict[str, Tokenizer | None]:
+    """Replace each unfitted tokenizer by the one in its file (call from ``setup``)."""
+    out = dict(tokenizers)
+    for modality, tok in tokenizers.items():
+        if not needs_file(tok):
+            continue
+        path = tokenizer_path(directory, modality, tok)
+        if not path.exists():
+            raise FileNotFoundError(f"fitted {modality} tokenizer {path} is missing: run `prepare_data` "
+                                    "(`mot fit` does) or fit it with `mot tokenizer fit`")
+        loaded = type(tok).load(str(path))
+        if getattr(loaded, "vocab_size", None) != getattr(tok, "vocab_size", None):
+            raise ValueError(f"{path} has vocab_size {loaded.vocab_size} but the config says {tok.vocab_size}")
+        out[modality] = loaded
+    return out
