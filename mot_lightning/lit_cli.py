@@ -38,15 +38,20 @@ class MotCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the first config file (configs/chameleon/mot.yaml ->
-        runs/chameleon/mot/version_N) unless the YAML names it."""
+        runs/chameleon/mot/version_N) unless the YAML names it, and keep checkpoints per run name
+        (runs/chameleon/mot/checkpoints), not per version, so ``--ckpt_path last`` finds them."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         logger = config.get("trainer", {}).get("logger")
-        paths = config.get("config") or []
         init = getattr(logger, "init_args", None) if logger is not None else None
-        if not paths or init is None or getattr(init, "name", None) != "mot":
+        if init is None:
             return
-        first = Path(str(paths[0]))
-        init.name = f"{first.parent.name}/{first.stem}" if first.parent.name != "configs" else first.stem
+        paths = config.get("config") or []
+        if paths and getattr(init, "name", None) == "mot":
+            first = Path(str(paths[0]))
+            init.name = f"{first.parent.name}/{first.stem}" if first.parent.name != "configs" else first.stem
+        checkpoint = config.get("checkpoint")
+        if checkpoint is not None and checkpoint.get("dirpath") is None and getattr(init, "save_dir", None):
+            checkpoint["dirpath"] = str(Path(init.save_dir) / str(init.name) / "checkpoints")
 
     def after_fit(self) -> None:
         trainer = self.trainer

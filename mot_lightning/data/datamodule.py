@@ -98,7 +98,6 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.tokenizer_dir, self.tokenizer_fit_data = tokenizer_dir, tokenizer_fit_data
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
-        self._train_epoch = 0
 
     # --- linked to the model -------------------------------------------------------
     @property
@@ -225,7 +224,6 @@ class MultiModalDataModule(pl.LightningDataModule):
         if self.train_stream is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         loader = EpochLoader(self._loader(self.train_stream), self.train_batches_per_epoch)
-        loader.epoch = self._train_epoch
         self._train_loader = loader
         return loader
 
@@ -254,10 +252,3 @@ class MultiModalDataModule(pl.LightningDataModule):
     def _streams(self) -> list[PackedStream]:
         return ([self.train_stream] if self.train_stream else []) + list(self.val_streams.values())
 
-    # --- checkpointing: resume the epoch-seeded training stream where it was ----------------
-    def state_dict(self) -> dict:
-        loader = getattr(self, "_train_loader", None)
-        return {"train_epoch": loader.epoch if loader is not None else self._train_epoch}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_epoch = int(state_dict.get("train_epoch", 0))

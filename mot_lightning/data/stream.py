@@ -174,19 +174,44 @@ class EpochLoader:
 
     Each ``iter()`` starts a new epoch: the dataset is reseeded with the epoch
     number before the workers start (so workers must not be persistent).
+
+    Resumable (Lightning saves ``state_dict()`` with the fit loop and restores it
+    before iterating): the state is the seed of the epoch in progress and how many
+    of its batches were handed out. A resumed ``iter()`` regenerates that epoch and
+    skips what was already trained on, so a resumed run sees exactly the batches an
+    unbroken run would, wherever the checkpoint was taken.
     """
 
     def __init__(self, loader: DataLoader, batches: int) -> None:
         if loader.persistent_workers:
             raise ValueError("EpochLoader reseeds the dataset per epoch; use persistent_workers=False")
         self.loader, self.batches, self.epoch = loader, batches, 0
+        self._current: int | None = None  # seed of the epoch being iterated
+        self._yielded = 0
+        self._skip = 0
 
     def __len__(self) -> int:
         return self.batches
 
+    def state_dict(self) -> dict:
+        if self._current is None:
+            return {"epoch": self.epoch, "yielded": 0}
+        return {"epoch": self._current, "yielded": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        # saved at an epoch end (yielded == batches), the next iter() is empty and the one after
+        # starts the next epoch: whichever way the trainer treats that epoch, no batch is lost or repeated
+        self.epoch, self._skip = int(state["epoch"]), min(int(state["yielded"]), self.batches)
+
     def __iter__(self) -> Iterator[MultiModalBatch]:
-        self.loader.dataset.set_epoch(self.epoch)
-        self.epoch += 1
+        seed, skip = self.epoch, self._skip
+        self.loader.dataset.set_epoch(seed)
+        self.epoch, self._skip = seed + 1, 0
+        self._current, self._yielded = seed, skip
         iterator = iter(self.loader)
-        for _ in range(self.batches):
-            yield next(iterator)
+        for _ in range(skip):  # already trained on before the checkpoint
+            next(iterator)
+        for _ in range(self.batches - skip):
+            batch = next(iterator)
+            self._yielded += 1
+            yield batch

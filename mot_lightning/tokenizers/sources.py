@@ -52,8 +52,9 @@ def iter_items(path: str, exts: tuple[str, ...], decode: Callable[[bytes | Path]
                max_items: int | None = None) -> Iterator[tuple[str, T]]:
     """Yield (key, decoded item) from files then shards; undecodable items are skipped with a warning."""
     files, shards = resolve(path, exts)
+    root = Path(path) if Path(path).is_dir() else None
     count = 0
-    for key, source in _raw_items(files, shards, exts):
+    for key, source in _raw_items(files, shards, exts, root):
         if max_items is not None and count >= max_items:
             return
         try:
@@ -65,9 +66,10 @@ def iter_items(path: str, exts: tuple[str, ...], decode: Callable[[bytes | Path]
         yield key, item
 
 
-def _raw_items(files: list[Path], shards: list[str], exts: tuple[str, ...]) -> Iterator[tuple[str, bytes | Path]]:
-    for f in files:
-        yield str(f), f
+def _raw_items(files: list[Path], shards: list[str], exts: tuple[str, ...],
+               root: Path | None) -> Iterator[tuple[str, bytes | Path]]:
+    for f in files:  # keys relative to the data folder: the held-out split must not depend on where it lives
+        yield (f.relative_to(root).as_posix() if root else f.name), f
     if not shards:
         return
     dataset = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None,

@@ -43,7 +43,7 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("ema_sum", self.codebook.clone())  # (K, D) EMA of assigned vectors' sum
         self.register_buffer("window_usage", torch.zeros(codebook_size))  # (K,) assignments since last restart
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.restarts = 0  # codes restarted so far (not saved)
+        self.restarts = 0  # dead codes restarted so far, not counting the init (not saved)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float[B, D, h, w] -> (straight-through quantised float[B, D, h, w], ids long[B, h, w], commitment loss)."""
@@ -59,8 +59,9 @@ class VectorQuantizerEMA(nn.Module):
 
     @torch.no_grad()
     def _train_update(self, flat: torch.Tensor) -> None:
-        if int(self.steps) == 0:
-            self._restart(torch.ones(self.codebook_size, dtype=torch.bool), flat)  # data-dependent init
+        if int(self.steps) == 0:  # data-dependent init: every code starts on an encoder output
+            self._restart(torch.ones(self.codebook_size, dtype=torch.bool), flat)
+            self.restarts = 0
         ids = nearest(flat, self.codebook)
         counts = torch.bincount(ids, minlength=self.codebook_size).float()  # (K,)
         sums = torch.zeros_like(self.ema_sum).index_add_(0, ids, flat)  # (K, D)

@@ -164,4 +164,35 @@ def test_training_epochs_have_fixed_length_and_reshuffle(tmp_path):
     epochs = [[b.tokens for b in loader] for _ in range(2)]
     assert len(loader) == 3 and [len(e) for e in epochs] == [3, 3]
     assert not all(torch.equal(a, b) for a, b in zip(*epochs)), "each epoch must reseed the stream"
-    assert dm.state_dict() == {"train_epoch": 2}
+    assert loader.state_dict() == {"epoch": 1, "yielded": 3}
+
+
+def test_epoch_loader_resumes_mid_epoch_and_at_epoch_end(tmp_path):
+    """A restored loader continues the batch sequence an unbroken loader produces."""
+    mixed_corpus(tmp_path, n=24, shards=4)
+    make = lambda: make_datamodule(  # noqa: E731
+        tmp_path, [SourceConfig("a", str(tmp_path / "*.tar"))], val_sets=[], train_batches_per_epoch=3,
+        num_workers=0, shuffle_buffer=8, seq_len=64, batch_size=2)
+    dm = make()
+    dm.setup("fit")
+    unbroken = dm.train_dataloader()
+    reference = [b.tokens for _ in range(3) for b in unbroken]  # 9 batches over 3 epochs
+    for consumed in (2, 3, 4):  # mid-epoch, epoch end, mid second epoch
+        first = make()
+        first.setup("fit")
+        loader = first.train_dataloader()
+        it, got = iter(loader), []
+        while len(got) < consumed:
+            try:
+                got.append(next(it).tokens)
+            except StopIteration:
+                it = iter(loader)
+        state = loader.state_dict()
+        resumed_dm = make()
+        resumed_dm.setup("fit")
+        resumed = resumed_dm.train_dataloader()
+        resumed.load_state_dict(state)
+        rest = [b.tokens for b in resumed]
+        while len(got) + len(rest) < 9:
+            rest += [b.tokens for b in resumed]
+        assert all(torch.equal(a, b) for a, b in zip(got + rest, reference)), consumed

@@ -27,7 +27,7 @@ def kmeans_image(demo_dirs):
     from mot_lightning.tokenizers import KMeansImageConfig, KMeansImageTokenizer
 
     tok = KMeansImageTokenizer(KMeansImageConfig(resolution=32, patch_size=4, codebook_size=128, iters=10))
-    metrics = tok.fit(FitData(str(demo_dirs["images"]), held_out=0.15))
+    metrics = tok.fit(FitData(str(demo_dirs["images"]), held_out=0.25))
     return tok, metrics
 
 

@@ -1,0 +1,65 @@
+"""A demo corpus and fitted tokenizers shared by the app tests, and ways to run `mot`."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mot_lightning.lit_cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+# tiny model and data sizes: every test run takes seconds
+TINY_MODEL = ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4"]
+TINY = [
+    "--data.seq_len", "128", "--data.batch_size", "2", "--data.num_workers", "0",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_env(tmp_path_factory) -> dict[str, str]:
+    """Demo shards + fitted tokenizer files, made once by a real `mot fit` fast_dev_run."""
+    root = tmp_path_factory.mktemp("demo_env")
+    env = {"demo_dir": str(root / "demo"), "tokenizer_dir": str(root / "tokenizers")}
+    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.fast_dev_run", "1"], env, root / "runs")
+    return env
+
+
+def data_args(env: dict[str, str]) -> list[str]:
+    return ["--data.demo_dir", env["demo_dir"], "--data.tokenizer_dir", env["tokenizer_dir"]]
+
+
+def _ordered(args: list[str], tiny_model: bool) -> list[str]:
+    """--config files first, then the tiny sizes, then the test's own overrides (later wins)."""
+    configs, rest, i = [], [], 0
+    while i < len(args):
+        if args[i] == "--config":
+            configs += args[i:i + 2]
+            i += 2
+        else:
+            rest.append(args[i])
+            i += 1
+    return [*configs, *(TINY_MODEL if tiny_model else []), *TINY, *rest]
+
+
+def run_fit(args: list[str], env: dict[str, str], save_dir: Path, command: str = "fit",
+            tiny_model: bool = True) -> None:
+    """`mot <command>` in this process with tiny sizes, writing under ``save_dir``."""
+    cli_main([command, *_ordered(args, tiny_model), *data_args(env),
+              "--trainer.logger.init_args.save_dir", str(save_dir)])
+
+
+def run_fit_subprocess(args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 300) -> str:
+    """`mot fit` as a real command (Lightning relaunches it once per rank for DDP/FSDP2)."""
+    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", *_ordered(args, True), *data_args(env),
+           "--trainer.logger.init_args.save_dir", str(save_dir)]
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(cmd, cwd=save_dir.parent, env=proc_env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output

@@ -1,0 +1,55 @@
+"""Every shipped YAML parses; every CPU-runnable one trains one step (fast_dev_run)."""
+import pytest
+import yaml
+
+from mot_lightning.lit_cli import cli_main
+from mot_lightning.model import PRESETS
+from tests.app.conftest import CONFIGS, run_fit
+
+SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("chameleon", "speech"))
+FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer"))
+CPU_MODELS = ["tiny", "cpu-small", "cpu-base", "chameleon-37m"]
+
+
+def _rel(p):
+    return str(p.relative_to(CONFIGS))
+
+
+@pytest.mark.parametrize("path", SETTINGS + FRAGMENTS, ids=_rel)
+def test_print_config(path, capsys):
+    args = ["--config", str(path)] if path in SETTINGS else ["--config", str(CONFIGS / "speech/mot.yaml"),
+                                                               "--config", str(path)]
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["backbone"]["dim"] > 0
+
+
+def test_dense_and_mot_differ_only_in_the_backbone():
+    for setting in ("chameleon", "speech"):
+        dense = yaml.safe_load((CONFIGS / setting / "dense.yaml").read_text())
+        mot = yaml.safe_load((CONFIGS / setting / "mot.yaml").read_text())
+        assert dense["model"]["backbone"].pop("sparsity") == "dense"
+        assert mot["model"]["backbone"].pop("sparsity") == "mot"
+        assert dense == mot
+
+
+def test_model_fragments_match_the_code_presets():
+    for path in CONFIGS.glob("model/*.yaml"):
+        backbone = yaml.safe_load(path.read_text())["model"]["backbone"]
+        assert PRESETS[path.stem] == backbone, path.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SETTINGS, ids=_rel)
+def test_fast_dev_run_settings(path, demo_env, tmp_path):
+    run_fit(["--config", str(path), "--config", str(CONFIGS / "trainer/cpu.yaml"),
+             "--trainer.fast_dev_run", "1"], demo_env, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", CPU_MODELS)
+def test_fast_dev_run_cpu_model_sizes(size, demo_env, tmp_path):
+    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--config", str(CONFIGS / f"model/{size}.yaml"),
+             "--trainer.fast_dev_run", "1"], demo_env, tmp_path, tiny_model=False)
