@@ -118,6 +118,7 @@ class MultiModalLM(pl.LightningModule):
 
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
         out = self._shared_step(batch)
+        loss = out.loss + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
         per_mod = out.per_modality()
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch.batch_size)
         for m, value, n in zip(self.modalities, per_mod, out.count.tolist()):
@@ -125,7 +126,20 @@ class MultiModalLM(pl.LightningModule):
                 self.log(f"train/loss_{m.label}", value, prog_bar=True, batch_size=int(n))
         if self.z_loss:
             self.log("train/z_loss", out.z_loss, batch_size=batch.batch_size)
-        return out.loss
+        self._log_moe(batch.batch_size)
+        return loss
+
+    def _log_moe(self, batch_size: int) -> None:
+        """Expert load and dropped tokens, averaged over MoE layers (nothing without MoE)."""
+        stats = list(self.net.backbone.moe_stats().values())
+        if not stats:
+            return
+        n = len(stats)
+        self.log_dict({
+            "train/moe_max_expert_load": sum(float(s.load.max()) for s in stats) / n,
+            "train/moe_dropped_fraction": sum(float(s.dropped) for s in stats) / n,
+            "train/moe_aux_loss": sum(float(s.aux_loss) for s in stats) / n,
+        }, batch_size=batch_size)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self._shared_step(batch)

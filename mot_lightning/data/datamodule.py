@@ -59,6 +59,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         demo_dir: str = "data/demo",
+        demo_train_docs: int = 4000,
+        demo_val_docs: int = 96,
         tokenizer_dir: str = "data/tokenizers",
         tokenizer_fit_data: str | None = None,
     ) -> None:
@@ -78,6 +80,8 @@ class MultiModalDataModule(pl.LightningDataModule):
             shuffle_buffer: documents held for shuffling in each training worker (0 = none).
             overlong: documents longer than ``seq_len``: ``"skip"`` (counted ``too_long``) or ``"truncate"``.
             pack_open_rows: rows filled at once by first-fit packing (less padding); 1 = greedy, in order.
+            demo_train_docs / demo_val_docs: size of the demo corpus generated when ``demo_dir`` has none
+                (4000 training documents: enough that a CPU-sized model does not just memorise them).
             tokenizer_dir: where fitted tokenizer files live (``data/tokenizer_files.py``); unfitted
                 learned tokenizers are fitted once by ``prepare_data`` and loaded by ``setup``.
             tokenizer_fit_data: shards/files the tokenizers are fitted on; ``None`` = the demo corpus'
@@ -95,6 +99,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.train_batches_per_epoch, self.shuffle_buffer = train_batches_per_epoch, shuffle_buffer
         self.overlong, self.pack_open_rows = overlong, pack_open_rows
         self.seed, self.pin_memory, self.demo_dir = seed, pin_memory, demo_dir
+        self.demo_docs = (demo_train_docs, demo_val_docs)
         self.tokenizer_dir, self.tokenizer_fit_data = tokenizer_dir, tokenizer_fit_data
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
@@ -147,7 +152,8 @@ class MultiModalDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self._uses_demo() and not demo.is_complete(self.demo_dir):
-            demo.generate(demo.DemoConfig(out=self.demo_dir))
+            train_docs, val_docs = self.demo_docs
+            demo.generate(demo.DemoConfig(out=self.demo_dir, train_docs=train_docs, val_docs=val_docs, shard_size=50))
         tokenizer_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data())
 
     def _fit_data(self) -> str | None:

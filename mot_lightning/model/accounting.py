@@ -11,12 +11,25 @@ Conventions (stated once, used everywhere FLOPs are logged or compared):
 - An optional output head (``vocab_size``) adds ``2 * dim * vocab_size``
   forward FLOPs per token; embedding look-ups cost none.
 
-MoT, dense and (later) MoE-4x of one size therefore have equal FLOPs per
-token; MoT holds about ``n_towers`` times the parameters.
+MoE feed-forwards (``sparsity="moe"``, and the ``moe_towers`` of a hybrid):
+- total parameters hold every expert and the router (``dim x n_experts`` per layer);
+- active parameters per token are what a token uses at capacity factor 1: the
+  router plus one expert (expert choice) or ``top_k`` experts (token choice);
+- training FLOPs count the experts' capacity, ``expert_slots`` expert FFNs per
+  token: ``min(capacity_factor, n_experts)`` for expert choice (exact: every
+  expert runs exactly its capacity; the ``ceil`` of a fractional capacity is
+  ignored), ``top_k * min(capacity_factor, 1)`` for token choice (an upper
+  bound: dropped and unfilled slots cost nothing), plus the router matmul,
+  reported on its own as ``router_flops_per_token``.
+
+MoT, dense and MoE-4x (expert choice, capacity factor 1) of one size therefore
+have equal FLOPs per token up to the MoE's router term (``3 * 2 * n_layers *
+dim * n_experts``, under 0.1% at paper sizes); MoT holds about ``n_towers``
+times the parameters, MoE-4x about 4x the FFN parameters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mot_lightning.model.config import TransformerConfig
 
@@ -48,32 +61,51 @@ class BackboneStats:
     active_params: dict[int, int]  # modality id -> parameters used per token of that modality
     flops_per_token: dict[int, float]  # modality id -> training FLOPs per token
     n_towers: int
+    # modality id -> the router's share of flops_per_token (0 for modalities without an MoE FFN)
+    router_flops_per_token: dict[int, float] = field(default_factory=dict)
 
     @property
     def mean_flops_per_token(self) -> float:
         return sum(self.flops_per_token.values()) / len(self.flops_per_token)
 
 
+def expert_slots(cfg: TransformerConfig) -> float:
+    """Expert FFNs computed per token of an MoE feed-forward, at the configured capacity."""
+    if cfg.moe_router == "expert_choice":
+        return min(cfg.capacity_factor, cfg.n_experts)
+    return cfg.top_k * min(cfg.capacity_factor, 1.0)
+
+
+def _ffn_total(cfg: TransformerConfig, ffn_matmul: int, router: int) -> int:
+    """FFN parameters of all towers: plain SwiGLU towers plus MoE feed-forwards (experts + router)."""
+    n_moe = 1 if cfg.sparsity == "moe" else len(cfg.moe_towers or ())
+    n_plain = 0 if cfg.sparsity == "moe" else cfg.towers_for("ffn") - n_moe
+    return n_plain * ffn_matmul + n_moe * (cfg.n_experts * ffn_matmul + router)
+
+
 def backbone_stats(cfg: TransformerConfig, seq_len: int, *, causal: bool = True,
                    vocab_size: int = 0) -> BackboneStats:
     s = component_sizes(cfg)
-    matmul_one = s.attn_matmul + s.ffn_matmul
-    one_tower = matmul_one + s.attn_norm + s.norm
+    router = cfg.n_layers * cfg.dim * cfg.n_experts  # one MoE FFN's router matrices
+    active_experts = cfg.top_k if cfg.moe_router == "token_choice" else 1  # at capacity factor 1
+    one_tower = s.attn_matmul + s.ffn_matmul + s.attn_norm + s.norm
     total = (
         (s.attn_matmul + s.attn_norm) * cfg.towers_for("attn")
-        + s.ffn_matmul * cfg.towers_for("ffn")
+        + _ffn_total(cfg, s.ffn_matmul, router)
         + s.norm * cfg.towers_for("norm")
     )
     ctx = (seq_len + 1) / 2 if causal else seq_len
     attn_fwd = 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * ctx
-    fwd = 2 * matmul_one + attn_fwd + 2 * cfg.dim * vocab_size
-    modalities = range(cfg.n_modalities)
-    return BackboneStats(
-        total_params=total,
-        active_params={m: one_tower for m in modalities},
-        flops_per_token={m: 3.0 * fwd for m in modalities},
-        n_towers=cfg.n_towers,
-    )
+    head_fwd = 2 * cfg.dim * vocab_size
+    active, flops, router_flops = {}, {}, {}
+    for m in range(cfg.n_modalities):
+        moe = cfg.ffn_is_moe(m)
+        slots = expert_slots(cfg) if moe else 1
+        active[m] = one_tower + ((active_experts - 1) * s.ffn_matmul + router if moe else 0)
+        router_flops[m] = 3.0 * 2 * router if moe else 0.0
+        flops[m] = 3.0 * (2 * (s.attn_matmul + slots * s.ffn_matmul) + attn_fwd + head_fwd) + router_flops[m]
+    return BackboneStats(total_params=total, active_params=active, flops_per_token=flops,
+                         n_towers=cfg.n_towers, router_flops_per_token=router_flops)
 
 
 def count_parameters(module) -> int:

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from mot_lightning.model.attention import Attention, BatchContext
 from mot_lightning.model.config import TransformerConfig
-from mot_lightning.model.feedforward import FeedForward
+from mot_lightning.model.feedforward import make_feedforward
 from mot_lightning.model.untied import UntiedRMSNorm
 
 
@@ -14,7 +14,7 @@ class Block(nn.Module):
         super().__init__()
         n_norm = cfg.towers_for("norm")
         self.attn = Attention(cfg)
-        self.ffn = FeedForward(cfg)
+        self.ffn = make_feedforward(cfg)
         self.attn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps)
         self.ffn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps)
 

@@ -2,7 +2,9 @@
 
 Dense, MoT, partially-untied MoT (the paper's component ablation) and grouped
 towers (leave-one-modality-out) differ only in ``sparsity``, ``untie`` and
-``towers``. Derived fields are computed in ``__post_init__``; named presets
+``towers``. MoE-4x is ``sparsity="moe"`` (dense attention and norms, an
+``n_experts`` feed-forward, see ``model/moe.py``); the hybrid MoT+MoE is
+``sparsity="mot"`` with ``moe_towers`` naming the towers whose FFN is an MoE. Derived fields are computed in ``__post_init__``; named presets
 hold the paper's size ladder (``TransformerConfig.from_preset``).
 
 Initialisation (the one place it is described; ``model/init.py`` implements it):
@@ -23,6 +25,8 @@ from typing import Literal, Sequence
 Sparsity = Literal["dense", "mot", "moe"]
 Component = Literal["attn", "ffn", "norm"]
 NormLayout = Literal["pre", "post_sublayer"]
+MoERouter = Literal["expert_choice", "token_choice"]
+MoEEvalMode = Literal["batch", "causal"]
 AttnBackend = Literal["auto", "sdpa", "flex"]
 TowerInit = Literal["independent", "copy"]
 
@@ -52,6 +56,22 @@ class TransformerConfig:
     attn_backend: AttnBackend = "auto"  # auto: FlexAttention on CUDA, SDPA elsewhere
     tower_init: TowerInit = "independent"
     init_std: float = 0.02
+    # ---- MoE feed-forward (sparsity="moe", or the towers in `moe_towers`); see model/moe.py
+    n_experts: int = 4  # each expert is a SwiGLU of width ffn_hidden: MoE-4x = 4 experts
+    # expert_choice: each expert takes its top-C tokens (paper's MoE-4x; balanced, but sees the whole batch);
+    # token_choice: each token takes its top_k experts, overflow past capacity is dropped (causal in training).
+    moe_router: MoERouter = "expert_choice"
+    # Expert choice: C = ceil(capacity_factor * n_tokens / n_experts) tokens per expert (1.0 = dense FLOPs).
+    # Token choice: C = ceil(capacity_factor * n_tokens * top_k / n_experts).
+    capacity_factor: float = 1.0
+    top_k: int = 1  # experts per token (token choice; also the causal evaluation mode's k)
+    aux_loss_coef: float = 0.01  # weight of the Switch load-balancing loss (token choice) in Transformer.aux_loss()
+    # Evaluation routing. "batch": route as in training (expert choice then looks at every token of the
+    # batch, future ones included); "causal": each token takes its own top_k experts, no capacity, no look-ahead.
+    moe_eval_mode: MoEEvalMode = "batch"
+    # Hybrid MoT+MoE: towers whose FFN is an MoE (e.g. [0] = the text tower); only with sparsity="mot"
+    # and "ffn" untied. The other towers keep their plain SwiGLU.
+    moe_towers: Sequence[int] | None = None
 
     # derived in __post_init__ (not constructor arguments)
     head_dim: int = field(init=False)
@@ -68,14 +88,11 @@ class TransformerConfig:
         self.towers = self._resolve_towers()
         self.n_towers = (max(self.towers) + 1) if self.towers else 1
         self.untied = self._resolve_untie()
+        self._check_moe()
 
     def _check_shapes(self) -> None:
         if self.sparsity not in ("dense", "mot", "moe"):
             raise ValueError(f"sparsity must be 'dense', 'mot' or 'moe', got {self.sparsity!r}")
-        if self.sparsity == "moe":
-            raise NotImplementedError(
-                "sparsity='moe' (MoE-4x) is not implemented yet; use 'dense' or 'mot'"
-            )
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
@@ -93,9 +110,10 @@ class TransformerConfig:
             raise ValueError(f"tower_init must be 'independent' or 'copy', got {self.tower_init!r}")
 
     def _resolve_towers(self) -> list[int]:
-        if self.sparsity == "dense":
+        if self.sparsity in ("dense", "moe"):
             if self.towers is not None and len(set(self.towers)) > 1:
-                raise ValueError("sparsity='dense' has one tower; drop `towers` or use sparsity='mot'")
+                raise ValueError(f"sparsity={self.sparsity!r} has one tower; drop `towers` or use sparsity='mot' "
+                                 "(with moe_towers for a hybrid)")
             return [0] * self.n_modalities
         towers = list(range(self.n_modalities)) if self.towers is None else [int(t) for t in self.towers]
         if len(towers) != self.n_modalities:
@@ -108,9 +126,9 @@ class TransformerConfig:
         return towers
 
     def _resolve_untie(self) -> frozenset[str]:
-        if self.sparsity == "dense":
+        if self.sparsity in ("dense", "moe"):
             if self.untie:
-                raise ValueError("sparsity='dense' unties nothing; remove `untie` or use sparsity='mot'")
+                raise ValueError(f"sparsity={self.sparsity!r} unties nothing; remove `untie` or use sparsity='mot'")
             return frozenset()
         untie = COMPONENTS if self.untie is None else tuple(self.untie)
         unknown = set(untie) - set(COMPONENTS)
@@ -118,10 +136,37 @@ class TransformerConfig:
             raise ValueError(f"unknown components in untie: {sorted(unknown)}; choose from {COMPONENTS}")
         return frozenset(untie)
 
+    def _check_moe(self) -> None:
+        if self.moe_router not in ("expert_choice", "token_choice"):
+            raise ValueError(f"moe_router must be 'expert_choice' or 'token_choice', got {self.moe_router!r}")
+        if self.moe_eval_mode not in ("batch", "causal"):
+            raise ValueError(f"moe_eval_mode must be 'batch' or 'causal', got {self.moe_eval_mode!r}")
+        if self.n_experts < 1 or not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"need n_experts >= 1 and 1 <= top_k <= n_experts, got n_experts={self.n_experts}, "
+                             f"top_k={self.top_k}")
+        if self.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.moe_towers is None:
+            return
+        if self.sparsity != "mot" or "ffn" not in self.untied:
+            raise ValueError("moe_towers (hybrid MoT+MoE) needs sparsity='mot' with 'ffn' untied; "
+                             "for a plain MoE use sparsity='moe' and drop moe_towers")
+        moe = [int(k) for k in self.moe_towers]
+        if not moe or len(set(moe)) != len(moe) or not all(0 <= k < self.n_towers for k in moe):
+            raise ValueError(f"moe_towers={moe} must list distinct tower indices in [0, {self.n_towers}), "
+                             "e.g. [0] for the text tower")
+        self.moe_towers = sorted(moe)
+
     # ------------------------------------------------------------------ helpers
     def towers_for(self, component: str) -> int:
         """Number of weight sets a component holds (1 when it is tied)."""
         return self.n_towers if component in self.untied else 1
+
+    def ffn_is_moe(self, modality: int) -> bool:
+        """True when tokens of ``modality`` go through an MoE feed-forward."""
+        if self.sparsity == "moe":
+            return True
+        return self.moe_towers is not None and self.towers[modality] in self.moe_towers
 
     @property
     def is_routed(self) -> bool:
@@ -137,15 +182,18 @@ class TransformerConfig:
     def to_dict(self) -> dict:
         """Constructor arguments only (round-trips through ``TransformerConfig(**d)``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        out["towers"] = list(self.towers) if self.sparsity != "dense" else None
-        out["untie"] = sorted(self.untied) if self.sparsity != "dense" else None
+        tied = self.sparsity in ("dense", "moe")
+        out["towers"] = None if tied else list(self.towers)
+        out["untie"] = None if tied else sorted(self.untied)
+        out["moe_towers"] = None if self.moe_towers is None else list(self.moe_towers)
         return out
 
     def replace(self, **changes) -> "TransformerConfig":
-        """A copy with ``changes``; changing ``sparsity`` re-derives ``towers``/``untie`` unless given."""
+        """A copy with ``changes``; changing ``sparsity`` re-derives ``towers``/``untie`` and drops
+        ``moe_towers`` unless given."""
         base = self.to_dict()
         if "sparsity" in changes:
-            base.update(towers=None, untie=None)
+            base.update(towers=None, untie=None, moe_towers=None)
         return replace(self, **{**base, **changes})
 
 

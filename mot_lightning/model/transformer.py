@@ -15,6 +15,7 @@ from mot_lightning.model.attention import BatchContext
 from mot_lightning.model.block import BLOCKS
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.masks import AttentionMask
+from mot_lightning.model.moe import MoEFeedForward, MoEStats
 from mot_lightning.model.rope import RotaryEmbedding
 from mot_lightning.model.untied import Routing, UntiedRMSNorm
 
@@ -67,6 +68,23 @@ class Transformer(nn.Module):
             h = layer(h, ctx)
         h = self.norm(h, ctx.routing)
         return ctx.routing.to_sequence(h).view(B, T, D)
+
+    def aux_loss(self) -> Tensor:
+        """``aux_loss_coef`` x the load-balancing losses of the last forward, summed over MoE layers.
+
+        Add it to the training loss after ``forward`` (same step). A scalar 0 when the backbone
+        has no MoE or only expert-choice routers (balanced by construction).
+        """
+        losses = [m.last_aux_loss for m in self.modules()
+                  if isinstance(m, MoEFeedForward) and m.last_aux_loss is not None]
+        if not losses:
+            return self.norm.weight.new_zeros(())
+        return self.cfg.aux_loss_coef * torch.stack(losses).sum()
+
+    def moe_stats(self) -> dict[str, MoEStats]:
+        """Routing statistics of the last forward per MoE module, keyed by module name (empty without MoE)."""
+        return {name: m.last_stats for name, m in self.named_modules()
+                if isinstance(m, MoEFeedForward) and m.last_stats is not None}
 
     def reset_parameters(self) -> None:
         for module in self.modules():

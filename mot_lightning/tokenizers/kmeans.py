@@ -5,8 +5,10 @@ given seed and input on one device.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -33,7 +35,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, tol: float =
         )
     x = x.float()
     g = torch.Generator(device="cpu").manual_seed(seed)
-    centers = _kmeans_pp(x, k, g)
+    with _one_thread():
+        centers = _kmeans_pp(x, k, g)
     prev = float("inf")
     t0 = time.perf_counter()
     for it in range(iters):
@@ -59,13 +62,27 @@ def _update(x: torch.Tensor, ids: torch.Tensor, sq_err: torch.Tensor, k: int) ->
     return centers
 
 
-def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator, max_points: int = 50_000) -> torch.Tensor:
-    """k-means++ seeding on a random subsample (keeps init O(max_points * k * D))."""
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """k-means++ is k sequential tiny ops; intra-op thread fork/join would dominate them (100x slower
+    with 2 busy cores), so run it single-threaded and restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on a random subsample of ~20 points per code (init is O(20 k^2 D), not O(N k D))."""
+    max_points = max(20 * k, 5_000)
     if x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=g)[:max_points]]
     first = int(torch.randint(x.shape[0], (1,), generator=g))
     centers = [x[first]]
-    d2 = ((x - x[first]) ** 2).sum(1)  # (N,) distance to the closest chosen center
+    x2 = (x * x).sum(1)  # (N,)
+    d2 = (x2 - 2 * x @ x[first] + x2[first]).clamp(min=0)  # (N,) sq. distance to the closest chosen center
     for _ in range(1, k):
         total = float(d2.sum())
         if total > 0:
@@ -73,5 +90,5 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator, max_points: int = 50
         else:  # fewer distinct points than codes: duplicates are harmless
             idx = int(torch.randint(x.shape[0], (1,), generator=g))
         centers.append(x[idx])
-        d2 = torch.minimum(d2, ((x - x[idx]) ** 2).sum(1))
+        d2 = torch.minimum(d2, (x2 - 2 * x @ x[idx] + x2[idx]).clamp(min=0))
     return torch.stack(centers)

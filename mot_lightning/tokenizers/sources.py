@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import webdataset as wds
+from braceexpand import braceexpand
 
 T = TypeVar("T")
 
@@ -26,7 +27,10 @@ def resolve(path: str, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     shards: list[str] = []
     p = Path(path)
     if "{" in path and ".tar" in path:
-        shards = [path]  # WebDataset expands the braces itself
+        shards = list(braceexpand(path))  # installed with webdataset
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) of {path!r} do not exist, e.g. {missing[0]!r}")
     elif p.is_dir():
         found = sorted(q for q in p.rglob("*") if q.is_file())
         files = [q for q in found if q.suffix.lower() in exts]

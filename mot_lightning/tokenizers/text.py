@@ -114,7 +114,7 @@ class BPETokenizer(DiscreteTokenizer, FittableTokenizer):
         else:
             texts, held = [_check_text(t) for t in data], []
         self._tok = _train_bpe(texts, self.config, show_progress=log.isEnabledFor(logging.INFO))
-        log.info("BPE: learned %d tokens from %d texts", self._tok.get_vocab_size(), len(texts))
+        log.info("BPE: learned %d of %d tokens from %d texts", self._tok.get_vocab_size(), self.vocab_size, len(texts))
         return self._held_out_stats(held)
 
     def _held_out_stats(self, held: list[str]) -> dict[str, float]:
@@ -133,8 +133,9 @@ class BPETokenizer(DiscreteTokenizer, FittableTokenizer):
     # ---------------------------------------------------------------- interface
     @property
     def vocab_size(self) -> int:
-        self._require_fitted()
-        return self._tok.get_vocab_size()
+        """``config.vocab_size``, known before fitting (so the joint vocabulary can be laid out
+        from the config); a small corpus may learn fewer tokens, whose ids are then never produced."""
+        return self.config.vocab_size
 
     @property
     def special_tokens(self) -> dict[str, int]:
@@ -153,8 +154,11 @@ class BPETokenizer(DiscreteTokenizer, FittableTokenizer):
         return [torch.tensor(e.ids, dtype=torch.long) for e in encs]
 
     def decode(self, encoded: torch.Tensor | Sequence[int]) -> str:
+        """Ids the corpus did not fill (>= learned vocabulary, only from sampling) decode to nothing."""
         self._require_fitted()
-        return self._tok.decode(_check_ids(encoded, self.vocab_size), skip_special_tokens=False)
+        learned = self._tok.get_vocab_size()
+        ids = [i for i in _check_ids(encoded, self.vocab_size) if i < learned]
+        return self._tok.decode(ids, skip_special_tokens=False)
 
     def num_tokens(self, raw: str) -> int:
         return int(self.encode(raw).numel())

@@ -6,7 +6,7 @@ from mot_lightning.lit_cli import cli_main
 from mot_lightning.model import PRESETS
 from tests.app.conftest import CONFIGS, run_fit
 
-SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("chameleon", "speech"))
+SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("chameleon", "speech", "ablations"))
 FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer"))
 CPU_MODELS = ["tiny", "cpu-small", "cpu-base", "chameleon-37m"]
 
@@ -33,6 +33,17 @@ def test_dense_and_mot_differ_only_in_the_backbone():
         assert dense["model"]["backbone"].pop("sparsity") == "dense"
         assert mot["model"]["backbone"].pop("sparsity") == "mot"
         assert dense == mot
+
+
+def test_ablations_differ_from_mot_only_in_the_backbone():
+    mot = yaml.safe_load((CONFIGS / "speech/mot.yaml").read_text())
+    mot_backbone = mot["model"].pop("backbone")
+    ablations = sorted(CONFIGS.glob("ablations/*.yaml"))
+    assert len(ablations) >= 8
+    for path in ablations:
+        cfg = yaml.safe_load(path.read_text())
+        backbone = cfg["model"].pop("backbone")
+        assert backbone != mot_backbone and cfg == mot, path.name
 
 
 def test_model_fragments_match_the_code_presets():

@@ -105,3 +105,13 @@ def test_checkpoint_with_another_vocabulary_is_refused(demo_env, tmp_path):
     ckpt = tmp_path / "chameleon" / "mot" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="vocabulary differs"):
         run_fit([*SPEECH, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)], demo_env, tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_moe_routing_statistics_are_logged(demo_env, tmp_path):
+    run_fit(["--config", str(CONFIGS / "ablations/moe4x_token_choice.yaml"), *SHORT, "--trainer.max_steps", "2",
+             "--trainer.limit_val_batches", "0"], demo_env, tmp_path)
+    tags = scalars(only_version(tmp_path / "ablations" / "moe4x_token_choice"))
+    for tag in ("train/moe_max_expert_load", "train/moe_dropped_fraction", "train/moe_aux_loss"):
+        assert tag in tags, sorted(tags)
+    assert all(0.25 - 1e-6 <= v <= 1.0 for _, v in tags["train/moe_max_expert_load"])

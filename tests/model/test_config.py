@@ -20,9 +20,30 @@ def test_bad_configs_raise_clear_errors(kw, match):
         TransformerConfig(**kw)
 
 
-def test_moe_is_honestly_absent():
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        TransformerConfig(sparsity="moe")
+@pytest.mark.parametrize("kw,match", [
+    (dict(sparsity="moe", n_modalities=2, untie=("ffn",)), "unties nothing"),
+    (dict(sparsity="moe", n_modalities=2, towers=[0, 1]), "has one tower"),
+    (dict(sparsity="moe", moe_towers=[0]), "needs sparsity='mot'"),
+    (dict(sparsity="mot", n_modalities=2, untie=("attn",), moe_towers=[0]), "'ffn' untied"),
+    (dict(sparsity="mot", n_modalities=2, moe_towers=[2]), "distinct tower indices"),
+    (dict(sparsity="moe", moe_router="hash"), "moe_router must be"),
+    (dict(sparsity="moe", top_k=5), "top_k <= n_experts"),
+    (dict(sparsity="moe", capacity_factor=0.0), "capacity_factor must be"),
+    (dict(sparsity="moe", moe_eval_mode="greedy"), "moe_eval_mode must be"),
+])
+def test_bad_moe_configs_raise_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(**kw)
+
+
+def test_moe_configs_round_trip():
+    moe = TransformerConfig(n_modalities=3, sparsity="moe", moe_router="token_choice", top_k=2)
+    assert moe.n_towers == 1 and moe.untied == frozenset()
+    hybrid = TransformerConfig(n_modalities=3, sparsity="mot", moe_towers=[0])
+    for cfg in (moe, hybrid):
+        assert TransformerConfig(**cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert hybrid.ffn_is_moe(0) and not hybrid.ffn_is_moe(1) and moe.ffn_is_moe(2)
+    assert hybrid.replace(sparsity="dense").moe_towers is None
 
 
 def test_unknown_preset_lists_the_available_ones():

@@ -73,3 +73,11 @@ def test_load_tokenizer_dispatches_by_kind(tmp_path, kmeans_image):
     loaded = load_tokenizer(tmp_path / "km.pt")
     assert isinstance(loaded, KMeansImageTokenizer)
     assert torch.equal(loaded.codebook, tok.codebook)
+
+
+def test_fitted_tokenizers_pickle_for_dataloader_workers(kmeans_image, speech_units):
+    import pickle as pk
+
+    for tok, raw in ((kmeans_image[0], torch.rand(3, 32, 32)), (speech_units[0], torch.rand(3000) - 0.5)):
+        clone = pk.loads(pk.dumps(tok))
+        assert torch.equal(clone.encode(raw), tok.encode(raw))

@@ -70,3 +70,12 @@ def test_bpe_special_token_id_and_save_load_identical(bpe, tmp_path):
 def test_unfitted_bpe_says_what_to_do():
     with pytest.raises(RuntimeError, match="fit"):
         BPETokenizer().encode("x")
+
+
+def test_bpe_vocab_size_is_the_configured_one_before_and_after_fitting(bpe):
+    tok, _ = bpe
+    assert BPETokenizer(BPEConfig(vocab_size=400)).vocab_size == 400 == tok.vocab_size
+    small = BPETokenizer(BPEConfig(vocab_size=1000))
+    small.fit(["tiny corpus, tiny corpus"] * 3)  # learns far fewer than 1000 tokens
+    assert small.vocab_size == 1000 and max(small.encode("tiny corpus").tolist()) < 300
+    assert small.decode(torch.tensor([999])) == ""  # unfilled ids (only reachable by sampling) decode to nothing
