@@ -70,14 +70,30 @@ def step(model, x, modality, routed: bool) -> None:
     out.float().pow(2).mean().backward()
 
 
+# every backbone of the paper's comparisons, as changes to the base config
+VARIANTS = {
+    "dense": dict(sparsity="dense"),
+    "mot": dict(sparsity="mot"),
+    "mot_untie_ffn": dict(sparsity="mot", untie=["ffn"]),
+    "mot_untie_ffn_attn": dict(sparsity="mot", untie=["ffn", "attn"]),
+    "moe4x_ec": dict(sparsity="moe", moe_router="expert_choice"),
+    "moe4x_tc": dict(sparsity="moe", moe_router="token_choice"),
+    "hybrid_text_moe": dict(sparsity="mot", moe_towers=[0]),
+}
+
+
 def build_cases(args, device, dtype):
     base = TransformerConfig.from_preset(args.preset, n_modalities=args.modalities, attn_backend="sdpa")
+    names = args.cases.split(",")
+    unknown = set(names) - set(VARIANTS) - {"tutorial"}
+    if "dense" not in names:
+        raise SystemExit("--cases must include 'dense' (every ratio is against it)")
+    if unknown:
+        raise SystemExit(f"unknown --cases {sorted(unknown)}; choose from {sorted(VARIANTS)} and 'tutorial'")
     torch.manual_seed(0)
-    dense = Transformer(base.replace(sparsity="dense"))
-    mot = Transformer(base.replace(sparsity="mot"))
-    cases = {"dense": dense, "mot": mot}
-    if not args.skip_tutorial:
-        cases["tutorial"] = TutorialTransformer(mot)
+    cases = {name: Transformer(base.replace(**VARIANTS[name])) for name in names if name != "tutorial"}
+    if "tutorial" in names:
+        cases["tutorial"] = TutorialTransformer(cases.get("mot") or Transformer(base.replace(sparsity="mot")))
     return {name: m.to(device=device, dtype=dtype) for name, m in cases.items()}, base
 
 
@@ -121,7 +137,7 @@ def run(args) -> dict:
     cases, cfg = build_cases(args, device, dtype)
     modality = interleaved_batch(args.batch, args.seq_len, args.modalities, args.image_tokens).to(device)
     x = torch.randn(args.batch, args.seq_len, cfg.dim, device=device, dtype=dtype, requires_grad=True)
-    max_diff = check_tutorial_matches(cases, x, modality) if "tutorial" in cases else None
+    max_diff = check_tutorial_matches(cases, x, modality) if {"tutorial", "mot"} <= set(cases) else None
     memory = {name: measure_memory(m, x, modality, device) for name, m in cases.items()}
     # --cpu-time: process CPU seconds instead of wall seconds; with --threads 1 this is robust to
     # other load on a shared machine (wall time is what matters on a quiet one)
@@ -162,9 +178,9 @@ def print_table(report: dict) -> None:
     if report["tutorial_max_abs_diff"] is not None:
         print(f"tutorial routing vs ours, max |diff| of outputs: {report['tutorial_max_abs_diff']:.2e}")
     mem_key = "peak_mb" if c["device"].startswith("cuda") else "saved_for_backward_mb"
-    print(f"{'case':<10} {'median ms':>10} {'min ms':>9} {'vs dense':>9} {'tokens/s':>10} {mem_key:>22}")
+    print(f"{'case':<19} {'median ms':>10} {'min ms':>9} {'vs dense':>9} {'tokens/s':>10} {mem_key:>22}")
     for name, r in report["results"].items():
-        print(f"{name:<10} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['ratio_vs_dense']:>9.3f} "
+        print(f"{name:<19} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['ratio_vs_dense']:>9.3f} "
               f"{r['tokens_per_s']:>10.0f} {r[mem_key]:>22.1f}")
 
 
@@ -181,7 +197,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
-    p.add_argument("--skip-tutorial", action="store_true")
+    p.add_argument("--cases", default="dense,mot,tutorial",
+                   help=f"comma-separated, 'dense' first: {','.join(VARIANTS)},tutorial")
     p.add_argument("--quick", action="store_true", help="small shapes, few steps (smoke run)")
     p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/<name>.json)")
     args = p.parse_args(argv)
@@ -195,7 +212,8 @@ def main(argv=None) -> None:
     report = run(args)
     print_table(report)
     out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}.json")
+        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}"
+        f"_{len(args.cases.split(','))}cases.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")

@@ -17,17 +17,25 @@ from pathlib import Path
 # This file is named like HF's `tokenizers` package: drop its folder from the import path first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import json
+import time
+from collections.abc import Callable
 
-import torch  # noqa: E402
+import torch
 
-from mot_lightning.tokenizers import (BPEConfig, BPETokenizer, ByteTokenizer, FitData, KMeansImageConfig,
-                                      KMeansImageTokenizer, SpeechUnitConfig, SpeechUnitTokenizer,
-                                      load_tokenizer)  # noqa: E402
-from mot_lightning.tokenizers.media import prepare_audio, prepare_image  # noqa: E402
+from mot_lightning.tokenizers import (
+    BPEConfig,
+    BPETokenizer,
+    ByteTokenizer,
+    FitData,
+    KMeansImageConfig,
+    KMeansImageTokenizer,
+    SpeechUnitConfig,
+    SpeechUnitTokenizer,
+    load_tokenizer,
+)
+from mot_lightning.tokenizers.media import prepare_audio, prepare_image
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -84,8 +92,8 @@ def bench_speech(data: Path) -> tuple[str, str, str, str]:
     ids = tok.encode(waves[0])
     t_dec = timed(lambda: tok.decode(ids), repeat=1)
     return ("SpeechUnitTokenizer (25 Hz, 256 units)", f"{t_fit:.1f} s ({metrics['train_seconds_of_audio']:.0f} s audio)",
-            f"encode {seconds / t_enc:.0f}x real time; decode (Griffin-Lim 32 it.) "
-            f"{waves[0].numel() / 16000 / t_dec:.1f}x real time",
+            (f"encode {seconds / t_enc:.0f}x real time; decode (Griffin-Lim 32 it.) "
+             f"{waves[0].numel() / 16000 / t_dec:.1f}x real time"),
             f"held-out unit log-mel corr {metrics['held_out_logmel_corr']:.3f}, usage {metrics['codebook_usage']:.0%}")
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import flex_attention
 
 from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.kv_cache import LayerKV
 from mot_lightning.model.masks import AttentionMask
 from mot_lightning.model.rope import apply_rotary
 from mot_lightning.model.untied import Routing, UntiedLinear, UntiedRMSNorm, scaled_std
@@ -29,6 +30,7 @@ class BatchContext:
     mask: AttentionMask
     cos: Tensor  # (B, T, 1, hd/2)
     sin: Tensor  # (B, T, 1, hd/2)
+    kv: LayerKV | None = None  # decoding only: this layer's cache (set per layer by Transformer)
 
 
 _compiled_flex = None
@@ -78,6 +80,9 @@ class Attention(nn.Module):
         k = r.to_sequence(k).view(B, T, self.n_kv_heads, self.head_dim)
         v = r.to_sequence(v).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask)  # (B, H, T, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KV, T, hd)
+        if ctx.kv is not None:  # decoding: the new queries also see every cached key/value
+            k, v = ctx.kv.extend(k, v)  # (B, KV, L + T, hd)
+        y = attend(q, k, v, ctx.mask)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B * T, self.n_heads * self.head_dim)  # (N, H*hd) sequence order
         return self.wo(r.to_sorted(y), r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.transformer import Transformer
 
 
@@ -22,7 +23,10 @@ class TokenLM(nn.Module):
         nn.init.normal_(self.head.weight, std=cfg.init_std)
 
     def forward(self, tokens: Tensor, modality: Tensor, *, positions: Tensor | None = None,
-                doc_ids: Tensor | None = None) -> Tensor:
-        """tokens, modality: long[B, T] -> logits float[B, T, vocab_size]."""
-        h = self.backbone(self.embed(tokens), modality, positions=positions, doc_ids=doc_ids)
+                doc_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """tokens, modality: long[B, T] -> logits float[B, T, vocab_size].
+
+        With ``cache`` (decoding) ``tokens`` are only the new ones (``Transformer.forward_cached``).
+        """
+        h = self.backbone(self.embed(tokens), modality, positions=positions, doc_ids=doc_ids, cache=cache)
         return self.head(h)

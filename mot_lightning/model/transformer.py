@@ -8,12 +8,15 @@ tower-sorted order between the input gather and the output gather.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
 from mot_lightning.model.attention import BatchContext
 from mot_lightning.model.block import BLOCKS
 from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.masks import AttentionMask
 from mot_lightning.model.moe import MoEFeedForward, MoEStats
 from mot_lightning.model.rope import RotaryEmbedding
@@ -50,17 +53,24 @@ class Transformer(nn.Module):
         return BatchContext(batch=B, seq_len=T, routing=routing, mask=mask, cos=cos, sin=sin)
 
     def forward(self, x: Tensor, modality: Tensor, *, positions: Tensor | None = None,
-                doc_ids: Tensor | None = None, span_ids: Tensor | None = None, causal: bool = True) -> Tensor:
+                doc_ids: Tensor | None = None, span_ids: Tensor | None = None, causal: bool = True,
+                cache: KVCache | None = None) -> Tensor:
         """x: float[B, T, dim], modality: long[B, T] -> float[B, T, dim].
 
         ``positions`` (RoPE; default ``arange(T)``), ``doc_ids`` (packed documents
         never attend to each other), ``span_ids`` (bidirectional spans inside the
         causal mask) and ``causal`` are optional ``(B, T)`` ids / a flag.
+        With ``cache`` (decoding), ``x`` holds only the new tokens; see ``forward_cached``.
         """
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
             raise ValueError(f"x must be float[B, T, {self.cfg.dim}], got shape {tuple(x.shape)}")
         if modality.shape != x.shape[:2]:
             raise ValueError(f"modality must have shape {tuple(x.shape[:2])}, got {tuple(modality.shape)}")
+        if cache is not None:
+            if doc_ids is not None or span_ids is not None or not causal:
+                raise ValueError("a KV cache supports plain causal attention only: drop doc_ids/span_ids/"
+                                 "causal=False and decode one document per row")
+            return self.forward_cached(x, modality, cache, positions=positions)
         ctx = self.context(modality, positions=positions, doc_ids=doc_ids, span_ids=span_ids, causal=causal)
         B, T, D = x.shape
         h = ctx.routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
@@ -68,6 +78,34 @@ class Transformer(nn.Module):
             h = layer(h, ctx)
         h = self.norm(h, ctx.routing)
         return ctx.routing.to_sequence(h).view(B, T, D)
+
+    def forward_cached(self, x: Tensor, modality: Tensor, cache: KVCache, *,
+                       positions: Tensor | None = None) -> Tensor:
+        """Decode step: ``x: float[B, T_new, dim]`` new tokens after the ``cache.length`` cached ones.
+
+        New token ``i`` sits at absolute index ``L + i`` and attends to keys ``0..L+i``;
+        ``positions`` default to those indices. Routing covers the new tokens only. Appends
+        every layer's keys/values to ``cache`` and advances ``cache.length``.
+        """
+        B, T, D = x.shape
+        if len(cache.layers) != len(self.layers):
+            raise ValueError(f"cache has {len(cache.layers)} layers, the backbone {len(self.layers)}: "
+                             "make it with KVCache.empty(cfg.n_layers)")
+        if cache.batch is not None and cache.batch != B:
+            raise ValueError(f"cache holds batch size {cache.batch}, got {B} new rows")
+        if positions is None:
+            positions = torch.arange(cache.length, cache.length + T, device=x.device).expand(B, T)
+        elif positions.shape != (B, T):
+            raise ValueError(f"positions must have shape {(B, T)} like modality, got {tuple(positions.shape)}")
+        routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers)
+        cos, sin = self.rope(positions)
+        ctx = BatchContext(batch=B, seq_len=T, routing=routing, mask=cache.mask(T, x.device), cos=cos, sin=sin)
+        h = routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
+        for layer, kv in zip(self.layers, cache.layers):
+            h = layer(h, replace(ctx, kv=kv))
+        h = self.norm(h, routing)
+        cache.length, cache.batch = cache.length + T, B
+        return routing.to_sequence(h).view(B, T, D)
 
     def aux_loss(self) -> Tensor:
         """``aux_loss_coef`` x the load-balancing losses of the last forward, summed over MoE layers.

@@ -13,7 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer, Tokenizer, TokenizerFileError
+from mot_lightning.tokenizers.base import (
+    ContinuousTokenizer,
+    DiscreteTokenizer,
+    Tokenizer,
+    TokenizerFileError,
+)
 
 _LAZY = {
     "FitData": "fitting", "TrainConfig": "fitting", "FittableTokenizer": "fitting",
@@ -25,7 +30,30 @@ _LAZY = {
     "LatentImageTokenizer": "latent", "KLVAEConfig": "latent", "KLVAE": "latent",
 }
 
-__all__ = ["Tokenizer", "DiscreteTokenizer", "ContinuousTokenizer", "TokenizerFileError", *_LAZY]
+__all__ = [
+    "KLVAE",
+    "VQVAE",
+    "BPEConfig",
+    "BPETokenizer",
+    "ByteTokenizer",
+    "ContinuousTokenizer",
+    "DiscreteTokenizer",
+    "FitData",
+    "FittableTokenizer",
+    "KLVAEConfig",
+    "KMeansImageConfig",
+    "KMeansImageTokenizer",
+    "LatentImageTokenizer",
+    "SpeechUnitConfig",
+    "SpeechUnitTokenizer",
+    "Tokenizer",
+    "TokenizerFileError",
+    "TrainConfig",
+    "VQImageTokenizer",
+    "VQVAEConfig",
+    "VectorQuantizerEMA",
+    "load_tokenizer",
+]
 
 
 def __getattr__(name: str) -> Any:

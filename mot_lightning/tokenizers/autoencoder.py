@@ -126,14 +126,14 @@ def train_autoencoder(module: ImageAutoencoderModule, train: torch.Tensor, val: 
     """Run Lightning fitting with TensorBoard logs under ``cfg.log_dir/cfg.run_name``."""
     if len(train) == 0:
         raise ValueError("no training images; point data.path at a folder of images or .tar shards")
-    kwargs: dict[str, Any] = dict(
-        max_steps=cfg.max_steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
-        precision=cfg.precision, logger=TensorBoardLogger(cfg.log_dir, name=cfg.run_name),
-        val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if len(val) else 0, num_sanity_val_steps=0, log_every_n_steps=10,
-        enable_progress_bar=cfg.progress_bar, enable_checkpointing=False, enable_model_summary=False,
-        callbacks=[ProgressLog(cfg.max_steps)],
-    )
+    kwargs: dict[str, Any] = {
+        "max_steps": cfg.max_steps, "max_epochs": -1, "accelerator": cfg.accelerator, "devices": cfg.devices,
+        "precision": cfg.precision, "logger": TensorBoardLogger(cfg.log_dir, name=cfg.run_name),
+        "val_check_interval": cfg.val_every_n_steps, "check_val_every_n_epoch": None,
+        "limit_val_batches": 1.0 if len(val) else 0, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
+        "enable_progress_bar": cfg.progress_bar, "enable_checkpointing": False, "enable_model_summary": False,
+        "callbacks": [ProgressLog(cfg.max_steps)],
+    }
     kwargs.update(cfg.trainer_kwargs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = L.Trainer(**kwargs)

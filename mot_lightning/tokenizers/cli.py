@@ -12,8 +12,8 @@ it logs progress, saves the tokenizer, and writes its held-out metrics next to i
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import sys
 import time
 from pathlib import Path

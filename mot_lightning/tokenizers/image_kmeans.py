@@ -14,7 +14,12 @@ import torch
 
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.base import DiscreteTokenizer
-from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, require_state, save_tokenizer_file
+from mot_lightning.tokenizers.files import (
+    config_from_payload,
+    read_tokenizer_file,
+    require_state,
+    save_tokenizer_file,
+)
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
 from mot_lightning.tokenizers.image_common import as_batch, load_images, mean_psnr, to_float, usage
 from mot_lightning.tokenizers.kmeans import kmeans, nearest
@@ -106,7 +111,7 @@ class KMeansImageTokenizer(DiscreteTokenizer, FittableTokenizer):
         save_tokenizer_file(path, "KMeansImageTokenizer", self.config, {"codebook": self.codebook})
 
     @classmethod
-    def load(cls, path: str) -> "KMeansImageTokenizer":
+    def load(cls, path: str) -> KMeansImageTokenizer:
         payload = read_tokenizer_file(path, "KMeansImageTokenizer")
         out = cls(config_from_payload(KMeansImageConfig, payload, path))
         out.codebook = require_state(payload, ["codebook"], path)["codebook"].float()

@@ -113,7 +113,7 @@ class LatentImageTokenizer(ContinuousTokenizer, FittableTokenizer):
         self._require_fitted()
         return self.model.latent_scale.device
 
-    def to(self, device: str | torch.device) -> "LatentImageTokenizer":
+    def to(self, device: str | torch.device) -> LatentImageTokenizer:
         self._require_fitted()
         self.model.to(device)
         return self
@@ -176,7 +176,7 @@ class LatentImageTokenizer(ContinuousTokenizer, FittableTokenizer):
         save_tokenizer_file(path, "LatentImageTokenizer", self.config, self.model.state_dict())
 
     @classmethod
-    def load(cls, path: str) -> "LatentImageTokenizer":
+    def load(cls, path: str) -> LatentImageTokenizer:
         payload = read_tokenizer_file(path, "LatentImageTokenizer")
         out = cls(config_from_payload(KLVAEConfig, payload, path))
         out.model = _load_weights(KLVAE(out.config), payload["state"], path).eval()

@@ -6,6 +6,7 @@ Decoder mirrors it with nearest-neighbour upsampling. Images enter in [-1, 1].
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -44,7 +45,7 @@ class Encoder(nn.Module):
         super().__init__()
         chs = level_channels(channels, downsample)
         layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
-        for c_in, c_out in zip(chs[:-1], chs[1:]):
+        for c_in, c_out in itertools.pairwise(chs):
             layers += [ResBlock(c_in, c_in) for _ in range(res_blocks)]
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
         layers += [ResBlock(chs[-1], chs[-1]), _norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], out_ch, 1)]
@@ -61,7 +62,7 @@ class Decoder(nn.Module):
         super().__init__()
         chs = level_channels(channels, downsample)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(in_ch, chs[0], 3, padding=1), ResBlock(chs[0], chs[0])]
-        for c_in, c_out in zip(chs[:-1], chs[1:]):
+        for c_in, c_out in itertools.pairwise(chs):
             layers += [ResBlock(c_in, c_in) for _ in range(res_blocks)]
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
         layers += [_norm(chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], 3, 3, padding=1)]

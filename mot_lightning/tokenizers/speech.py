@@ -23,7 +23,12 @@ import torchaudio.transforms as AT
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers import sources
 from mot_lightning.tokenizers.base import DiscreteTokenizer
-from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, require_state, save_tokenizer_file
+from mot_lightning.tokenizers.files import (
+    config_from_payload,
+    read_tokenizer_file,
+    require_state,
+    save_tokenizer_file,
+)
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
 from mot_lightning.tokenizers.kmeans import kmeans, nearest
 from mot_lightning.tokenizers.media import AUDIO_EXTS, prepare_audio
@@ -189,7 +194,7 @@ class SpeechUnitTokenizer(DiscreteTokenizer, FittableTokenizer):
                             {"codebook": self.codebook, "mean": self.mean, "std": self.std})
 
     @classmethod
-    def load(cls, path: str) -> "SpeechUnitTokenizer":
+    def load(cls, path: str) -> SpeechUnitTokenizer:
         payload = read_tokenizer_file(path, "SpeechUnitTokenizer")
         out = cls(config_from_payload(SpeechUnitConfig, payload, path))
         state = require_state(payload, ["codebook", "mean", "std"], path)

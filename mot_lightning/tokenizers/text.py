@@ -8,7 +8,6 @@ data layer's business.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,11 @@ from typing import Any
 import torch
 
 from mot_lightning.modality import Modality
+from mot_lightning.tokenizers import sources
 from mot_lightning.tokenizers.base import DiscreteTokenizer, TokenizerFileError
-from mot_lightning.tokenizers.files import read_tokenizer_file, save_tokenizer_file, config_from_payload
+from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, save_tokenizer_file
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
 from mot_lightning.tokenizers.media import TEXT_EXTS
-from mot_lightning.tokenizers import sources
 
 log = logging.getLogger("mot_lightning.tokenizers")
 
@@ -80,7 +79,7 @@ class ByteTokenizer(DiscreteTokenizer):
         save_tokenizer_file(path, "ByteTokenizer", {"special_tokens": list(self._specials)}, {})
 
     @classmethod
-    def load(cls, path: str) -> "ByteTokenizer":
+    def load(cls, path: str) -> ByteTokenizer:
         payload = read_tokenizer_file(path, "ByteTokenizer")
         return cls(special_tokens=payload["config"].get("special_tokens", []))
 
@@ -168,7 +167,7 @@ class BPETokenizer(DiscreteTokenizer, FittableTokenizer):
         save_tokenizer_file(path, "BPETokenizer", self.config, {}, {"hf_tokenizer_json": self._tok.to_str()})
 
     @classmethod
-    def load(cls, path: str) -> "BPETokenizer":
+    def load(cls, path: str) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         payload = read_tokenizer_file(path, "BPETokenizer")

@@ -188,7 +188,7 @@ class VQImageTokenizer(DiscreteTokenizer, FittableTokenizer):
         self._require_fitted()
         return self.model.quantizer.codebook.device
 
-    def to(self, device: str | torch.device) -> "VQImageTokenizer":
+    def to(self, device: str | torch.device) -> VQImageTokenizer:
         self._require_fitted()
         self.model.to(device)
         return self
@@ -245,7 +245,7 @@ class VQImageTokenizer(DiscreteTokenizer, FittableTokenizer):
         save_tokenizer_file(path, "VQImageTokenizer", self.config, self.model.state_dict())
 
     @classmethod
-    def load(cls, path: str) -> "VQImageTokenizer":
+    def load(cls, path: str) -> VQImageTokenizer:
         payload = read_tokenizer_file(path, "VQImageTokenizer")
         out = cls(config_from_payload(VQVAEConfig, payload, path))
         out.model = _load_weights(VQVAE(out.config), payload["state"], path).eval()

@@ -33,7 +33,7 @@ def test_fit_kmeans_from_yaml_then_info_and_roundtrip(demo_dirs, tmp_path, capsy
     capsys.readouterr()
     main(["info", str(out)])
     assert json.loads(capsys.readouterr().out)["tokens_per_image"] == 64
-    main(["roundtrip", str(out), str(sorted(demo_dirs["images"].glob("*.png"))[0]), "--out", str(tmp_path / "r.png")])
+    main(["roundtrip", str(out), str(min(demo_dirs["images"].glob("*.png"))), "--out", str(tmp_path / "r.png")])
     assert json.loads(capsys.readouterr().out)["tokens"] == 64 and (tmp_path / "r.png").is_file()
 
 

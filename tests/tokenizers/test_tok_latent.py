@@ -3,9 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mot_lightning.tokenizers import KLVAE, FitData, KLVAEConfig, LatentImageTokenizer, TokenizerFileError, TrainConfig
-from mot_lightning.tokenizers.image_common import load_images, to_float
+from mot_lightning.tokenizers import (
+    KLVAE,
+    FitData,
+    KLVAEConfig,
+    LatentImageTokenizer,
+    TokenizerFileError,
+    TrainConfig,
+)
 from mot_lightning.tokenizers.files import read_tokenizer_file
+from mot_lightning.tokenizers.image_common import load_images, to_float
 
 TINY = KLVAEConfig(resolution=16, downsample=4, channels=8, res_blocks=0, latent_channels=4, patch_size=2)
 
@@ -22,7 +29,7 @@ def vae(demo_dirs, tmp_path_factory):
 def test_latents_shape_scale_and_round_trip(vae, demo_dirs):
     tok, metrics = vae
     assert tok.latent_dim == 16 and tok.num_tokens() == 4
-    z = tok.encode(sorted(demo_dirs["images"].glob("*.png"))[0])
+    z = tok.encode(min(demo_dirs["images"].glob("*.png")))
     assert z.shape == (4, 16) and z.dtype == torch.float32
     assert tok.decode(z).shape == (3, 16, 16)
     # latent_scale makes training latents unit-variance, as a diffusion head expects
@@ -43,7 +50,7 @@ def test_save_load_identical_and_damaged_weights(vae, demo_dirs, tmp_path):
     tok, _ = vae
     tok.save(str(tmp_path / "vae.pt"))
     loaded = LatentImageTokenizer.load(str(tmp_path / "vae.pt"))
-    f = sorted(demo_dirs["images"].glob("*.png"))[0]
+    f = min(demo_dirs["images"].glob("*.png"))
     assert torch.equal(loaded.encode(f), tok.encode(f))
     payload = read_tokenizer_file(tmp_path / "vae.pt")
     state = dict(payload["state"])

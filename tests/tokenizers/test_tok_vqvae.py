@@ -4,7 +4,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mot_lightning.tokenizers import VQVAE, FitData, TrainConfig, VectorQuantizerEMA, VQImageTokenizer, VQVAEConfig
+from mot_lightning.tokenizers import (
+    VQVAE,
+    FitData,
+    TrainConfig,
+    VectorQuantizerEMA,
+    VQImageTokenizer,
+    VQVAEConfig,
+)
 from mot_lightning.tokenizers.image_common import load_images, to_float
 
 BLOBS = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
@@ -71,7 +78,7 @@ def vq(demo_dirs, tmp_path_factory):
 
 @pytest.mark.slow
 def test_vqvae_trains_reconstructs_and_logs_to_tensorboard(vq, demo_dirs):
-    tok, metrics, log_dir = vq
+    _, metrics, log_dir = vq
     _, held = load_images(FitData(str(demo_dirs["images"]), held_out=0.15), 16)
     untrained = VQImageTokenizer(TINY)
     untrained.model = VQVAE(TINY).eval()

@@ -1,0 +1,158 @@
+"""Log what the model generates to TensorBoard every N optimizer steps (global rank 0).
+
+Tags (each only when the model has the modalities it needs):
+
+- ``samples/caption_to_image``          grid of images generated from fixed captions,
+  ``samples/caption_to_image_prompts``  the captions (text);
+- ``samples/image_to_caption``          captions generated for validation images (text, with the reference);
+- ``samples/text_to_speech``            speech generated from the captions (audio, one clip, 16 kHz);
+- ``samples/image_reconstructions``     validation images (top row) and their image-tokenizer
+  reconstructions (bottom row): the ceiling for generated image quality.
+
+Validation images come from the raw shards of the first validation set, read
+once. Sampling uses its own seeded generator, so it never moves the training
+RNG, and the same seed at every logging step makes samples comparable over time.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torchvision.utils import make_grid
+
+from mot_lightning import sampling
+from mot_lightning.data.counters import StreamCounters
+from mot_lightning.data.documents import BadSample, parse_sample
+from mot_lightning.data.read import shard_samples
+from mot_lightning.modality import Modality
+
+DEMO_CAPTIONS = (
+    "two small red circles on the left",
+    "a large blue square in the middle",
+    "three green triangles on the right",
+    "one yellow circle at the top",
+)
+SILENCE_S = 0.25  # between concatenated speech samples
+
+
+class SampleLogger(pl.Callback):
+    def __init__(self, every_n_steps: int = 500, n_samples: int = 4, temperature: float = 1.0,
+                 top_k: int | None = None, captions: list[str] | None = None, max_caption_tokens: int = 64,
+                 max_speech_units: int = 75, seed: int = 0) -> None:
+        """
+        Args:
+            every_n_steps: log after every N-th optimizer step.
+            n_samples: images / captions / speech clips per task.
+            temperature / top_k: sampling settings (temperature 0 = greedy).
+            captions: prompts for caption->image and text->speech; default: demo-style captions.
+            max_caption_tokens / max_speech_units: length limits of generated captions / speech.
+            seed: seed of the sampling generator (the same at every logging step).
+        """
+        if every_n_steps < 1 or n_samples < 1:
+            raise ValueError(f"every_n_steps and n_samples must be >= 1, got {every_n_steps}, {n_samples}")
+        self.every_n_steps, self.n_samples = every_n_steps, n_samples
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.captions = list(captions or DEMO_CAPTIONS)
+        self.max_caption_tokens, self.max_speech_units = max_caption_tokens, max_speech_units
+        self._last_step = -1
+        self._val_pairs: tuple[torch.Tensor, list[str]] | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._last_step:  # once per optimizer step
+            return
+        self._last_step = step
+        if trainer.is_global_zero:
+            self.log_samples(trainer, pl_module)
+
+    @torch.no_grad()
+    def log_samples(self, trainer: pl.Trainer, pl_module) -> None:
+        writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        net = pl_module.net
+        if writer is None or net is None:
+            return
+        if any(type(p).__name__ == "DTensor" for p in net.parameters()):
+            rank_zero_warn("SampleLogger: the model is sharded (FSDP2); sampling on rank 0 alone would hang, "
+                           "so no samples are logged")
+            return
+        dm, step = trainer.datamodule, trainer.global_step
+        have = set(pl_module.modalities)
+        was_training = net.training
+        net.eval()
+        try:
+            if Modality.IMAGE in have and dm.tokenizers.get("image") is not None:
+                self._images(writer, dm, net, step)
+            if Modality.SPEECH in have and dm.tokenizers.get("speech") is not None:
+                self._speech(writer, dm, net, step)
+        finally:
+            net.train(was_training)
+
+    def _generator(self, net) -> torch.Generator:
+        return torch.Generator(device=net.head.weight.device).manual_seed(self.seed)
+
+    def _kw(self, net) -> dict:
+        return dict(temperature=self.temperature, top_k=self.top_k, generator=self._generator(net))
+
+    def _images(self, writer, dm, net, step: int) -> None:
+        text_tok, image_tok = dm.tokenizers["text"], dm.tokenizers["image"]
+        captions = self.captions[: self.n_samples]
+        images = sampling.caption_to_image(net, dm.vocab, text_tok, image_tok, captions, **self._kw(net))
+        writer.add_image("samples/caption_to_image", make_grid(images, nrow=len(images)), step)
+        writer.add_text("samples/caption_to_image_prompts", _numbered(captions), step)
+        originals, references = self._validation_images(dm)
+        if not len(originals):
+            return
+        codes = image_tok.encode(originals)  # (N, n) the tokenizer's own ids
+        recon = image_tok.decode(codes)  # (N, 3, R, R)
+        grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
+        writer.add_image("samples/image_reconstructions", grid, step)
+        generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes, max_tokens=self.max_caption_tokens,
+                                              **self._kw(net))
+        lines = [f"{gen!r} (reference: {ref!r})" for gen, ref in zip(generated, references)]
+        writer.add_text("samples/image_to_caption", _numbered(lines), step)
+
+    def _speech(self, writer, dm, net, step: int) -> None:
+        speech_tok = dm.tokenizers["speech"]
+        texts = self.captions[: self.n_samples]
+        waves = sampling.text_to_speech(net, dm.vocab, dm.tokenizers["text"], speech_tok, texts,
+                                        max_units=self.max_speech_units, **self._kw(net))
+        rate = speech_tok.sample_rate
+        gap = torch.zeros(int(SILENCE_S * rate))
+        clip = torch.cat([piece for w in waves for piece in (w.float().clamp(-1, 1), gap)])
+        writer.add_audio("samples/text_to_speech", clip[None], step, sample_rate=rate)
+        writer.add_text("samples/text_to_speech_prompts", _numbered(texts), step)
+
+    def _validation_images(self, dm) -> tuple[torch.Tensor, list[str]]:
+        """float[N, 3, R, R] images and their text from the first validation set's shards (read once)."""
+        if self._val_pairs is None:
+            self._val_pairs = _read_image_text_pairs(dm, self.n_samples)
+        return self._val_pairs
+
+
+def _read_image_text_pairs(dm, n: int) -> tuple[torch.Tensor, list[str]]:
+    streams = list(getattr(dm, "val_streams", {}).values())
+    images, texts = [], []
+    if streams:
+        stream = streams[0]
+        keep = frozenset({Modality.TEXT, Modality.IMAGE})
+        urls = [url for source in stream.sources for url in source.urls]
+        for sample in shard_samples(urls, StreamCounters()):
+            try:
+                doc = parse_sample(sample, keep, stream.config.image_size)
+            except BadSample:
+                continue
+            segs = {seg.modality: seg.value for seg in doc.segments}
+            if Modality.IMAGE in segs:
+                images.append(segs[Modality.IMAGE])
+                texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
+            if len(images) == n:
+                break
+    return (torch.stack(images) if images else torch.zeros(0, 3, 1, 1)), texts
+
+
+def _numbered(lines: Sequence[str]) -> str:
+    """Markdown list (TensorBoard renders text summaries as Markdown)."""
+    return "\n".join(f"{i + 1}. {line}" for i, line in enumerate(lines))

@@ -1,0 +1,129 @@
+"""Read a run's TensorBoard scalars (TensorBoardLogger layout) into ``tag -> Series``.
+
+A run dir ``runs/<setting>/<variant>`` holds ``version_0``, ``version_1``, ... (one
+per launch; a resumed run continues the steps in a new version). They are merged by
+step, later versions winning on duplicate steps (a resume from an earlier checkpoint
+re-logs those steps). Wall-clock is *active* time: each version counts from its own
+first event to its last scalar, so the pause between a stop and a resume is not
+counted. A dir that holds event files itself (e.g. one ``version_N``) is read alone.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mot_lightning.compare.matching import Series
+from mot_lightning.modality import Modality
+
+FLOPS_TAG = "train/total_flops"
+EVENTS_GLOB = "events.out.tfevents.*"
+_LOSS_TAG = re.compile(r"^(train|val)(?:/[^/]+)?/loss(?:_([a-z]+))?$")
+
+
+class RunError(Exception):
+    """A run dir cannot be compared; the message says why and what to pass instead."""
+
+
+def is_loss_tag(tag: str) -> bool:
+    """``train/loss``, ``val/loss``, ``{train,val}/loss_<modality>``, ``val/<set>/loss_<modality>``."""
+    m = _LOSS_TAG.match(tag)
+    return bool(m) and (m.group(2) is None or m.group(2) in {x.label for x in Modality})
+
+
+@dataclass
+class Run:
+    path: Path
+    versions: list[Path]
+    scalars: dict[str, Series]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def loss_tags(self) -> list[str]:
+        return sorted(t for t in self.scalars if is_loss_tag(t))
+
+    @property
+    def flops(self) -> Series | None:
+        return self.scalars.get(FLOPS_TAG)
+
+    @property
+    def last_step(self) -> float:
+        return max(s.last_step for t, s in self.scalars.items() if is_loss_tag(t))
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and merge a run's versions; raise ``RunError`` with a clear message when it can't."""
+    path = Path(path)
+    versions = find_versions(path)
+    merged: dict[str, dict[float, tuple[float, float]]] = {}
+    offset = 0.0
+    for version in versions:
+        scalars, duration = _read_version(version)
+        for tag, points in scalars.items():
+            for step, value, t in points:
+                merged.setdefault(tag, {})[step] = (value, offset + t)
+        offset += duration
+    series = {tag: _to_series(points) for tag, points in merged.items()}
+    run = Run(path, versions, series)
+    if not run.loss_tags:
+        found = ", ".join(sorted(series)[:8]) or "no scalars at all"
+        raise RunError(f"{path}: its event files hold no loss tag (train/loss, train/loss_<modality>, "
+                       f"val/...loss_<modality>); found: {found}. Has training logged its first steps yet?")
+    return run
+
+
+def find_versions(path: Path) -> list[Path]:
+    """The dirs to read, oldest first: ``path`` itself if it holds event files, else its ``version_*``."""
+    if not path.exists():
+        raise RunError(f"{path}: no such directory; pass a run dir such as runs/speech/mot "
+                       "(its version_* dirs are merged) or a single runs/speech/mot/version_N")
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory; pass the run dir that holds version_* dirs")
+    if any(path.glob(EVENTS_GLOB)):
+        return [path]
+    versions = sorted((d for d in path.glob("version_*") if d.is_dir() and any(d.glob(EVENTS_GLOB))),
+                      key=_version_number)
+    if not versions:
+        raise RunError(f"{path}: no TensorBoard event files ({EVENTS_GLOB}) in it or in its version_* "
+                       "dirs; is this the run dir a TensorBoardLogger wrote (runs/<setting>/<variant>)?")
+    return versions
+
+
+def _version_number(d: Path) -> tuple[int, str]:
+    suffix = d.name.removeprefix("version_")
+    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+
+
+def _read_version(version: Path) -> tuple[dict[str, list[tuple[float, float, float]]], float]:
+    """``tag -> [(step, value, seconds since this version's first event)]`` and the active duration."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(version), size_guidance={SCALARS: 0})  # 0 = keep every point
+    try:
+        acc.Reload()
+    except Exception as err:  # corrupt or unreadable files: say which dir, not a traceback
+        raise RunError(f"{version}: cannot read its event files ({err}); remove or move the broken file") from err
+    if not acc.Tags()[SCALARS]:  # a launch that has not logged yet (maybe an empty file)
+        return {}, 0.0
+    start = acc.FirstEventTimestamp()
+    out = {tag: [(float(e.step), float(e.value), e.wall_time - start) for e in acc.Scalars(tag)]
+           for tag in acc.Tags()[SCALARS]}
+    duration = max((p[2] for pts in out.values() for p in pts), default=0.0)
+    return out, duration
+
+
+def _to_series(points: dict[float, tuple[float, float]]) -> Series:
+    steps = sorted(points)
+    return Series.of(steps, [points[s][0] for s in steps], [points[s][1] for s in steps])
+
+
+def short_labels(paths: list[Path]) -> list[str]:
+    """Shortest path suffixes (at least the last two parts) that tell the runs apart."""
+    parts = [p.resolve().parts for p in paths]
+    for n in range(2, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]

@@ -1,0 +1,160 @@
+"""Autoregressive sampling from a ``TokenLM``, and the app's three constrained tasks.
+
+``generate`` is the one sampling loop: with ``use_cache`` it feeds the prompt
+once and then one token per step through a ``KVCache``; without, it recomputes
+the whole sequence every step (the obviously-correct twin the tests compare
+against). Each new token's modality follows from its id (``JointVocab.modality_of``).
+
+The tasks build prompts exactly as ``data/encode.py`` lays documents out
+(``BOS text BOI image-codes EOI ...``, ``BOS_SPEECH units EOS_SPEECH``) and
+restrict every step to the id range the task needs:
+
+- ``caption_to_image``: ``BOS caption BOI`` -> exactly ``tokens_per_image`` image codes;
+- ``image_to_caption``: ``BOS BOI codes EOI`` -> text ids until ``EOS``;
+- ``text_to_speech``:   ``BOS text BOS_SPEECH`` -> speech units until ``EOS_SPEECH``.
+
+Sampling with a cache assumes token-local routing: an expert-choice MoE that
+routes over the whole batch (``moe_eval_mode="batch"``) sees one token at a
+time when decoding, so cached and recomputed samples differ for it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from mot_lightning.data.vocab import JointVocab
+from mot_lightning.modality import Modality
+from mot_lightning.model.kv_cache import KVCache
+from mot_lightning.model.lm import TokenLM
+from mot_lightning.tokenizers.base import DiscreteTokenizer
+
+# (step, tokens so far long[B, T]) -> bool[vocab] or bool[B, vocab] of the ids allowed next
+Allowed = Callable[[int, Tensor], Tensor]
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                allowed: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """logits float[B, V] -> long[B]: greedy when ``temperature == 0``, else softmax sampling."""
+    logits = logits.float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(net: TokenLM, prompt: Tensor, modality_of: Callable[[Tensor], Tensor], max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, allowed: Allowed | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             stop_ids: Sequence[int] = ()) -> Tensor:
+    """prompt long[B, T0] -> long[B, T0 + n], n <= max_new_tokens.
+
+    Stops early once every row has produced one of ``stop_ids`` (rows that stopped keep
+    sampling until then: cut them with ``until_stop``). Call with the model in eval mode.
+    """
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be long[B, T0] with T0 >= 1, got shape {tuple(prompt.shape)}")
+    tokens = prompt
+    cache = KVCache.empty(len(net.backbone.layers)) if use_cache else None
+    new = prompt  # what the next forward has to process
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=prompt.device)
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    for step in range(max_new_tokens):
+        if cache is not None:
+            logits = net(new, modality_of(new), cache=cache)[:, -1]  # (B, V)
+        else:
+            logits = net(tokens, modality_of(tokens))[:, -1]
+        mask = allowed(step, tokens) if allowed is not None else None
+        nxt = sample_next(logits, temperature, top_k, mask, generator)  # (B,)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        new = nxt[:, None]
+        if stops.numel():
+            done |= torch.isin(nxt, stops)
+            if bool(done.all()):
+                break
+    return tokens
+
+
+def until_stop(ids: Tensor, stop_ids: Sequence[int]) -> Tensor:
+    """long[n] -> the ids before the first stop id (all of them without one)."""
+    hits = torch.isin(ids, torch.tensor(list(stop_ids), dtype=torch.long, device=ids.device)).nonzero()
+    return ids[: int(hits[0])] if len(hits) else ids
+
+
+def id_mask(vocab: JointVocab, ranges: Sequence[tuple[int, int]], ids: Sequence[int] = (),
+            device: torch.device | str = "cpu") -> Tensor:
+    """bool[vocab.size]: True on the half-open ``ranges`` and the single ``ids``."""
+    mask = torch.zeros(vocab.size, dtype=torch.bool, device=device)
+    for lo, hi in ranges:
+        mask[lo:hi] = True
+    mask[list(ids)] = True
+    return mask
+
+
+def _text_ids(vocab: JointVocab, text_tok: DiscreteTokenizer, text: str) -> list[int]:
+    return vocab.to_joint(text_tok.encode(text).reshape(-1), Modality.TEXT).tolist()
+
+
+def _device(net: TokenLM) -> torch.device:
+    return net.head.weight.device
+
+
+def caption_to_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_tok: DiscreteTokenizer,
+                     captions: Sequence[str], *, temperature: float = 1.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """-> float[N, 3, H, W] in [0, 1]: ``BOS caption BOI`` then exactly ``tokens_per_image`` image codes."""
+    n_codes = image_tok.num_tokens(None)  # fixed per image for discrete image tokenizers
+    device = _device(net)
+    allowed = id_mask(vocab, [vocab.range(Modality.IMAGE)], device=device)
+    images = []
+    for caption in captions:  # one row each: captions differ in length and rows are not padded
+        prompt = torch.tensor([[vocab.bos_id, *_text_ids(vocab, text_tok, caption), vocab.boi_id]], device=device)
+        out = generate(net, prompt, vocab.modality_of, n_codes, temperature, top_k,
+                       allowed=lambda step, toks: allowed, generator=generator)
+        codes = vocab.to_local(out[0, prompt.shape[1]:], Modality.IMAGE).cpu()
+        images.append(image_tok.decode(codes))
+    return torch.stack(images)
+
+
+def image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_codes: Tensor, *,
+                     max_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None) -> list[str]:
+    """image_codes long[N, n] (image tokenizer's own ids) -> N captions: ``BOS BOI codes EOI`` then text until EOS."""
+    device = _device(net)
+    codes = vocab.to_joint(image_codes.to(device), Modality.IMAGE)
+    n = codes.shape[0]
+    prompt = torch.cat([torch.full((n, 2), vocab.bos_id, device=device), codes,
+                        torch.full((n, 1), vocab.eoi_id, device=device)], dim=1)
+    prompt[:, 1] = vocab.boi_id
+    allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
+    out = generate(net, prompt, vocab.modality_of, max_tokens, temperature, top_k,
+                   allowed=lambda step, toks: allowed, generator=generator, stop_ids=[vocab.eos_id])
+    return [text_tok.decode(until_stop(row[prompt.shape[1]:], [vocab.eos_id]).cpu()) for row in out]
+
+
+def text_to_speech(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, speech_tok: DiscreteTokenizer,
+                   texts: Sequence[str], *, max_units: int = 100, temperature: float = 1.0,
+                   top_k: int | None = None, generator: torch.Generator | None = None) -> list[Tensor]:
+    """-> one float[samples] waveform per text (the speech tokenizer's rate): ``BOS text BOS_SPEECH`` then
+    speech units until ``EOS_SPEECH`` (at least one unit, at most ``max_units``)."""
+    device = _device(net)
+    units = id_mask(vocab, [vocab.range(Modality.SPEECH)], device=device)
+    units_or_end = id_mask(vocab, [vocab.range(Modality.SPEECH)], [vocab.eos_speech_id], device=device)
+    waves = []
+    for text in texts:
+        prompt = torch.tensor([[vocab.bos_id, *_text_ids(vocab, text_tok, text), vocab.bos_speech_id]],
+                              device=device)
+        out = generate(net, prompt, vocab.modality_of, max_units, temperature, top_k,
+                       allowed=lambda step, toks: units if step == 0 else units_or_end,
+                       generator=generator, stop_ids=[vocab.eos_speech_id])
+        ids = until_stop(out[0, prompt.shape[1]:], [vocab.eos_speech_id])
+        waves.append(speech_tok.decode(vocab.to_local(ids, Modality.SPEECH).cpu()))
+    return waves
