@@ -15,6 +15,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
     "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
     "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
+    "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),
     "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -13,22 +13,35 @@ restrict every step to the id range the task needs:
 - ``image_to_caption``: ``BOS BOI codes EOI`` -> text ids until ``EOS``;
 - ``text_to_speech``:   ``BOS text BOS_SPEECH`` -> speech units until ``EOS_SPEECH``.
 
+``read_image_text_pairs`` reads raw validation images (and their text) for the
+image->caption prompts and for tokenizer reconstructions.
+
 Sampling with a cache assumes token-local routing: an expert-choice MoE that
 routes over the whole batch (``moe_eval_mode="batch"``) sees one token at a
 time when decoding, so cached and recomputed samples differ for it.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from mot_lightning.data.counters import StreamCounters
+from mot_lightning.data.documents import BadSample, parse_sample
+from mot_lightning.data.read import shard_samples
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.tokenizers.base import DiscreteTokenizer
+
+DEMO_CAPTIONS = (  # prompts in the style of the demo corpus (data/demo.py)
+    "two small red circles on the left",
+    "a large blue square in the middle",
+    "three green triangles on the right",
+    "one yellow circle at the top",
+)
 
 # (step, tokens so far long[B, T]) -> bool[vocab] or bool[B, vocab] of the ids allowed next
 Allowed = Callable[[int, Tensor], Tensor]
@@ -128,12 +141,13 @@ def image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenize
                      max_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
                      generator: torch.Generator | None = None) -> list[str]:
     """image_codes long[N, n] (image tokenizer's own ids) -> N captions: ``BOS BOI codes EOI`` then text until EOS."""
+    if image_codes.dim() != 2:
+        raise ValueError(f"image_codes must be long[N, tokens_per_image], got shape {tuple(image_codes.shape)}")
     device = _device(net)
-    codes = vocab.to_joint(image_codes.to(device), Modality.IMAGE)
+    codes = vocab.to_joint(image_codes.to(device), Modality.IMAGE)  # (N, n)
     n = codes.shape[0]
-    prompt = torch.cat([torch.full((n, 2), vocab.bos_id, device=device), codes,
-                        torch.full((n, 1), vocab.eoi_id, device=device)], dim=1)
-    prompt[:, 1] = vocab.boi_id
+    bos_boi = torch.tensor([vocab.bos_id, vocab.boi_id], device=device).expand(n, 2)
+    prompt = torch.cat([bos_boi, codes, torch.full((n, 1), vocab.eoi_id, device=device)], dim=1)
     allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
     out = generate(net, prompt, vocab.modality_of, max_tokens, temperature, top_k,
                    allowed=lambda step, toks: allowed, generator=generator, stop_ids=[vocab.eos_id])
@@ -158,3 +172,26 @@ def text_to_speech(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer,
         ids = until_stop(out[0, prompt.shape[1]:], [vocab.eos_speech_id])
         waves.append(speech_tok.decode(vocab.to_local(ids, Modality.SPEECH).cpu()))
     return waves
+
+
+def read_image_text_pairs(dm, n: int) -> tuple[torch.Tensor, list[str]]:
+    """Up to ``n`` images float[N, 3, R, R] and their documents' text, read from the raw shards of the
+    data module's first validation set (after ``setup``); float[0, 3, 1, 1] and [] without one."""
+    streams = list(getattr(dm, "val_streams", {}).values())
+    images, texts = [], []
+    if streams:
+        stream = streams[0]
+        keep = frozenset({Modality.TEXT, Modality.IMAGE})
+        urls = [url for source in stream.sources for url in source.urls]
+        for sample in shard_samples(urls, StreamCounters()):
+            try:
+                doc = parse_sample(sample, keep, stream.config.image_size)
+            except BadSample:
+                continue
+            segs = {seg.modality: seg.value for seg in doc.segments}
+            if Modality.IMAGE in segs:
+                images.append(segs[Modality.IMAGE])
+                texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
+            if len(images) == n:
+                break
+    return (torch.stack(images) if images else torch.zeros(0, 3, 1, 1)), texts

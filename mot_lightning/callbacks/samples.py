@@ -15,26 +15,19 @@ RNG, and the same seed at every logging step makes samples comparable over time.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.distributed.tensor import DTensor
 from torchvision.utils import make_grid
 
 from mot_lightning import sampling
-from mot_lightning.data.counters import StreamCounters
-from mot_lightning.data.documents import BadSample, parse_sample
-from mot_lightning.data.read import shard_samples
 from mot_lightning.modality import Modality
+from mot_lightning.sampling import DEMO_CAPTIONS, read_image_text_pairs
 
-DEMO_CAPTIONS = (
-    "two small red circles on the left",
-    "a large blue square in the middle",
-    "three green triangles on the right",
-    "one yellow circle at the top",
-)
 SILENCE_S = 0.25  # between concatenated speech samples
 
 
@@ -74,12 +67,12 @@ class SampleLogger(pl.Callback):
         net = pl_module.net
         if writer is None or net is None:
             return
-        if any(type(p).__name__ == "DTensor" for p in net.parameters()):
+        if any(isinstance(p, DTensor) for p in net.parameters()):
             rank_zero_warn("SampleLogger: the model is sharded (FSDP2); sampling on rank 0 alone would hang, "
                            "so no samples are logged")
             return
         dm, step = trainer.datamodule, trainer.global_step
-        have = set(pl_module.modalities)
+        have = set(pl_module.modalities) & set(getattr(dm, "modalities", []))  # in the model and trained on
         was_training = net.training
         net.eval()
         try:
@@ -94,7 +87,7 @@ class SampleLogger(pl.Callback):
         return torch.Generator(device=net.head.weight.device).manual_seed(self.seed)
 
     def _kw(self, net) -> dict:
-        return dict(temperature=self.temperature, top_k=self.top_k, generator=self._generator(net))
+        return {"temperature": self.temperature, "top_k": self.top_k, "generator": self._generator(net)}
 
     def _images(self, writer, dm, net, step: int) -> None:
         text_tok, image_tok = dm.tokenizers["text"], dm.tokenizers["image"]
@@ -119,7 +112,7 @@ class SampleLogger(pl.Callback):
         texts = self.captions[: self.n_samples]
         waves = sampling.text_to_speech(net, dm.vocab, dm.tokenizers["text"], speech_tok, texts,
                                         max_units=self.max_speech_units, **self._kw(net))
-        rate = speech_tok.sample_rate
+        rate = getattr(speech_tok, "sample_rate", 16000)
         gap = torch.zeros(int(SILENCE_S * rate))
         clip = torch.cat([piece for w in waves for piece in (w.float().clamp(-1, 1), gap)])
         writer.add_audio("samples/text_to_speech", clip[None], step, sample_rate=rate)
@@ -128,29 +121,8 @@ class SampleLogger(pl.Callback):
     def _validation_images(self, dm) -> tuple[torch.Tensor, list[str]]:
         """float[N, 3, R, R] images and their text from the first validation set's shards (read once)."""
         if self._val_pairs is None:
-            self._val_pairs = _read_image_text_pairs(dm, self.n_samples)
+            self._val_pairs = read_image_text_pairs(dm, self.n_samples)
         return self._val_pairs
-
-
-def _read_image_text_pairs(dm, n: int) -> tuple[torch.Tensor, list[str]]:
-    streams = list(getattr(dm, "val_streams", {}).values())
-    images, texts = [], []
-    if streams:
-        stream = streams[0]
-        keep = frozenset({Modality.TEXT, Modality.IMAGE})
-        urls = [url for source in stream.sources for url in source.urls]
-        for sample in shard_samples(urls, StreamCounters()):
-            try:
-                doc = parse_sample(sample, keep, stream.config.image_size)
-            except BadSample:
-                continue
-            segs = {seg.modality: seg.value for seg in doc.segments}
-            if Modality.IMAGE in segs:
-                images.append(segs[Modality.IMAGE])
-                texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
-            if len(images) == n:
-                break
-    return (torch.stack(images) if images else torch.zeros(0, 3, 1, 1)), texts
 
 
 def _numbered(lines: Sequence[str]) -> str:

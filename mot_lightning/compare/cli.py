@@ -7,6 +7,7 @@ from pathlib import Path
 from mot_lightning.compare.report import Smoothing, compare_runs, to_csv, to_markdown, to_text
 from mot_lightning.compare.runs import Run, RunError, load_run, short_labels
 
+DESCRIPTION = "The paper's step-matching comparison of training runs: a table (.md, .csv) and PNG plots."
 EPILOG = """\
 s_steps: first step at which the run's smoothed loss reaches the baseline's final smoothed loss,
 divided by the baseline's final step (s < 1: the run is faster). s_flops / s_time: the same match
@@ -16,7 +17,7 @@ Example: mot compare runs/speech/dense runs/speech/mot --out compare_out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mot compare", description=__doc__, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="mot compare", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run dirs (runs/<setting>/<variant>: version_* merged) or single version_N dirs")
@@ -64,8 +65,9 @@ def main(argv: list[str]) -> None:
 
 
 def _header(runs: list[Run], labels: list[str], baseline: int, smoothing: Smoothing) -> str:
-    lines = [f"baseline: {labels[baseline]} (final step {runs[baseline].last_step:g}); "
-             f"EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}"]
+    head = (f"baseline: {labels[baseline]} (final step {runs[baseline].last_step:g}); "
+            f"EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}")
+    lines = [head]
     for run, label in zip(runs, labels):
         if len(run.versions) > 1:
             lines.append(f"{label}: merged {len(run.versions)} versions: "

@@ -40,7 +40,7 @@ class Series:
             raise ValueError("a Series needs equally long, non-empty steps/values/times")
 
     @classmethod
-    def of(cls, steps, values, times=None) -> "Series":
+    def of(cls, steps, values, times=None) -> Series:
         steps = np.asarray(steps, dtype=np.float64)
         times = steps if times is None else times
         return cls(steps, np.asarray(values, dtype=np.float64), np.asarray(times, dtype=np.float64))

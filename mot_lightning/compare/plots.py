@@ -11,12 +11,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mot_lightning.compare.matching import Series, smooth  # noqa: E402
-from mot_lightning.compare.report import Row, Smoothing  # noqa: E402
-from mot_lightning.compare.runs import Run  # noqa: E402
+from mot_lightning.compare.matching import Series, smooth
+from mot_lightning.compare.report import Row, Smoothing
+from mot_lightning.compare.runs import Run
 
 AXES = {"steps": "optimizer step", "flops": "training FLOPs", "time": "wall-clock (s, active)"}
 
@@ -56,6 +56,8 @@ def _plot_axis(runs: list[Run], labels: list[str], baseline: int, keys: list[str
             y = smooth(series.values, smoothing.factor(key))
             line, = ax.plot(_x(run, series, axis, series.steps), y, label=label,
                             linestyle="--" if i == baseline else "-")
+            if i == baseline:  # the target every run is matched against
+                ax.axhline(y[-1], color=line.get_color(), linewidth=0.6, linestyle=":")
             step = matches.get((label, key))
             if step is not None:
                 ax.plot(_x(run, series, axis, np.array([step])), [np.interp(step, series.steps, y)],

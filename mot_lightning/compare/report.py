@@ -55,6 +55,8 @@ def _row(run: Run, label: str, base: Run, base_label: str, key: str, smoothing: 
     ours, theirs = run.scalars[key], base.scalars[key]
     m = match_curves(ours, theirs, smoothing.factor(key), run.flops, base.flops)
     notes = list(m.notes)
+    if m.match_step is not None and m.final > m.base_final:
+        notes.append(f"reached at step {m.match_step:.0f} but ended above the baseline (noisy or rising curve)")
     if ours.last_step < theirs.last_step:
         notes = [n + " (yet)" if n == "not reached" else n for n in notes]
         notes.append(f"partial: logged to step {ours.last_step:g} of the baseline's {theirs.last_step:g}")

@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mot_lightning.compare.matching import Series
 from mot_lightning.modality import Modality
 

@@ -8,7 +8,7 @@ bidirectional spans): decoding runs one document at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -35,10 +35,10 @@ class LayerKV:
 class KVCache:
     layers: list[LayerKV]
     length: int = 0  # tokens already cached (the absolute index of the next new token)
-    batch: int | None = field(default=None)
+    batch: int | None = None  # rows, fixed by the first forward
 
     @classmethod
-    def empty(cls, n_layers: int) -> "KVCache":
+    def empty(cls, n_layers: int) -> KVCache:
         return cls(layers=[LayerKV() for _ in range(n_layers)])
 
     def mask(self, new_tokens: int, device: torch.device) -> AttentionMask:

@@ -15,13 +15,15 @@ SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
 def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), *SAMPLES, "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"], demo_env, tmp_path)
-    run_dir = sorted(Path(tmp_path / "speech" / "mot").glob("version_*"))[-1]
+    run_dir = max(Path(tmp_path / "speech" / "mot").glob("version_*"))
     acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "audio": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     assert {"samples/caption_to_image", "samples/image_reconstructions"} <= set(tags["images"]), tags
     assert "samples/text_to_speech" in tags["audio"], tags
-    assert {"samples/caption_to_image_prompts", "samples/image_to_caption"} <= set(tags["tensors"]), tags
+    text = {f"samples/{t}/text_summary" for t in ("caption_to_image_prompts", "image_to_caption",
+                                                   "text_to_speech_prompts")}  # add_text's tag suffix
+    assert text <= set(tags["tensors"]), tags
 
     grid = acc.Images("samples/caption_to_image")[0]
     assert grid.step == 2 and grid.width > 32 and grid.height >= 32  # two 32x32 images side by side
@@ -29,7 +31,7 @@ def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     assert recon.height > 64  # originals above reconstructions
     audio = acc.Audio("samples/text_to_speech")[0]
     assert audio.sample_rate == 16000 and audio.length_frames > 0
-    prompts = acc.Tensors("samples/caption_to_image_prompts")[0].tensor_proto.string_val[0].decode()
+    prompts = acc.Tensors("samples/caption_to_image_prompts/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "two small red circles on the left" in prompts
-    captions = acc.Tensors("samples/image_to_caption")[0].tensor_proto.string_val[0].decode()
-    assert "reference" in captions
+    captions = acc.Tensors("samples/image_to_caption/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert captions.count("reference") == 2, captions

@@ -17,9 +17,9 @@ from mot_lightning.tokenizers.text import ByteTokenizer
 
 VOCAB = JointVocab(text_size=24, image_size=16, speech_size=12)
 BACKBONES = {
-    "mot": dict(sparsity="mot"),
-    "dense": dict(sparsity="dense"),
-    "mot-gqa-post": dict(sparsity="mot", n_kv_heads=2, norm_layout="post_sublayer"),
+    "mot": {"sparsity": "mot"},
+    "dense": {"sparsity": "dense"},
+    "mot-gqa-post": {"sparsity": "mot", "n_kv_heads": 2, "norm_layout": "post_sublayer"},
 }
 
 
@@ -66,7 +66,7 @@ def test_greedy_kv_cache_generation_equals_full_recompute(backbone):
     net = tiny_lm(**BACKBONES[backbone])
     prompt = mixed_tokens(3, 9, seed=1)
     assert set(VOCAB.modality_of(prompt).unique().tolist()) == {0, 1, 2}
-    kw = dict(max_new_tokens=12, temperature=0.0, allowed=cycle_modalities)
+    kw = {"max_new_tokens": 12, "temperature": 0.0, "allowed": cycle_modalities}
     cached = sampling.generate(net, prompt, VOCAB.modality_of, use_cache=True, **kw)
     recomputed = sampling.generate(net, prompt, VOCAB.modality_of, use_cache=False, **kw)
     assert cached.shape == (3, 21)
@@ -123,11 +123,15 @@ def _tokenizers():
 
 
 def test_caption_to_image_yields_exactly_one_image_of_image_codes(monkeypatch):
-    text, image, speech, vocab = _tokenizers()
+    text, image, _, vocab = _tokenizers()
     net = tiny_lm(vocab.size)
-    seen = []
-    real_generate = sampling.generate
-    monkeypatch.setattr(sampling, "generate", lambda *a, **k: seen.append(real_generate(*a, **k)) or seen[-1])
+    seen, real_generate = [], sampling.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(real_generate(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(sampling, "generate", recording_generate)  # to see the raw ids behind each image
     g = torch.Generator().manual_seed(0)
     images = sampling.caption_to_image(net, vocab, text, image, ["a red circle", "two blue squares"], generator=g)
     assert images.shape == (2, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
@@ -141,7 +145,7 @@ def test_caption_to_image_yields_exactly_one_image_of_image_codes(monkeypatch):
 
 
 def test_image_to_caption_and_text_to_speech_decode():
-    text, image, speech, vocab = _tokenizers()
+    text, _, speech, vocab = _tokenizers()
     net = tiny_lm(vocab.size)
     g = torch.Generator().manual_seed(0)
     captions = sampling.image_to_caption(net, vocab, text, torch.randint(0, 16, (3, 4)), max_tokens=6, generator=g)
@@ -149,3 +153,16 @@ def test_image_to_caption_and_text_to_speech_decode():
     waves = sampling.text_to_speech(net, vocab, text, speech, ["hello"], max_units=3, generator=g)
     per_unit = speech.config.samples_per_unit
     assert len(waves) == 1 and waves[0].dim() == 1 and per_unit <= waves[0].numel() <= 3 * per_unit
+
+
+@pytest.mark.gpu
+def test_cached_decoding_on_cuda_matches_the_flex_attention_forward():
+    """On CUDA the full forward uses FlexAttention; decoding with a cache uses SDPA with an explicit mask."""
+    net = tiny_lm(attn_backend="auto").cuda()
+    tokens = mixed_tokens(2, 40).cuda()
+    with torch.no_grad():
+        full = net(tokens, VOCAB.modality_of(tokens))
+        cache = KVCache.empty(2)
+        pieces = [net(tokens[:, :30], VOCAB.modality_of(tokens[:, :30]), cache=cache)]
+        pieces += [net(tokens[:, t:t + 1], VOCAB.modality_of(tokens[:, t:t + 1]), cache=cache) for t in range(30, 40)]
+    assert_close(torch.cat(pieces, dim=1), full, atol=2e-3, rtol=2e-3)

@@ -118,3 +118,13 @@ def test_short_labels_tell_runs_apart(tmp_path: Path):
     paths = [tmp_path / "a" / "speech" / "mot", tmp_path / "b" / "speech" / "mot", tmp_path / "b" / "x" / "dense"]
     assert short_labels(paths) == ["a/speech/mot", "b/speech/mot", "b/x/dense"]
     assert short_labels(paths[1:]) == ["speech/mot", "x/dense"]
+
+
+def test_a_run_that_dips_below_and_ends_above_is_flagged(tmp_path: Path):
+    write_version(tmp_path / "dense" / "version_0", {"train/loss": linear(STEPS, 2.0, 0.01)})
+    write_version(tmp_path / "mot" / "version_0", {"train/loss": [(s, 0.5 if s == 50 else 1.5) for s in STEPS]})
+    runs = [load_run(tmp_path / "dense"), load_run(tmp_path / "mot")]
+    (row,) = compare_runs(runs, ["dense", "mot"], 0, Smoothing(train=0.0))
+    assert row.match.s_steps == pytest.approx(0.45)  # first reach: 1.5 -> 0.5 crosses 1.0 halfway, at 45
+    assert row.notes == ["no train/total_flops in run",
+                         "reached at step 45 but ended above the baseline (noisy or rising curve)"]

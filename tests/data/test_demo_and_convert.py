@@ -37,7 +37,7 @@ def test_demo_is_deterministic(tmp_path):
 
 
 def test_prepare_data_generates_demo_and_it_reads_cleanly(tmp_path):
-    dm = make_datamodule(tmp_path, None, seq_len=512)
+    dm = make_datamodule(tmp_path, None, seq_len=512, demo_train_docs=400, demo_val_docs=48)
     assert not (tmp_path / "demo").exists()
     dm.prepare_data()
     assert (tmp_path / "demo" / "manifest.json").is_file()

@@ -1,0 +1,139 @@
+"""``mot generate``: write samples of a trained checkpoint to files.
+
+    mot generate --ckpt runs/speech/mot/checkpoints/last.ckpt --config configs/speech/mot.yaml --out samples/
+        [--task caption_to_image|image_to_caption|text_to_speech ...] [--prompt "a red circle" ...]
+        [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_dir DIR ...]
+
+The data module and model are built from the same YAML as training (any further
+``--key value`` goes to that config, e.g. ``--data.tokenizer_dir``); the fitted
+tokenizer files must exist (they are loaded, never refitted: a refitted
+tokenizer would not match the checkpoint). Writes, per task:
+
+- ``caption_to_image_NN.png`` (+ ``caption_to_image.txt``: the prompts);
+- ``image_to_caption_NN.png`` (the validation image) + ``image_to_caption.txt``;
+- ``text_to_speech_NN.wav`` (16 kHz mono, soundfile) + ``text_to_speech.txt``.
+
+Without ``--task``, every task the model's modalities allow.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+from mot_lightning import sampling
+from mot_lightning.modality import Modality
+
+TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMAGE},
+         "text_to_speech": {Modality.SPEECH}}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                epilog="any other --key value is passed to the training config (LightningCLI)")
+    p.add_argument("--ckpt", required=True, help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
+    p.add_argument("--out", required=True, help="directory for the PNG/WAV/TXT files")
+    p.add_argument("--task", action="append", choices=list(TASKS), help="repeatable; default: all the model can do")
+    p.add_argument("--prompt", action="append", help="caption / text prompt (repeatable); default: demo captions")
+    p.add_argument("--n", type=int, default=4, help="validation images for image_to_caption")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_caption_tokens", type=int, default=64)
+    p.add_argument("--max_speech_units", type=int, default=100)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def build(configs: list[str], overrides: list[str]):
+    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet."""
+    from mot_lightning.data.datamodule import MultiModalDataModule  # heavy imports only when used
+    from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI
+    from mot_lightning.lit_module import MultiModalLM
+
+    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *overrides]
+    cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                 save_config_callback=None, auto_configure_optimizers=False)
+    cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
+    cli.model.configure_model()
+    return cli.model, cli.datamodule
+
+
+def load_weights(model, ckpt: str, device: str) -> None:
+    """Checkpoint weights into ``model``, moved to ``device``, eval mode."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not a checkpoint file (a sharded FSDP2 checkpoint directory must be "
+                                "consolidated first, e.g. with torch.distributed.checkpoint.format_utils)")
+    # a Lightning checkpoint holds pickled hyperparameters: load only checkpoints you trust (as --ckpt_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model.on_load_checkpoint(checkpoint)  # names mismatched shapes (e.g. other tokenizers)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(device).eval()
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    """float[3, H, W] in [0, 1] -> PNG."""
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(array).save(path)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{i:02d}: {line}\n" for i, line in enumerate(lines)))
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
+    model, dm = build(args.config, overrides)
+    # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
+    have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m.label) is not None}
+    tasks = args.task or [t for t, need in TASKS.items() if need <= have]
+    missing = [t for t in tasks if not TASKS[t] <= have]
+    if missing:
+        raise SystemExit(f"mot generate: this model cannot do {missing}: it has {sorted(m.label for m in have)}")
+    load_weights(model, args.ckpt, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    net, vocab, toks = model.net, dm.vocab, dm.tokenizers
+    prompts = args.prompt or list(sampling.DEMO_CAPTIONS)
+    kw = {"temperature": args.temperature, "top_k": args.top_k}
+    written: list[Path] = []
+
+    def gen() -> torch.Generator:  # every task starts from the same seed: reruns give the same files
+        return torch.Generator(device=args.device).manual_seed(args.seed)
+
+    if "caption_to_image" in tasks:
+        images = sampling.caption_to_image(net, vocab, toks["text"], toks["image"], prompts, generator=gen(), **kw)
+        for i, image in enumerate(images):
+            written.append(out / f"caption_to_image_{i:02d}.png")
+            _save_png(image, written[-1])
+        _write_lines(out / "caption_to_image.txt", prompts)
+    if "image_to_caption" in tasks:
+        images, references = sampling.read_image_text_pairs(dm, args.n)
+        if not len(images):
+            raise SystemExit("mot generate: image_to_caption needs validation images: set data.val_sets")
+        captions = sampling.image_to_caption(net, vocab, toks["text"], toks["image"].encode(images),
+                                             max_tokens=args.max_caption_tokens, generator=gen(), **kw)
+        for i, image in enumerate(images):
+            written.append(out / f"image_to_caption_{i:02d}.png")
+            _save_png(image, written[-1])
+        _write_lines(out / "image_to_caption.txt", [f"{c!r} (reference: {r!r})" for c, r in zip(captions, references)])
+    if "text_to_speech" in tasks:
+        waves = sampling.text_to_speech(net, vocab, toks["text"], toks["speech"], prompts,
+                                        max_units=args.max_speech_units, generator=gen(), **kw)
+        for i, wave in enumerate(waves):
+            written.append(out / f"text_to_speech_{i:02d}.wav")
+            sf.write(written[-1], np.asarray(wave.float().clamp(-1, 1).cpu()),
+                     getattr(toks["speech"], "sample_rate", 16000))
+        _write_lines(out / "text_to_speech.txt", prompts)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = _parser().parse_known_args(argv)
+    written = run(args, overrides)
+    print(f"wrote {len(written)} samples to {args.out}")
