@@ -1,8 +1,8 @@
 """The ``mot`` command.
 
-``mot fit|validate|test|predict`` run experiments through LightningCLI (arrives
-with the training app); the tool commands below are dispatched to the module
-that owns them, imported lazily so ``mot --help`` stays fast.
+``mot fit|validate|test`` run experiments through LightningCLI (``lit_cli.py``);
+generation is ``mot generate``; the tool commands below are dispatched to the
+module that owns them, imported lazily so ``mot --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ TOOLS: dict[str, tuple[str, str]] = {
     "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),
     "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),
 }
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def _usage() -> str:
     lines = ["usage: mot <command> [args...]", "", "experiments (LightningCLI; `mot fit --help`):",
-             "  fit|validate|test|predict --config configs/<setting>/<variant>.yaml", "", "tools:"]
+             "  fit|validate|test --config configs/<setting>/<variant>.yaml", "", "tools:"]
     for name, (_, help_) in TOOLS.items():
         lines.append(f"  {name:<10} {help_}")
     return "\n".join(lines)
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         module.main(rest)
         return
+    if command == "predict":
+        raise SystemExit("mot predict: generation is `mot generate --ckpt ... --config ... --out DIR` "
+                         "(images, captions, speech as files); `mot test` scores a checkpoint on the val sets")
     if command in LIGHTNING_COMMANDS:
         lit_cli = importlib.import_module("mot_lightning.lit_cli")
         lit_cli.cli_main(None if argv_from_sys else [command, *rest])

@@ -1,4 +1,4 @@
-"""``mot fit|validate|test|predict``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
+"""``mot fit|validate|test``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
 
 Vocabulary size, modality count and validation-set names flow from the data
 module to the model by ``link_arguments`` (never repeated in YAML). The same

@@ -64,3 +64,14 @@ def test_fast_dev_run_settings(path, demo_env, tmp_path):
 def test_fast_dev_run_cpu_model_sizes(size, demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--config", str(CONFIGS / f"model/{size}.yaml"),
              "--trainer.fast_dev_run", "1"], demo_env, tmp_path, tiny_model=False)
+
+
+def test_mot_command_dispatch_and_clear_errors(capsys):
+    from mot_lightning.cli import main
+
+    main(["--help"])
+    assert "compare" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="mot generate"):
+        main(["predict"])
+    with pytest.raises(SystemExit, match="unknown command 'fitt'"):
+        main(["fitt"])
