@@ -68,3 +68,21 @@ def as_batch(raw: Any, resolution: int) -> tuple[torch.Tensor, bool]:
                              f"{raw.dtype} {tuple(raw.shape)}; pass single images to have them converted")
         return raw, False
     return prepare_image(raw, resolution)[None], True
+
+
+class ImageBatchCodec:
+    """``encode``/``decode`` of an image tokenizer from its ``encode_batch``/``decode_batch``:
+    one image in (any form), one encoding out; a float[B, 3, R, R] batch in, a batch out."""
+
+    item_ndim = 1  # dims of one image's encoding: 1 for long[n] ids, 2 for float[n, latent_dim] latents
+
+    def encode(self, raw: Any) -> torch.Tensor:
+        batch, single = as_batch(raw, self.config.resolution)
+        encoded = self.encode_batch(batch)
+        return encoded[0] if single else encoded
+
+    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """One image's encoding -> float[3, R, R]; a batch of them -> float[B, 3, R, R]."""
+        if encoded.ndim == self.item_ndim:
+            return self.decode_batch(encoded[None])[0]
+        return self.decode_batch(encoded)

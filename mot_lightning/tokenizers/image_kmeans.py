@@ -21,7 +21,7 @@ from mot_lightning.tokenizers.files import (
     save_tokenizer_file,
 )
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
-from mot_lightning.tokenizers.image_common import as_batch, load_images, mean_psnr, to_float, usage
+from mot_lightning.tokenizers.image_common import ImageBatchCodec, load_images, mean_psnr, to_float, usage
 from mot_lightning.tokenizers.kmeans import kmeans, nearest
 from mot_lightning.tokenizers.patches import patchify, unpatchify
 
@@ -44,7 +44,7 @@ class KMeansImageConfig:
         return (self.resolution // self.patch_size) ** 2
 
 
-class KMeansImageTokenizer(DiscreteTokenizer, FittableTokenizer):
+class KMeansImageTokenizer(ImageBatchCodec, DiscreteTokenizer, FittableTokenizer):
     modality = Modality.IMAGE
 
     def __init__(self, config: KMeansImageConfig | None = None) -> None:
@@ -92,16 +92,6 @@ class KMeansImageTokenizer(DiscreteTokenizer, FittableTokenizer):
         if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.vocab_size):
             raise ValueError(f"image ids must lie in [0, {self.vocab_size})")
         return unpatchify(self.codebook[ids], p, 3, r, r).clamp(0, 1)
-
-    def encode(self, raw: Any) -> torch.Tensor:
-        """Image (path, PIL, array, CHW tensor; any mode/size) -> long[(R/p)^2]; a float[B,3,R,R] batch -> long[B, n]."""
-        batch, single = as_batch(raw, self.config.resolution)
-        ids = self.encode_batch(batch)
-        return ids[0] if single else ids
-
-    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
-        """long[n] -> float[3, R, R] (or long[B, n] -> float[B, 3, R, R])."""
-        return self.decode_batch(encoded[None])[0] if encoded.ndim == 1 else self.decode_batch(encoded)
 
     def num_tokens(self, raw: Any = None) -> int:
         return self.config.tokens_per_image

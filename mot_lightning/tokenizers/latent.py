@@ -20,7 +20,7 @@ from mot_lightning.tokenizers.autoencoder import ImageAutoencoderModule, train_a
 from mot_lightning.tokenizers.base import ContinuousTokenizer
 from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, save_tokenizer_file
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
-from mot_lightning.tokenizers.image_common import as_batch, load_images, mean_psnr, to_float
+from mot_lightning.tokenizers.image_common import ImageBatchCodec, load_images, mean_psnr, to_float
 from mot_lightning.tokenizers.nets import Decoder, Encoder
 from mot_lightning.tokenizers.patches import patchify, unpatchify
 from mot_lightning.tokenizers.vqvae import _load_weights
@@ -91,10 +91,11 @@ class KLVAE(ImageAutoencoderModule):
         return float(self.latent_scale)
 
 
-class LatentImageTokenizer(ContinuousTokenizer, FittableTokenizer):
+class LatentImageTokenizer(ImageBatchCodec, ContinuousTokenizer, FittableTokenizer):
     """Images <-> float[n_patches, latent_dim] KL-VAE latent patches (row-major)."""
 
     modality = Modality.IMAGE
+    item_ndim = 2  # one image encodes to float[n_patches, latent_dim]
 
     def __init__(self, config: KLVAEConfig | None = None) -> None:
         self.config = config or KLVAEConfig()
@@ -157,16 +158,6 @@ class LatentImageTokenizer(ContinuousTokenizer, FittableTokenizer):
         z = unpatchify(latents.float().to(self.device), c.patch_size, c.latent_channels, c.latent_side, c.latent_side)
         x = self.model.decoder(z / self.model.latent_scale)
         return ((x.float() + 1) / 2).clamp(0, 1).cpu()
-
-    def encode(self, raw: Any) -> torch.Tensor:
-        """Image (any form/mode/size) -> float[n_patches, latent_dim]; float[B, 3, R, R] -> batched."""
-        batch, single = as_batch(raw, self.config.resolution)
-        z = self.encode_batch(batch)
-        return z[0] if single else z
-
-    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
-        """float[n_patches, latent_dim] -> float[3, R, R] (or batched)."""
-        return self.decode_batch(encoded[None])[0] if encoded.ndim == 2 else self.decode_batch(encoded)
 
     def num_tokens(self, raw: Any = None) -> int:
         return self.config.patches_per_image

@@ -24,7 +24,7 @@ from mot_lightning.tokenizers.autoencoder import ImageAutoencoderModule, train_a
 from mot_lightning.tokenizers.base import DiscreteTokenizer, TokenizerFileError
 from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, save_tokenizer_file
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
-from mot_lightning.tokenizers.image_common import as_batch, load_images, mean_psnr, to_float, usage
+from mot_lightning.tokenizers.image_common import ImageBatchCodec, load_images, mean_psnr, to_float, usage
 from mot_lightning.tokenizers.kmeans import nearest
 from mot_lightning.tokenizers.nets import Decoder, Encoder
 
@@ -166,7 +166,7 @@ class VQVAE(ImageAutoencoderModule):
         return self.decoder(self.quantizer.codebook[ids].permute(0, 3, 1, 2))
 
 
-class VQImageTokenizer(DiscreteTokenizer, FittableTokenizer):
+class VQImageTokenizer(ImageBatchCodec, DiscreteTokenizer, FittableTokenizer):
     """Images <-> (R/downsample)^2 VQ-VAE codes (row-major)."""
 
     modality = Modality.IMAGE
@@ -226,16 +226,6 @@ class VQImageTokenizer(DiscreteTokenizer, FittableTokenizer):
             raise ValueError(f"image ids must lie in [0, {self.vocab_size})")
         x = self.model.decode_ids(ids.view(-1, side, side).to(self.device))
         return ((x.float() + 1) / 2).clamp(0, 1).cpu()
-
-    def encode(self, raw: Any) -> torch.Tensor:
-        """Image (path, PIL, array, CHW tensor; any mode/size) -> long[n]; float[B, 3, R, R] -> long[B, n]."""
-        batch, single = as_batch(raw, self.config.resolution)
-        ids = self.encode_batch(batch)
-        return ids[0] if single else ids
-
-    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
-        """long[n] -> float[3, R, R] (or long[B, n] -> float[B, 3, R, R])."""
-        return self.decode_batch(encoded[None])[0] if encoded.ndim == 1 else self.decode_batch(encoded)
 
     def num_tokens(self, raw: Any = None) -> int:
         return self.config.tokens_per_image
