@@ -22,6 +22,7 @@ class FlopsThroughput(pl.Callback):
         self.total_tokens = 0
         self._window_tokens = 0
         self._window_start: float | None = None
+        self._flops_per_token: dict[int, float] = {}  # by sequence length: computed once
 
     # the running totals survive a resume
     def state_dict(self) -> dict:
@@ -47,7 +48,9 @@ class FlopsThroughput(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         tokens = batch.tokens.numel() * trainer.world_size
         self.total_tokens += tokens
-        self.total_flops += tokens * pl_module.flops_per_token(batch.seq_len)
+        if batch.seq_len not in self._flops_per_token:
+            self._flops_per_token[batch.seq_len] = pl_module.flops_per_token(batch.seq_len)
+        self.total_flops += tokens * self._flops_per_token[batch.seq_len]
         self._window_tokens += tokens
         step = trainer.global_step
         if step % self.log_every_n_steps or self._window_start is None:
