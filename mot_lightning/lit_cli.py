@@ -58,11 +58,12 @@ class MotCLI(LightningCLI):
         if not trainer.is_global_zero:
             return
         log_dir = trainer.logger.log_dir if trainer.logger else None
+        save_dir = getattr(trainer.logger, "save_dir", None) or (Path(log_dir).parent if log_dir else None)
         ckpt = trainer.checkpoint_callback
         lines = ["", "Done."]
         if log_dir:
             lines += [f"  TensorBoard logs: {log_dir}",
-                      f"  view them with:   tensorboard --logdir {Path(log_dir).parent.parent}"]
+                      f"  view them with:   tensorboard --logdir {save_dir}"]
         if ckpt is not None and ckpt.dirpath:
             lines += [f"  checkpoints:      {ckpt.dirpath} (resume with --ckpt_path last)"]
         print("\n".join(lines))
