@@ -1,7 +1,7 @@
 """``mot data ...``: the demo corpus and the shard converters.
 
-mot data demo [--out data/demo] [--seed 0] [--image-size 32] [--train-docs 400] [--val-docs 48]
-              [--shard-size 20] [--speech builtin|espeak]
+mot data demo [--out data/demo] [--seed 0] [--image-size 32] [--train-docs 4000] [--val-docs 96]
+              [--shard-size 50] [--speech builtin|espeak]
 mot data convert images      --src FOLDER    --out DIR   # name.jpg + name.txt pairs
 mot data convert speech      --src FOLDER    --out DIR   # name.wav + name.txt pairs
 mot data convert text        --src FILES     --out DIR [--split file|paragraph]
@@ -19,6 +19,8 @@ from mot_lightning.modality import Modality
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mot_lightning.data.demo import DemoConfig
+
     parser = argparse.ArgumentParser(prog="mot data", description="demo corpus and WebDataset shard tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -26,9 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="data/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--image-size", type=int, default=32)
-    demo.add_argument("--train-docs", type=int, default=400)
-    demo.add_argument("--val-docs", type=int, default=48)
-    demo.add_argument("--shard-size", type=int, default=20)
+    demo.add_argument("--train-docs", type=int, default=DemoConfig.train_docs)
+    demo.add_argument("--val-docs", type=int, default=DemoConfig.val_docs)
+    demo.add_argument("--shard-size", type=int, default=DemoConfig.shard_size)
     demo.add_argument("--speech", choices=("builtin", "espeak"), default="builtin")
 
     convert = sub.add_parser("convert", help="convert files to tar shards")

@@ -59,8 +59,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         demo_dir: str = "data/demo",
-        demo_train_docs: int = 4000,
-        demo_val_docs: int = 96,
+        demo_train_docs: int = demo.DemoConfig.train_docs,
+        demo_val_docs: int = demo.DemoConfig.val_docs,
         tokenizer_dir: str = "data/tokenizers",
         tokenizer_fit_data: str | None = None,
     ) -> None:
@@ -153,7 +153,7 @@ class MultiModalDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self._uses_demo() and not demo.is_complete(self.demo_dir):
             train_docs, val_docs = self.demo_docs
-            demo.generate(demo.DemoConfig(out=self.demo_dir, train_docs=train_docs, val_docs=val_docs, shard_size=50))
+            demo.generate(demo.DemoConfig(out=self.demo_dir, train_docs=train_docs, val_docs=val_docs))
         tokenizer_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data())
 
     def _fit_data(self) -> str | None:
