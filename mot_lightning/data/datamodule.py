@@ -28,7 +28,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from mot_lightning.data import demo, tokenizer_files
+from mot_lightning.data import demo
+from mot_lightning.data import tokenizer_files as tok_files
 from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.sources import SourceConfig, resolve
@@ -63,6 +64,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         demo_val_docs: int = demo.DemoConfig.val_docs,
         tokenizer_dir: str = "data/tokenizers",
         tokenizer_fit_data: str | None = None,
+        tokenizer_files: dict[str, str] | None = None,
     ) -> None:
         """
         Args:
@@ -86,6 +88,8 @@ class MultiModalDataModule(pl.LightningDataModule):
                 learned tokenizers are fitted once by ``prepare_data`` and loaded by ``setup``.
             tokenizer_fit_data: shards/files the tokenizers are fitted on; ``None`` = the demo corpus'
                 training shards (demo), else the first training source's URLs.
+            tokenizer_files: explicit fitted files per modality, e.g. ``{image: runs/tokenizers/vqvae_image.pt}``
+                from ``mot tokenizer fit``; loaded as they are (the tokenizer's config must match the file).
         """
         super().__init__()
         self.tokenizers = {"text": text_tokenizer, "image": image_tokenizer, "speech": speech_tokenizer}
@@ -101,6 +105,10 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.seed, self.pin_memory, self.demo_dir = seed, pin_memory, demo_dir
         self.demo_docs = (demo_train_docs, demo_val_docs)
         self.tokenizer_dir, self.tokenizer_fit_data = tokenizer_dir, tokenizer_fit_data
+        unknown = set(tokenizer_files or {}) - set(self.tokenizers)
+        if unknown:
+            raise ValueError(f"tokenizer_files keys must be text/image/speech, got {sorted(unknown)}")
+        self.tokenizer_files = dict(tokenizer_files or {})
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
 
@@ -154,7 +162,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         if self._uses_demo() and not demo.is_complete(self.demo_dir):
             train_docs, val_docs = self.demo_docs
             demo.generate(demo.DemoConfig(out=self.demo_dir, train_docs=train_docs, val_docs=val_docs))
-        tokenizer_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data())
+        tok_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data(), self.tokenizer_files)
 
     def _fit_data(self) -> str | None:
         if self.tokenizer_fit_data is not None:
@@ -165,8 +173,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         return urls if isinstance(urls, str) else (urls[0] if urls else None)
 
     def setup(self, stage: str | None = None) -> None:
-        if any(tokenizer_files.needs_file(t) for t in self.tokenizers.values()):
-            self.tokenizers = tokenizer_files.load_fitted(self.tokenizers, self.tokenizer_dir)
+        if any(tok_files.needs_file(t) for t in self.tokenizers.values()):
+            self.tokenizers = tok_files.load_fitted(self.tokenizers, self.tokenizer_dir, self.tokenizer_files)
             self.encoder = DocumentEncoder(self.tokenizers["text"], self.tokenizers["image"],
                                            self.tokenizers["speech"])
         rank, world = self._rank_world()

@@ -6,7 +6,8 @@ configured in YAML by class and config like any other; their weights live in
 (one process per node) fits every unfitted tokenizer whose file is missing on
 the training data and saves it; ``setup`` (every process) loads the file. A
 changed tokenizer config therefore gets a new file instead of silently reusing
-weights fitted under another config.
+weights fitted under another config. ``explicit`` maps a modality to a file
+made elsewhere (``mot tokenizer fit``), which is then loaded and never refitted.
 """
 from __future__ import annotations
 
@@ -21,20 +22,26 @@ def needs_file(tok: Tokenizer | None) -> bool:
     return isinstance(tok, FittableTokenizer) and not tok.is_fitted
 
 
-def tokenizer_path(directory: str, modality: str, tok: Tokenizer) -> Path:
+def tokenizer_path(directory: str, modality: str, tok: Tokenizer, explicit: dict[str, str] | None = None) -> Path:
+    if explicit and modality in explicit:
+        return Path(explicit[modality])
     config = repr(getattr(tok, "config", None))
     digest = hashlib.sha1(f"{type(tok).__name__}:{config}".encode()).hexdigest()[:10]
     return Path(directory) / f"{modality}-{type(tok).__name__}-{digest}.pt"
 
 
-def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_data: str | None) -> None:
+def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_data: str | None,
+                explicit: dict[str, str] | None = None) -> None:
     """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``)."""
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok)
+        path = tokenizer_path(directory, modality, tok, explicit)
         if path.exists():
             continue
+        if explicit and modality in explicit:
+            raise FileNotFoundError(f"data.tokenizer_files names {path} for {modality}, but it does not exist: "
+                                    "fit it with `mot tokenizer fit` or drop the entry to fit one here")
         if fit_data is None:
             raise FileNotFoundError(
                 f"no fitted {modality} tokenizer at {path} and no data to fit one on: set "
@@ -50,13 +57,14 @@ def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_dat
         print(f"  saved {path} ({shown})", flush=True)
 
 
-def load_fitted(tokenizers: dict[str, Tokenizer | None], directory: str) -> dict[str, Tokenizer | None]:
+def load_fitted(tokenizers: dict[str, Tokenizer | None], directory: str,
+                explicit: dict[str, str] | None = None) -> dict[str, Tokenizer | None]:
     """Replace each unfitted tokenizer by the one in its file (call from ``setup``)."""
     out = dict(tokenizers)
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok)
+        path = tokenizer_path(directory, modality, tok, explicit)
         if not path.exists():
             raise FileNotFoundError(f"fitted {modality} tokenizer {path} is missing: run `prepare_data` "
                                     "(`mot fit` does) or fit it with `mot tokenizer fit`")

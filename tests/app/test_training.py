@@ -115,3 +115,29 @@ def test_moe_routing_statistics_are_logged(demo_env, tmp_path):
     for tag in ("train/moe_max_expert_load", "train/moe_dropped_fraction", "train/moe_aux_loss"):
         assert tag in tags, sorted(tags)
     assert all(0.25 - 1e-6 <= v <= 1.0 for _, v in tags["train/moe_max_expert_load"])
+
+
+def test_explicit_tokenizer_files_are_loaded_not_refitted(demo_env, tmp_path):
+    import shutil
+
+    from mot_lightning.data.datamodule import MultiModalDataModule
+    from mot_lightning.tokenizers.image_kmeans import KMeansImageConfig, KMeansImageTokenizer
+    from mot_lightning.tokenizers.text import ByteTokenizer
+
+    fitted = next(Path(demo_env["tokenizer_dir"]).glob("image-KMeansImageTokenizer-*.pt"))
+    shutil.copy(fitted, tmp_path / "my_image_tokenizer.pt")
+    image = KMeansImageTokenizer(KMeansImageConfig(resolution=32, patch_size=4, codebook_size=512))
+
+    def make(files):
+        return MultiModalDataModule(ByteTokenizer(), image, demo_dir=demo_env["demo_dir"],
+                                    tokenizer_dir=str(tmp_path / "empty"), tokenizer_files=files, num_workers=0)
+
+    dm = make({"image": str(tmp_path / "my_image_tokenizer.pt")})
+    dm.prepare_data()  # nothing to fit: the explicit file exists
+    assert not (tmp_path / "empty").exists()
+    dm.setup("validate")
+    assert dm.tokenizers["image"].is_fitted and not image.is_fitted
+    with pytest.raises(FileNotFoundError, match="tokenizer_files names"):
+        make({"image": str(tmp_path / "missing.pt")}).prepare_data()
+    with pytest.raises(ValueError, match="text/image/speech"):
+        make({"video": "x.pt"})
