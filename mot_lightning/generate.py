@@ -17,6 +17,8 @@ Without ``--task``, every task the model's modalities allow.
 """
 from __future__ import annotations
 
+import warnings
+
 import argparse
 from pathlib import Path
 
@@ -57,8 +59,10 @@ def build(configs: list[str], overrides: list[str]):
     from mot_lightning.lit_module import MultiModalLM
 
     args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *overrides]
-    cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
-                 save_config_callback=None, auto_configure_optimizers=False)
+    with warnings.catch_warnings():  # `args` deliberately differs from sys.argv (which holds `mot generate ...`)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                     save_config_callback=None, auto_configure_optimizers=False)
     cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
     cli.model.configure_model()
     return cli.model, cli.datamodule
