@@ -17,9 +17,8 @@ Without ``--task``, every task the model's modalities allow.
 """
 from __future__ import annotations
 
-import warnings
-
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from mot_lightning.modality import Modality
 from mot_lightning.model.accounting import backbone_stats
 from mot_lightning.model.config import PRESETS, TransformerConfig
-from mot_lightning.modality import Modality
 
 
 def _human(n: float) -> str:
