@@ -26,7 +26,7 @@ class TokenLM(nn.Module):
                 doc_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """tokens, modality: long[B, T] -> logits float[B, T, vocab_size].
 
-        With ``cache`` (decoding) ``tokens`` are only the new ones (``Transformer.forward_cached``).
+        With ``cache`` (decoding) ``tokens`` are only the new ones (see ``Transformer.forward``).
         """
         h = self.backbone(self.embed(tokens), modality, positions=positions, doc_ids=doc_ids, cache=cache)
         return self.head(h)

@@ -30,6 +30,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(BLOCKS[cfg.norm_layout](cfg) for _ in range(cfg.n_layers))
         self.norm = UntiedRMSNorm(cfg.dim, cfg.towers_for("norm"), cfg.norm_eps)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # found once here (a plain dict, not registered again) instead of a module walk every step
+        self._moe = {name: m for name, m in self.named_modules() if isinstance(m, MoEFeedForward)}
 
     def attention_backend(self, device: torch.device) -> str:
         if self.cfg.attn_backend == "auto":
@@ -37,20 +39,39 @@ class Transformer(nn.Module):
         return self.cfg.attn_backend
 
     def context(self, modality: Tensor, *, positions: Tensor | None = None, doc_ids: Tensor | None = None,
-                span_ids: Tensor | None = None, causal: bool = True) -> BatchContext:
-        """Routing, mask and rotary angles for a ``(B, T)`` batch of ids; computed once per forward."""
+                span_ids: Tensor | None = None, causal: bool = True, cache: KVCache | None = None) -> BatchContext:
+        """Routing, mask and rotary angles for a ``(B, T)`` batch of ids; computed once per forward.
+
+        With ``cache`` (decoding) the ids are the new tokens': they sit at absolute indices
+        ``L..L+T-1`` after the ``L = cache.length`` cached ones and attend causally to all keys.
+        """
         B, T = modality.shape
         device = modality.device
         for name, ids in (("positions", positions), ("doc_ids", doc_ids), ("span_ids", span_ids)):
             if ids is not None and ids.shape != (B, T):
                 raise ValueError(f"{name} must have shape {(B, T)} like modality, got {tuple(ids.shape)}")
         routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers)
-        mask = AttentionMask.build(B, T, device, backend=self.attention_backend(device), causal_=causal,
-                                   doc_ids=doc_ids, span_ids=span_ids)
+        if cache is None:
+            start = 0
+            mask = AttentionMask.build(B, T, device, backend=self.attention_backend(device), causal_=causal,
+                                       doc_ids=doc_ids, span_ids=span_ids)
+        else:
+            self._check_cache(cache, B, doc_ids, span_ids, causal)
+            start, mask = cache.length, cache.mask(T, device)
         if positions is None:
-            positions = torch.arange(T, device=device).expand(B, T)
+            positions = torch.arange(start, start + T, device=device).expand(B, T)
         cos, sin = self.rope(positions)
         return BatchContext(batch=B, seq_len=T, routing=routing, mask=mask, cos=cos, sin=sin)
+
+    def _check_cache(self, cache: KVCache, batch: int, doc_ids, span_ids, causal: bool) -> None:
+        if doc_ids is not None or span_ids is not None or not causal:
+            raise ValueError("a KV cache supports plain causal attention only: drop doc_ids/span_ids/"
+                             "causal=False and decode one document per row")
+        if len(cache.layers) != len(self.layers):
+            raise ValueError(f"cache has {len(cache.layers)} layers, the backbone {len(self.layers)}: "
+                             "make it with KVCache.empty(cfg.n_layers)")
+        if cache.batch is not None and cache.batch != batch:
+            raise ValueError(f"cache holds batch size {cache.batch}, got {batch} new rows")
 
     def forward(self, x: Tensor, modality: Tensor, *, positions: Tensor | None = None,
                 doc_ids: Tensor | None = None, span_ids: Tensor | None = None, causal: bool = True,
@@ -60,52 +81,27 @@ class Transformer(nn.Module):
         ``positions`` (RoPE; default ``arange(T)``), ``doc_ids`` (packed documents
         never attend to each other), ``span_ids`` (bidirectional spans inside the
         causal mask) and ``causal`` are optional ``(B, T)`` ids / a flag.
-        With ``cache`` (decoding), ``x`` holds only the new tokens; see ``forward_cached``.
+        With ``cache`` (decoding), ``x`` holds only the new tokens: they attend to the cached
+        keys/values plus their own, each layer appends its new keys/values, and
+        ``cache.length`` advances by ``T``.
         """
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
             raise ValueError(f"x must be float[B, T, {self.cfg.dim}], got shape {tuple(x.shape)}")
         if modality.shape != x.shape[:2]:
             raise ValueError(f"modality must have shape {tuple(x.shape[:2])}, got {tuple(modality.shape)}")
-        if cache is not None:
-            if doc_ids is not None or span_ids is not None or not causal:
-                raise ValueError("a KV cache supports plain causal attention only: drop doc_ids/span_ids/"
-                                 "causal=False and decode one document per row")
-            return self.forward_cached(x, modality, cache, positions=positions)
-        ctx = self.context(modality, positions=positions, doc_ids=doc_ids, span_ids=span_ids, causal=causal)
+        ctx = self.context(modality, positions=positions, doc_ids=doc_ids, span_ids=span_ids, causal=causal,
+                           cache=cache)
         B, T, D = x.shape
         h = ctx.routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
-        for layer in self.layers:
-            h = layer(h, ctx)
+        if cache is None:
+            for layer in self.layers:
+                h = layer(h, ctx)
+        else:
+            for layer, kv in zip(self.layers, cache.layers):
+                h = layer(h, replace(ctx, kv=kv))
+            cache.length, cache.batch = cache.length + T, B
         h = self.norm(h, ctx.routing)
         return ctx.routing.to_sequence(h).view(B, T, D)
-
-    def forward_cached(self, x: Tensor, modality: Tensor, cache: KVCache, *,
-                       positions: Tensor | None = None) -> Tensor:
-        """Decode step: ``x: float[B, T_new, dim]`` new tokens after the ``cache.length`` cached ones.
-
-        New token ``i`` sits at absolute index ``L + i`` and attends to keys ``0..L+i``;
-        ``positions`` default to those indices. Routing covers the new tokens only. Appends
-        every layer's keys/values to ``cache`` and advances ``cache.length``.
-        """
-        B, T, D = x.shape
-        if len(cache.layers) != len(self.layers):
-            raise ValueError(f"cache has {len(cache.layers)} layers, the backbone {len(self.layers)}: "
-                             "make it with KVCache.empty(cfg.n_layers)")
-        if cache.batch is not None and cache.batch != B:
-            raise ValueError(f"cache holds batch size {cache.batch}, got {B} new rows")
-        if positions is None:
-            positions = torch.arange(cache.length, cache.length + T, device=x.device).expand(B, T)
-        elif positions.shape != (B, T):
-            raise ValueError(f"positions must have shape {(B, T)} like modality, got {tuple(positions.shape)}")
-        routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers)
-        cos, sin = self.rope(positions)
-        ctx = BatchContext(batch=B, seq_len=T, routing=routing, mask=cache.mask(T, x.device), cos=cos, sin=sin)
-        h = routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
-        for layer, kv in zip(self.layers, cache.layers):
-            h = layer(h, replace(ctx, kv=kv))
-        h = self.norm(h, routing)
-        cache.length, cache.batch = cache.length + T, B
-        return routing.to_sequence(h).view(B, T, D)
 
     def aux_loss(self) -> Tensor:
         """``aux_loss_coef`` x the load-balancing losses of the last forward, summed over MoE layers.
@@ -113,16 +109,14 @@ class Transformer(nn.Module):
         Add it to the training loss after ``forward`` (same step). A scalar 0 when the backbone
         has no MoE or only expert-choice routers (balanced by construction).
         """
-        losses = [m.last_aux_loss for m in self.modules()
-                  if isinstance(m, MoEFeedForward) and m.last_aux_loss is not None]
+        losses = [m.last_aux_loss for m in self._moe.values() if m.last_aux_loss is not None]
         if not losses:
             return self.norm.weight.new_zeros(())
         return self.cfg.aux_loss_coef * torch.stack(losses).sum()
 
     def moe_stats(self) -> dict[str, MoEStats]:
         """Routing statistics of the last forward per MoE module, keyed by module name (empty without MoE)."""
-        return {name: m.last_stats for name, m in self.named_modules()
-                if isinstance(m, MoEFeedForward) and m.last_stats is not None}
+        return {name: m.last_stats for name, m in self._moe.items() if m.last_stats is not None}
 
     def reset_parameters(self) -> None:
         for module in self.modules():
