@@ -1,6 +1,7 @@
 """``mot fit|validate|test``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
 
-Vocabulary size, modality count and validation-set names flow from the data
+Vocabulary size, modality count, validation-set names and the latent-image
+width (Transfusion) flow from the data
 module to the model by ``link_arguments`` (never repeated in YAML). The same
 YAML runs on one CPU, one GPU or many GPUs by changing only ``trainer.*``.
 Always present (configurable under their own keys): ``checkpoint``
@@ -30,6 +31,7 @@ class MotCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.n_modalities", "model.backbone.n_modalities", apply_on="instantiate")
         parser.link_arguments("data.val_set_names", "model.val_set_names", apply_on="instantiate")
+        parser.link_arguments("data.latent_dim", "model.latent_dim", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(FlopsThroughput, "throughput")

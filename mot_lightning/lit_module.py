@@ -9,6 +9,14 @@ the paper; everything inside the backbone is untied per its config.
 Logged (DESIGN.md metric contract; one step axis, the optimizer step):
 ``train/loss``, ``train/loss_<modality>``, ``val/loss``, ``val/loss_<modality>``
 (all validation sets together) and ``val/<set>/loss_<modality>`` per named set.
+
+Transfusion setting (``diffusion`` set, continuous image latents from the data):
+text (and speech) keep the next-token loss; every image gets one diffusion time,
+its latent patches are noised, and the latent head predicts the noise (or flow
+velocity) of each patch, attending bidirectionally inside the image. The loss is
+``L_LM + lam * L_diffusion`` and ``train/loss_image`` / ``val/loss_image`` are the
+diffusion loss (MSE per latent element). Validation draws noise and times from
+``diffusion.val_seed`` and the batch index, identical in every run.
 """
 from __future__ import annotations
 
@@ -25,7 +33,13 @@ from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig, backbone_stats
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.model.untied import UntiedRMSNorm
-from mot_lightning.objectives import next_token_losses
+from mot_lightning.objectives import (
+    DiffusionConfig,
+    ModalityLosses,
+    diffusion_loss,
+    fixed_noise,
+    next_token_losses,
+)
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -44,6 +58,8 @@ class MultiModalLM(pl.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         val_set_names: list[str] | None = None,
+        diffusion: DiffusionConfig | None = None,
+        latent_dim: int = 0,
     ) -> None:
         """
         Args:
@@ -57,6 +73,8 @@ class MultiModalLM(pl.LightningModule):
             activation_checkpointing: recompute each block in backward (less memory).
             compile: ``torch.compile`` each block.
             val_set_names: names of the validation dataloaders, in order; linked from the data.
+            diffusion: the image diffusion objective (Transfusion setting); needs continuous image latents.
+            latent_dim: width of a latent image patch; linked from ``data.latent_dim`` (0 = discrete images).
         """
         super().__init__()
         if vocab_size <= 0:
@@ -70,6 +88,15 @@ class MultiModalLM(pl.LightningModule):
         if unknown:
             raise ValueError(f"loss_weights name modalities the model does not have: {[m.label for m in unknown]}; "
                              f"it has {[m.label for m in self.modalities]}")
+        if latent_dim > 0 and diffusion is None:
+            raise ValueError(f"the data's image tokenizer gives continuous latents (latent_dim {latent_dim}): set "
+                             "model.diffusion (see configs/transfusion/mot.yaml) or use a discrete image tokenizer")
+        if diffusion is not None and latent_dim <= 0:
+            raise ValueError("model.diffusion trains images as continuous latents, but the data's image tokenizer is "
+                             "discrete or missing: set data.image_tokenizer to "
+                             "mot_lightning.tokenizers.LatentImageTokenizer (configs/transfusion/*.yaml)")
+        self.diffusion, self.latent_dim = diffusion, latent_dim
+        self.objective = diffusion.build() if diffusion is not None else None
         self.register_buffer("loss_weights", torch.tensor([weights.get(m, 1.0) for m in self.modalities]),
                              persistent=False)
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
@@ -89,7 +116,7 @@ class MultiModalLM(pl.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        self.net = TokenLM(self.cfg, self.vocab_size)
+        self.net = TokenLM(self.cfg, self.vocab_size, latent_dim=self.latent_dim)
         layers = self.net.backbone.layers
         if self.activation_checkpointing:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -108,22 +135,67 @@ class MultiModalLM(pl.LightningModule):
             fully_shard(self.net, mesh=mesh)
 
     def forward(self, batch: MultiModalBatch) -> Tensor:
-        """-> logits float[B, T, vocab_size]."""
+        """-> logits float[B, T, vocab_size] (discrete images; see ``_shared_step`` for latents)."""
         return self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
 
     # ---------------------------------------------------------------- steps
-    def _shared_step(self, batch: MultiModalBatch):
-        logits = self(batch)
+    def _shared_step(self, batch: MultiModalBatch,
+                     val_index: int | None = None) -> tuple[ModalityLosses, Tensor | None, int]:
+        """-> (next-token losses, diffusion loss or None, latent positions).
+
+        ``val_index`` (validation) fixes the diffusion noise and times; ``None`` (training) samples them.
+        """
+        if self.objective is None:
+            if batch.has_latents:
+                raise ValueError("the batch carries image latents but the model has no diffusion objective")
+            logits = self(batch)
+            return self._lm_losses(logits, batch), None, 0
+        if not batch.has_latents:
+            raise ValueError("the diffusion model needs batches with image latents (a LatentImageTokenizer)")
+        mask = batch.latent_mask()  # (B, T)
+        x0 = batch.latents
+        t, noise = self._diffusion_inputs(batch, val_index)  # t: per position (B, T)
+        B, T, D = x0.shape
+        x_t = self.objective.corrupt(x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1)).view(B, T, D)
+        logits, pred = self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids,
+                                span_ids=batch.span_ids, latents=x_t, timesteps=self.diffusion.time_input(t))
+        target = self.objective.target(x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1)).view(B, T, D)
+        n_latent = int(mask.sum())
+        return self._lm_losses(logits, batch), diffusion_loss(pred, target, mask), n_latent
+
+    def _lm_losses(self, logits: Tensor, batch: MultiModalBatch) -> ModalityLosses:
         return next_token_losses(logits, batch.targets, batch.target_modality(), self.loss_weights, self.z_loss)
 
+    def _diffusion_inputs(self, batch: MultiModalBatch, val_index: int | None) -> tuple[Tensor, Tensor]:
+        """One diffusion time per image (span), broadcast to its positions: (t long/float[B, T], noise [B, T, D])."""
+        B = batch.batch_size
+        n_spans = max(int(batch.span_ids.max()) + 1, 1)
+        device = batch.latents.device
+        if val_index is None:
+            t_table = self.objective.sample_t(B * n_spans, device=device).view(B, n_spans)
+            noise = torch.randn_like(batch.latents)
+        else:  # the same times and noise for this validation batch in every run
+            seed = self.diffusion.val_seed * 1_000_003 + val_index
+            t_table = self.objective.fixed_t(B * n_spans, device=device)
+            perm = torch.randperm(B * n_spans, generator=torch.Generator().manual_seed(seed)).to(device)
+            t_table = t_table[perm].view(B, n_spans)  # times spread evenly, not sorted by position
+            noise = fixed_noise(batch.latents.shape, seed, device=device, dtype=batch.latents.dtype)
+        t = t_table.gather(1, batch.span_ids.clamp_min(0))  # (B, T); non-latent positions are never used
+        return t, noise
+
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
-        out = self._shared_step(batch)
-        loss = out.loss + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
+        out, diff, n_latent = self._shared_step(batch)
+        total = out.loss if diff is None else out.loss + self.diffusion.lam * diff
+        loss = total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
         per_mod = out.per_modality()
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch.batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch.batch_size)
         for m, value, n in zip(self.modalities, per_mod, out.count.tolist()):
+            if diff is not None and m == Modality.IMAGE:
+                value, n = diff, n_latent  # images are trained by diffusion, not next token
             if n > 0:  # a batch without this modality has no loss for it
                 self.log(f"train/loss_{m.label}", value, prog_bar=True, batch_size=int(n))
+        if diff is not None:
+            self.log("train/loss_lm", out.loss, batch_size=batch.batch_size)
         if self.z_loss:
             self.log("train/z_loss", out.z_loss, batch_size=batch.batch_size)
         self._log_moe(batch.batch_size)
@@ -142,12 +214,19 @@ class MultiModalLM(pl.LightningModule):
         }, batch_size=batch_size)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        out = self._shared_step(batch)
+        out, diff, n_latent = self._shared_step(batch, val_index=dataloader_idx * 100_003 + batch_idx)
         set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
         for i, m in enumerate(self.modalities):
+            value, weight = out.ce_sum[i] / out.count[i].clamp_min(1), out.count[i]
+            if diff is not None and m == Modality.IMAGE:
+                value, weight = diff, torch.tensor(float(n_latent), device=diff.device)
             for key in (self._metric_key("all", m), self._metric_key(set_name, m)):
-                self.val_metrics[key].update(out.ce_sum[i] / out.count[i].clamp_min(1), weight=out.count[i])
-        self.val_total.update(out.ce_sum.sum() / out.count.sum().clamp_min(1), weight=out.count.sum())
+                self.val_metrics[key].update(value, weight=weight)
+        lm = out.ce_sum.sum() / out.count.sum().clamp_min(1)
+        if diff is None:
+            self.val_total.update(lm, weight=out.count.sum())
+        else:  # same form as train/loss: L_LM + lam * L_diffusion
+            self.val_total.update(lm + self.diffusion.lam * diff, weight=out.count.sum() + n_latent)
 
     def test_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

@@ -13,6 +13,12 @@ restrict every step to the id range the task needs:
 - ``image_to_caption``: ``BOS BOI codes EOI`` -> text ids until ``EOS``;
 - ``text_to_speech``:   ``BOS text BOS_SPEECH`` -> speech units until ``EOS_SPEECH``.
 
+Continuous images (Transfusion setting) are not sampled token by token:
+``caption_to_latent_image`` iterates the denoiser over the whole image span
+(``BOS caption BOI`` + latent patches, bidirectional inside the image) with
+classifier-free guidance against the unconditional prompt ``BOS BOI`` (what
+caption dropout trains), then decodes the latents with the VAE.
+
 ``read_image_text_pairs`` reads raw validation images (and their text) for the
 image->caption prompts and for tokenizer reconstructions.
 
@@ -34,7 +40,8 @@ from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.tokenizers.base import DiscreteTokenizer
+from mot_lightning.objectives.diffusion import DiffusionConfig, cfg_eps
+from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer
 
 DEMO_CAPTIONS = (  # prompts in the style of the demo corpus (data/demo.py)
     "two small red circles on the left",
@@ -135,6 +142,57 @@ def caption_to_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenize
         codes = vocab.to_local(out[0, prompt.shape[1]:], Modality.IMAGE).cpu()
         images.append(image_tok.decode(codes))
     return torch.stack(images)
+
+
+@torch.no_grad()
+def caption_to_latent_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer,
+                            image_tok: ContinuousTokenizer, captions: Sequence[str], diffusion: DiffusionConfig, *,
+                            sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
+                            generator: torch.Generator | None = None) -> Tensor:
+    """-> float[N, 3, H, W] in [0, 1]: one image per caption by guided diffusion over the image span.
+
+    Every denoiser call runs conditional rows ``BOS caption BOI x_t`` and unconditional rows
+    ``BOS BOI x_t`` in one batch (left-padded; the padding is its own document) and mixes the
+    two predictions as ``uncond + guidance * (cond - uncond)`` (``guidance`` 1 = no guidance).
+    ``sampler``: "ddim" (``steps`` steps, deterministic given the start noise), "ddpm" (every
+    step of the schedule) or, for flow matching, Euler steps. The start noise comes from
+    ``generator``, so a seed fixes the images. Call with the model in eval mode.
+    """
+    n_patches, device = image_tok.num_tokens(None), _device(net)
+    prompts = [[vocab.bos_id, *_text_ids(vocab, text_tok, c), vocab.boi_id] for c in captions]
+    prompts += [[vocab.bos_id, vocab.boi_id]] * (len(captions) if guidance != 1.0 else 0)
+    rows = _latent_rows(vocab, prompts, n_patches, device)
+    n = len(captions)
+
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:  # x_t (N, n_patches, D), t (N,)
+        x_rows = x_t.repeat(len(prompts) // n, 1, 1)  # the same x_t for the unconditional rows
+        t_rows = t.repeat(len(prompts) // n)
+        latents = torch.zeros(*rows["tokens"].shape, x_t.shape[-1], device=device, dtype=x_t.dtype)
+        latents[:, -n_patches:] = x_rows
+        times = diffusion.time_input(t_rows)[:, None].expand(rows["tokens"].shape)
+        _, pred = net(rows["tokens"], vocab.modality_of(rows["tokens"]), positions=rows["positions"],
+                      doc_ids=rows["doc_ids"], span_ids=rows["span_ids"], latents=latents, timesteps=times)
+        pred = pred[:, -n_patches:].float()
+        return pred if len(prompts) == n else cfg_eps(pred[:n], pred[n:], guidance)
+
+    latents = diffusion.sample(eps_fn, (n, n_patches, image_tok.latent_dim), sampler=sampler, steps=steps,
+                               generator=generator, device=device)
+    return image_tok.decode(latents.cpu())  # a batch of latents -> float[N, 3, H, W]
+
+
+def _latent_rows(vocab: JointVocab, prompts: list[list[int]], n_patches: int,
+                 device: torch.device) -> dict[str, Tensor]:
+    """Prompts + ``n_patches`` latent placeholders, left-padded to one length (padding = document 0)."""
+    length = max(len(p) for p in prompts) + n_patches
+    tokens, doc_ids, positions, span_ids = [], [], [], []
+    for p in prompts:
+        pad, used = length - len(p) - n_patches, len(p) + n_patches
+        tokens.append([vocab.pad_id] * pad + p + [vocab.latent_id] * n_patches)
+        doc_ids.append([0] * pad + [1] * used)
+        positions.append(list(range(pad)) + list(range(used)))
+        span_ids.append([-1] * (length - n_patches) + [0] * n_patches)
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in
+            (("tokens", tokens), ("doc_ids", doc_ids), ("positions", positions), ("span_ids", span_ids))}
 
 
 def image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_codes: Tensor, *,

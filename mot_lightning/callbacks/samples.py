@@ -4,10 +4,15 @@ Tags (each only when the model has the modalities it needs):
 
 - ``samples/caption_to_image``          grid of images generated from fixed captions,
   ``samples/caption_to_image_prompts``  the captions (text);
-- ``samples/image_to_caption``          captions generated for validation images (text, with the reference);
+- ``samples/image_to_caption``          captions generated for validation images (text, with the reference;
+  discrete image tokenizers only);
 - ``samples/text_to_speech``            speech generated from the captions (audio, one clip, 16 kHz);
 - ``samples/image_reconstructions``     validation images (top row) and their image-tokenizer
   reconstructions (bottom row): the ceiling for generated image quality.
+
+With a continuous image tokenizer (Transfusion setting) ``caption_to_image`` is
+guided diffusion over the image span (``sampling.caption_to_latent_image``:
+``diffusion_sampler``, ``diffusion_steps``, ``guidance``) decoded by the VAE.
 
 Validation images come from the raw shards of the first validation set, read
 once. Sampling uses its own seeded generator, so it never moves the training
@@ -27,6 +32,7 @@ from torchvision.utils import make_grid
 from mot_lightning import sampling
 from mot_lightning.modality import Modality
 from mot_lightning.sampling import DEMO_CAPTIONS, read_image_text_pairs
+from mot_lightning.tokenizers.base import ContinuousTokenizer
 
 SILENCE_S = 0.25  # between concatenated speech samples
 
@@ -34,7 +40,8 @@ SILENCE_S = 0.25  # between concatenated speech samples
 class SampleLogger(pl.Callback):
     def __init__(self, every_n_steps: int = 500, n_samples: int = 4, temperature: float = 1.0,
                  top_k: int | None = None, captions: list[str] | None = None, max_caption_tokens: int = 64,
-                 max_speech_units: int = 75, seed: int = 0) -> None:
+                 max_speech_units: int = 75, seed: int = 0, guidance: float = 3.0,
+                 diffusion_sampler: str = "ddim", diffusion_steps: int = 50) -> None:
         """
         Args:
             every_n_steps: log after every N-th optimizer step.
@@ -43,6 +50,8 @@ class SampleLogger(pl.Callback):
             captions: prompts for caption->image and text->speech; default: demo-style captions.
             max_caption_tokens / max_speech_units: length limits of generated captions / speech.
             seed: seed of the sampling generator (the same at every logging step).
+            guidance / diffusion_sampler / diffusion_steps: classifier-free guidance scale (1 = none), sampler
+                ("ddim", "ddpm", "flow") and its steps for continuous (diffusion) images.
         """
         if every_n_steps < 1 or n_samples < 1:
             raise ValueError(f"every_n_steps and n_samples must be >= 1, got {every_n_steps}, {n_samples}")
@@ -50,6 +59,7 @@ class SampleLogger(pl.Callback):
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.captions = list(captions or DEMO_CAPTIONS)
         self.max_caption_tokens, self.max_speech_units = max_caption_tokens, max_speech_units
+        self.guidance, self.diffusion_sampler, self.diffusion_steps = guidance, diffusion_sampler, diffusion_steps
         self._last_step = -1
         self._val_pairs: tuple[torch.Tensor, list[str]] | None = None
 
@@ -77,7 +87,7 @@ class SampleLogger(pl.Callback):
         net.eval()
         try:
             if Modality.IMAGE in have and dm.tokenizers.get("image") is not None:
-                self._images(writer, dm, net, step)
+                self._images(writer, dm, pl_module, step)
             if Modality.SPEECH in have and dm.tokenizers.get("speech") is not None:
                 self._speech(writer, dm, net, step)
         finally:
@@ -89,19 +99,28 @@ class SampleLogger(pl.Callback):
     def _kw(self, net) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "generator": self._generator(net)}
 
-    def _images(self, writer, dm, net, step: int) -> None:
+    def _images(self, writer, dm, pl_module, step: int) -> None:
+        net = pl_module.net
         text_tok, image_tok = dm.tokenizers["text"], dm.tokenizers["image"]
         captions = self.captions[: self.n_samples]
-        images = sampling.caption_to_image(net, dm.vocab, text_tok, image_tok, captions, **self._kw(net))
+        latent = isinstance(image_tok, ContinuousTokenizer)
+        if latent:
+            images = sampling.caption_to_latent_image(
+                net, dm.vocab, text_tok, image_tok, captions, pl_module.diffusion, sampler=self.diffusion_sampler,
+                steps=self.diffusion_steps, guidance=self.guidance, generator=self._generator(net))
+        else:
+            images = sampling.caption_to_image(net, dm.vocab, text_tok, image_tok, captions, **self._kw(net))
         writer.add_image("samples/caption_to_image", make_grid(images, nrow=len(images)), step)
         writer.add_text("samples/caption_to_image_prompts", _numbered(captions), step)
         originals, references = self._validation_images(dm)
         if not len(originals):
             return
-        codes = image_tok.encode(originals)  # (N, n) the tokenizer's own ids
+        codes = image_tok.encode(originals)  # (N, n) the tokenizer's own ids, or (N, n, D) latents
         recon = image_tok.decode(codes)  # (N, 3, R, R)
         grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
         writer.add_image("samples/image_reconstructions", grid, step)
+        if latent:  # captioning from latents is not implemented: it would need a clean-image prefix pass
+            return
         generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes, max_tokens=self.max_caption_tokens,
                                               **self._kw(net))
         lines = [f"{gen!r} (reference: {ref!r})" for gen, ref in zip(generated, references)]

@@ -17,6 +17,14 @@ documents back to back, then padding. All fields are ``torch.long`` of shape
                 belongs to the same document, else ``IGNORE_INDEX`` (-100): the
                 last token of every document and all padding.
 
+Continuous images (Transfusion setting) add two fields, both ``None`` otherwise:
+
+- ``latents``   ``float[B, T, D]``: the clean latent patch at every image position
+                (tokens there are ``vocab.latent_id``), zero rows elsewhere.
+- ``span_ids``  ``long[B, T]``: which image of the row a position belongs to
+                (0, 1, ... per row), -1 for every other position; the backbone
+                attends bidirectionally inside a span (``model/masks.py``).
+
 Loss masks per modality follow from ``targets`` and the modality of the
 *target* position ``t + 1`` (``loss_mask``): the prediction of the first image
 code (made at the ``BOI`` token) counts as image loss, the prediction of ``EOI``
@@ -41,15 +49,24 @@ class MultiModalBatch:
     doc_ids: torch.Tensor  # long[B, T]
     positions: torch.Tensor  # long[B, T]
     targets: torch.Tensor  # long[B, T], IGNORE_INDEX where there is no target
+    latents: torch.Tensor | None = None  # float[B, T, D] clean image latents (continuous images only)
+    span_ids: torch.Tensor | None = None  # long[B, T] image span per position, -1 outside images
 
     def __post_init__(self) -> None:
         shape = self.tokens.shape
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "latents" or value is None:
+                continue
             if value.shape != shape or value.dtype != torch.long:
                 raise ValueError(
                     f"MultiModalBatch.{f.name} must be long{list(shape)}, got {value.dtype}{list(value.shape)}"
                 )
+        if (self.latents is None) != (self.span_ids is None):
+            raise ValueError("MultiModalBatch.latents and span_ids come together (continuous images) or not at all")
+        if self.latents is not None and (self.latents.shape[:2] != shape or not self.latents.is_floating_point()):
+            raise ValueError(f"MultiModalBatch.latents must be float{list(shape)} + [latent_dim], "
+                             f"got {self.latents.dtype}{list(self.latents.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -68,7 +85,17 @@ class MultiModalBatch:
         return self._apply(torch.Tensor.pin_memory)
 
     def _apply(self, fn) -> MultiModalBatch:
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        return replace(self, **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+    @property
+    def has_latents(self) -> bool:
+        return self.latents is not None
+
+    def latent_mask(self) -> torch.Tensor:
+        """``bool[B, T]``: latent-image positions (all False without continuous images)."""
+        if self.span_ids is None:
+            return torch.zeros_like(self.tokens, dtype=torch.bool)
+        return self.span_ids >= 0
 
     def target_modality(self) -> torch.Tensor:
         """``long[B, T]``: modality of the token each position predicts (position ``t + 1``).

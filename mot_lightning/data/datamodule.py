@@ -36,14 +36,15 @@ from mot_lightning.data.sources import SourceConfig, resolve
 from mot_lightning.data.stream import EpochLoader, PackedStream, StreamConfig
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers.base import DiscreteTokenizer
+from mot_lightning.tokenizers.base import DiscreteTokenizer, Tokenizer
+from mot_lightning.tokenizers.fitting import TrainConfig
 
 
 class MultiModalDataModule(pl.LightningDataModule):
     def __init__(
         self,
         text_tokenizer: DiscreteTokenizer,
-        image_tokenizer: DiscreteTokenizer | None = None,
+        image_tokenizer: Tokenizer | None = None,
         speech_tokenizer: DiscreteTokenizer | None = None,
         sources: list[SourceConfig] | None = None,
         val_sets: list[SourceConfig] | None = None,
@@ -65,11 +66,15 @@ class MultiModalDataModule(pl.LightningDataModule):
         tokenizer_dir: str = "data/tokenizers",
         tokenizer_fit_data: str | None = None,
         tokenizer_files: dict[str, str] | None = None,
+        tokenizer_train: TrainConfig | None = None,
+        caption_dropout: float = 0.0,
     ) -> None:
         """
         Args:
-            text_tokenizer / image_tokenizer / speech_tokenizer: discrete tokenizers (``class_path`` in
-                YAML); a modality without a tokenizer cannot be kept.
+            text_tokenizer / image_tokenizer / speech_tokenizer: tokenizers (``class_path`` in YAML); a
+                modality without a tokenizer cannot be kept. Text and speech are discrete; the image one is
+                discrete (VQ codes, next-token) or continuous (``LatentImageTokenizer``: Transfusion latents,
+                trained by diffusion; the model then needs ``model.diffusion``).
             sources: training shard sets with sampling weights and modality filters; ``None`` = demo corpus.
             val_sets: named validation shard sets (one dataloader each, names in ``val_set_names``);
                 ``None`` = the demo corpus' ``val_seen`` / ``val_heldout`` when ``sources`` is ``None``.
@@ -90,6 +95,11 @@ class MultiModalDataModule(pl.LightningDataModule):
                 training shards (demo), else the first training source's URLs.
             tokenizer_files: explicit fitted files per modality, e.g. ``{image: runs/tokenizers/vqvae_image.pt}``
                 from ``mot tokenizer fit``; loaded as they are (the tokenizer's config must match the file).
+            tokenizer_train: optimisation settings for the neural tokenizers (VQ-VAE, KL-VAE) that
+                ``prepare_data`` fits (``None``: ``TrainConfig`` defaults, 2000 steps); not part of the file
+                name, so changing it does not refit an existing file.
+            caption_dropout: probability that a training document holding an image is encoded without its
+                text (classifier-free guidance training; Transfusion uses 0.1). Validation is never dropped.
         """
         super().__init__()
         self.tokenizers = {"text": text_tokenizer, "image": image_tokenizer, "speech": speech_tokenizer}
@@ -109,6 +119,10 @@ class MultiModalDataModule(pl.LightningDataModule):
         if unknown:
             raise ValueError(f"tokenizer_files keys must be text/image/speech, got {sorted(unknown)}")
         self.tokenizer_files = dict(tokenizer_files or {})
+        self.tokenizer_train = tokenizer_train
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        self.caption_dropout = caption_dropout
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
 
@@ -116,6 +130,11 @@ class MultiModalDataModule(pl.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.vocab.size
+
+    @property
+    def latent_dim(self) -> int:
+        """Width of a latent image patch (continuous image tokenizer), 0 for discrete images."""
+        return self.encoder.latent_dim
 
     @property
     def modalities(self) -> list[Modality]:
@@ -162,7 +181,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         if self._uses_demo() and not demo.is_complete(self.demo_dir):
             train_docs, val_docs = self.demo_docs
             demo.generate(demo.DemoConfig(out=self.demo_dir, train_docs=train_docs, val_docs=val_docs))
-        tok_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data(), self.tokenizer_files)
+        tok_files.fit_missing(self.tokenizers, self.tokenizer_dir, self._fit_data(), self.tokenizer_files,
+                              self.tokenizer_train)
 
     def _fit_data(self) -> str | None:
         if self.tokenizer_fit_data is not None:
@@ -219,6 +239,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             overlong=self.overlong,
             open_rows=self.pack_open_rows,
             seed=self.seed,
+            caption_dropout=self.caption_dropout if infinite else 0.0,
         )
         counters = StreamCounters(slots=self.num_workers)
         return PackedStream(resolved, self.encoder, config, counters, rank=rank, world_size=world)

@@ -4,7 +4,15 @@ One document becomes::
 
     BOS  text...  BOI image-codes EOI  text...  BOS_SPEECH speech-codes EOS_SPEECH  ...  EOS
 
-(segments in document order). Runs inside the DataLoader workers, so this
+(segments in document order). With a continuous (latent) image tokenizer the
+image codes are ``latent_id`` placeholders and the document is a ``LatentDoc``
+carrying the latent patches beside the ids (Transfusion setting).
+
+``drop_text=True`` encodes only the non-text segments of a document (``BOS BOI
+image EOI EOS`` for a caption-image pair): classifier-free guidance trains the
+unconditional model on exactly the prompt it samples from (``BOS BOI``).
+
+Runs inside the DataLoader workers, so this
 object and the tokenizers it holds must be picklable.
 """
 
@@ -13,18 +21,23 @@ from __future__ import annotations
 import torch
 
 from mot_lightning.data.documents import BadSample, Document, Segment
+from mot_lightning.data.packing import Doc, LatentDoc
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers.base import DiscreteTokenizer
+from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer, Tokenizer
 
 
 class DocumentEncoder:
     def __init__(
         self,
         text: DiscreteTokenizer,
-        image: DiscreteTokenizer | None = None,
+        image: Tokenizer | None = None,
         speech: DiscreteTokenizer | None = None,
     ) -> None:
+        if speech is not None and not isinstance(speech, DiscreteTokenizer):
+            raise TypeError(f"the speech tokenizer must be discrete (units), got {type(speech).__name__}")
+        if not isinstance(text, DiscreteTokenizer):
+            raise TypeError(f"the text tokenizer must be discrete, got {type(text).__name__}")
         self.tokenizers = {Modality.TEXT: text, Modality.IMAGE: image, Modality.SPEECH: speech}
         self.vocab = JointVocab.from_tokenizers(text, image, speech)
         v = self.vocab
@@ -39,23 +52,47 @@ class DocumentEncoder:
         """Modalities this encoder can tokenize (those with a tokenizer)."""
         return frozenset(m for m, tok in self.tokenizers.items() if tok is not None)
 
-    def encode(self, doc: Document) -> torch.Tensor:
-        """``long[n]`` joint ids of the whole document, ``BOS ... EOS``."""
-        pieces = [self._segment(seg) for seg in doc.segments]
-        pieces = [p for p in pieces if p.numel()]
+    @property
+    def latent_dim(self) -> int:
+        """Width of one latent image patch; 0 with a discrete (or no) image tokenizer."""
+        image = self.tokenizers[Modality.IMAGE]
+        return image.latent_dim if isinstance(image, ContinuousTokenizer) else 0
+
+    def encode(self, doc: Document, drop_text: bool = False) -> Doc:
+        """Joint ids of the whole document, ``BOS ... EOS``: ``long[n]``, or a ``LatentDoc`` with latent images."""
+        segments = [s for s in doc.segments if not (drop_text and s.modality == Modality.TEXT)]
+        pieces = [p for p in (self._segment(seg) for seg in segments) if len(p[0])]
         if not pieces:
             raise BadSample(
                 "empty_doc", f"{doc.key}: no tokens after filtering ({doc.dropped} segments dropped)"
             )
         v = self.vocab
-        return torch.cat([torch.tensor([v.bos_id]), *pieces, torch.tensor([v.eos_id])])
+        ids = torch.cat([torch.tensor([v.bos_id]), *(p[0] for p in pieces), torch.tensor([v.eos_id])])
+        if not v.image_latent:
+            return ids
+        width = self.latent_dim
+        latents = [torch.zeros(1, width), *(p[1] if p[1] is not None else torch.zeros(len(p[0]), width)
+                                           for p in pieces), torch.zeros(1, width)]
+        return LatentDoc(ids, torch.cat(latents))
 
-    def _segment(self, seg: Segment) -> torch.Tensor:
+    def _segment(self, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(joint ids long[n] with boundary tokens, latents float[n, D] for a latent image else None)."""
         tokenizer = self.tokenizers[seg.modality]
         if tokenizer is None:
             raise ValueError(f"no {seg.modality.label} tokenizer configured; drop the modality or add one")
-        ids = self.vocab.to_joint(tokenizer.encode(seg.value).reshape(-1), seg.modality)
-        if ids.numel() == 0:
-            return ids
         before, after = self._bounds[seg.modality]
-        return torch.cat([torch.tensor(before, dtype=torch.long), ids, torch.tensor(after, dtype=torch.long)])
+        if isinstance(tokenizer, ContinuousTokenizer):
+            patches = tokenizer.encode(seg.value).float()  # (n, D)
+            if patches.dim() != 2 or patches.shape[1] != tokenizer.latent_dim:
+                raise ValueError(f"{type(tokenizer).__name__}.encode must give float[n, {tokenizer.latent_dim}], "
+                                 f"got {tuple(patches.shape)}")
+            ids = torch.full((len(patches),), self.vocab.latent_id, dtype=torch.long)
+            zero = torch.zeros(1, patches.shape[1])
+            latents = torch.cat([zero, patches, zero])
+        else:
+            ids = self.vocab.to_joint(tokenizer.encode(seg.value).reshape(-1), seg.modality)
+            latents = None
+            if ids.numel() == 0:
+                return ids, None
+        ids = torch.cat([torch.tensor(before, dtype=torch.long), ids, torch.tensor(after, dtype=torch.long)])
+        return ids, latents

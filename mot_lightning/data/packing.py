@@ -14,6 +14,7 @@ own ``doc_ids`` value). A document longer than ``seq_len`` is skipped
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,32 @@ from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.vocab import JointVocab
 
 OVERLONG_POLICIES = ("skip", "truncate")
+
+
+@dataclass
+class LatentDoc:
+    """A tokenized document with continuous images (``DocumentEncoder`` with a latent image tokenizer).
+
+    ``ids``: ``long[n]`` joint ids, ``vocab.latent_id`` at every latent-patch position;
+    ``latents``: ``float[n, D]`` the patch at those positions, zero rows elsewhere.
+    Packs like a plain ``long[n]`` document (length and slicing).
+    """
+
+    ids: torch.Tensor
+    latents: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.latents.dim() != 2 or len(self.latents) != len(self.ids):
+            raise ValueError(f"LatentDoc latents must be float[{len(self.ids)}, D], got {tuple(self.latents.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: slice) -> LatentDoc:
+        return LatentDoc(self.ids[index], self.latents[index])
+
+
+Doc = torch.Tensor | LatentDoc
 
 
 class Packer:
@@ -38,10 +65,10 @@ class Packer:
             raise ValueError(f"open_rows must be >= 1, got {open_rows}")
         self.seq_len, self.overlong, self.open_rows = seq_len, overlong, open_rows
         self.counters = counters or StreamCounters()
-        self._rows: list[list[torch.Tensor]] = []  # open rows
+        self._rows: list[list[Doc]] = []  # open rows
         self._used: list[int] = []  # tokens in each open row
 
-    def add(self, doc: torch.Tensor) -> list[list[torch.Tensor]]:
+    def add(self, doc: Doc) -> list[list[Doc]]:
         """Add one document; return the rows this closed (zero or one)."""
         doc = self._fit(doc)
         if doc is None:
@@ -58,11 +85,11 @@ class Packer:
         self._used.append(len(doc))
         return closed
 
-    def flush(self) -> list[list[torch.Tensor]]:
+    def flush(self) -> list[list[Doc]]:
         """Close every open row (end of a finite stream)."""
         return [self._close(0) for _ in range(len(self._rows))]
 
-    def _fit(self, doc: torch.Tensor) -> torch.Tensor | None:
+    def _fit(self, doc: Doc) -> Doc | None:
         if len(doc) == 0:
             self.counters.add("empty_doc", detail="document with no tokens")
             return None
@@ -75,15 +102,15 @@ class Packer:
         self.counters.add("truncated_tokens", len(doc) - self.seq_len)
         return doc[: self.seq_len]
 
-    def _close(self, i: int) -> list[torch.Tensor]:
+    def _close(self, i: int) -> list[Doc]:
         row, used = self._rows.pop(i), self._used.pop(i)
         self.counters.add("padding", self.seq_len - used)
         return row
 
 
 def pack_rows(
-    docs: Iterable[torch.Tensor], packer: Packer, flush: bool = True
-) -> Iterator[list[torch.Tensor]]:
+    docs: Iterable[Doc], packer: Packer, flush: bool = True
+) -> Iterator[list[Doc]]:
     """Rows from a stream of documents (closing the last partial row when ``flush``)."""
     for doc in docs:
         yield from packer.add(doc)
@@ -91,17 +118,40 @@ def pack_rows(
         yield from packer.flush()
 
 
-def collate_rows(rows: list[list[torch.Tensor]], seq_len: int, vocab: JointVocab) -> MultiModalBatch:
-    """Rows of documents -> one ``MultiModalBatch`` of shape ``[len(rows), seq_len]``."""
-    parts = [_row_tensors(row, seq_len, vocab.pad_id) for row in rows]
+def collate_rows(rows: list[list[Doc]], seq_len: int, vocab: JointVocab) -> MultiModalBatch:
+    """Rows of documents -> one ``MultiModalBatch`` of shape ``[len(rows), seq_len]``.
+
+    With a latent-image vocabulary (every document a ``LatentDoc``) the batch also
+    carries ``latents`` and ``span_ids`` (one span per contiguous run of latent
+    positions), and a latent position is never a next-token target: images are
+    trained by the diffusion loss (the ``EOI`` after an image stays a text target).
+    """
+    id_rows = [[d.ids if isinstance(d, LatentDoc) else d for d in row] for row in rows]
+    parts = [_row_tensors(row, seq_len, vocab.pad_id) for row in id_rows]
     tokens, doc_ids, positions, targets = (torch.stack(field) for field in zip(*parts))  # each (B, T)
+    latents = span_ids = None
+    if vocab.image_latent:
+        is_latent = tokens == vocab.latent_id  # (B, T)
+        targets = targets.masked_fill(targets == vocab.latent_id, IGNORE_INDEX)
+        latents = torch.stack([_row_latents(row, seq_len) for row in rows])  # (B, T, D)
+        starts = is_latent & ~torch.nn.functional.pad(is_latent, (1, 0))[:, :-1]  # first patch of each image
+        span_ids = torch.where(is_latent, starts.long().cumsum(dim=1) - 1, -1)
     return MultiModalBatch(
         tokens=tokens,
         modality=vocab.modality_of(tokens),
         doc_ids=doc_ids,
         positions=positions,
         targets=targets,
+        latents=latents,
+        span_ids=span_ids,
     )
+
+
+def _row_latents(row: list[Doc], seq_len: int) -> torch.Tensor:
+    if not all(isinstance(d, LatentDoc) for d in row):
+        raise TypeError("a latent-image vocabulary needs every document as a LatentDoc (DocumentEncoder makes them)")
+    lat = torch.cat([d.latents.float() for d in row])  # (used, D)
+    return torch.nn.functional.pad(lat, (0, 0, 0, seq_len - len(lat)))
 
 
 def _row_tensors(row: list[torch.Tensor], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:

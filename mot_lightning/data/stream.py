@@ -60,6 +60,7 @@ class StreamConfig:
     overlong: str = "skip"
     open_rows: int = 1  # rows packed at once (first fit); 1 = greedy in document order
     seed: int = 0
+    caption_dropout: float = 0.0  # infinite streams only: P(a document with an image loses its text)
 
 
 class PackedStream(IterableDataset):
@@ -79,6 +80,7 @@ class PackedStream(IterableDataset):
         self.sources, self.encoder, self.config, self.counters = sources, encoder, config, counters
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._drop_rng = random.Random(f"{config.seed}-caption-dropout")  # reseeded per iteration
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed shard order and shuffling (read by workers started after this call)."""
@@ -88,6 +90,8 @@ class PackedStream(IterableDataset):
         consumer, consumers = self._consumer()
         cfg = self.config
         rng = random.Random(f"{cfg.seed}-{self.epoch}-{consumer}")
+        # its own generator: turning caption dropout on or off leaves the document order alone
+        self._drop_rng = random.Random(f"{cfg.seed}-{self.epoch}-{consumer}-caption-dropout")
         docs = self._documents(consumer, consumers, rng)
         if cfg.shuffle_buffer > 1:
             docs = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)(docs)
@@ -163,10 +167,18 @@ class PackedStream(IterableDataset):
             if not doc.segments and doc.dropped:
                 self.counters.add("filtered_docs")
                 return None
-            return self.encoder.encode(doc)
+            return self.encoder.encode(doc, drop_text=self._drop_text(doc))
         except BadSample as bad:
             self.counters.add(bad.reason, detail=bad.detail)
             return None
+
+
+    def _drop_text(self, doc) -> bool:
+        """Caption dropout for classifier-free guidance: training documents that hold an image."""
+        p = self.config.caption_dropout
+        if p <= 0 or not self.config.infinite or not any(s.modality == Modality.IMAGE for s in doc.segments):
+            return False
+        return self._drop_rng.random() < p
 
 
 class EpochLoader:

@@ -11,11 +11,12 @@ made elsewhere (``mot tokenizer fit``), which is then loaded and never refitted.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 from mot_lightning.tokenizers.base import Tokenizer
-from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer
+from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
 
 
 def needs_file(tok: Tokenizer | None) -> bool:
@@ -31,8 +32,11 @@ def tokenizer_path(directory: str, modality: str, tok: Tokenizer, explicit: dict
 
 
 def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_data: str | None,
-                explicit: dict[str, str] | None = None) -> None:
-    """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``)."""
+                explicit: dict[str, str] | None = None, train: TrainConfig | None = None) -> None:
+    """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``).
+
+    ``train`` sets the optimisation of neural tokenizers (VQ-VAE, KL-VAE); the others ignore it.
+    """
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
@@ -48,7 +52,8 @@ def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_dat
                 "`data.tokenizer_fit_data` to shards/files of your data, or fit one with `mot tokenizer fit`"
             )
         print(f"fitting the {modality} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
-        metrics = tok.fit(FitData(path=fit_data))
+        run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<file stem>
+        metrics = tok.fit(FitData(path=fit_data), run)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tok.save(str(tmp))

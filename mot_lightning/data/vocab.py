@@ -17,6 +17,12 @@ losses: predicting ``EOI`` (from the last image code) is text loss, predicting
 the first image code (from ``BOI``) is image loss.
 
 A modality without a tokenizer has an empty range (size 0).
+
+**Continuous images** (Transfusion setting, ``image_latent=True``): the image
+range holds one id, ``latent_id``, a placeholder at every latent-patch
+position. It keeps ``modality_of`` working unchanged (those positions route to
+the image tower); the model replaces its embedding by the projected noised
+latent and never trains it as a next-token target (``data/packing.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers.base import DiscreteTokenizer
+from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer, Tokenizer
 
 SPECIAL_TOKENS = ("PAD", "BOS", "EOS", "BOI", "EOI", "BOS_SPEECH", "EOS_SPEECH")
 
@@ -36,22 +42,27 @@ class JointVocab:
     text_size: int
     image_size: int = 0
     speech_size: int = 0
+    image_latent: bool = False  # images are continuous latents: the image range is the one ``latent_id``
 
     def __post_init__(self) -> None:
         if self.text_size <= 0 or self.image_size < 0 or self.speech_size < 0:
             raise ValueError(f"vocabulary sizes must be text > 0, image/speech >= 0; got {self}")
+        if self.image_latent and self.image_size != 1:
+            raise ValueError(f"a latent-image vocabulary has image_size 1 (the placeholder id), got {self}")
 
     @classmethod
     def from_tokenizers(
         cls,
         text: DiscreteTokenizer,
-        image: DiscreteTokenizer | None = None,
+        image: Tokenizer | None = None,
         speech: DiscreteTokenizer | None = None,
     ) -> JointVocab:
+        latent = isinstance(image, ContinuousTokenizer)
         return cls(
             text_size=text.vocab_size,
-            image_size=image.vocab_size if image is not None else 0,
+            image_size=1 if latent else (image.vocab_size if image is not None else 0),
             speech_size=speech.vocab_size if speech is not None else 0,
+            image_latent=latent,
         )
 
     # --- special tokens (text modality) -------------------------------------
@@ -85,6 +96,13 @@ class JointVocab:
     @property
     def eos_speech_id(self) -> int:
         return self.special("EOS_SPEECH")
+
+    @property
+    def latent_id(self) -> int:
+        """The placeholder id at latent-image positions (continuous-image vocabularies only)."""
+        if not self.image_latent:
+            raise ValueError("this vocabulary has discrete image codes, not latent images")
+        return self.image_offset
 
     # --- ranges ---------------------------------------------------------------
     @property

@@ -157,6 +157,59 @@ class FlowMatching:
         return diffusion_loss(pred, self.target(x0, noise, t), mask)
 
 
+OBJECTIVES = ("ddpm", "flow")
+SAMPLERS = ("ddpm", "ddim", "flow")
+
+
+@dataclass
+class DiffusionConfig:
+    """The image objective of the Transfusion setting, as set in YAML (``model.diffusion``).
+
+    ``objective``: "ddpm" (noise prediction over ``num_steps`` steps with the ``schedule`` betas; Transfusion's
+    choice, cosine schedule, 1000 steps) or "flow" (rectified flow, velocity prediction). The training loss is
+    ``L_LM + lam * L_diffusion`` (``lam`` = 5 in Transfusion). Validation draws its noise and timesteps from
+    ``val_seed`` and the batch index, so validation curves of different runs are comparable.
+    """
+
+    objective: str = "ddpm"
+    schedule: str = "cosine"
+    num_steps: int = 1000
+    lam: float = 5.0
+    val_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"diffusion.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.lam < 0:
+            raise ValueError(f"diffusion.lam must be >= 0, got {self.lam}")
+        self.build()  # checks schedule and num_steps
+
+    def build(self) -> NoiseSchedule | FlowMatching:
+        if self.objective == "flow":
+            return FlowMatching()
+        return NoiseSchedule(num_steps=self.num_steps, kind=self.schedule)
+
+    def time_input(self, t: Tensor) -> Tensor:
+        """Timesteps as the model's timestep embedding sees them: DDPM steps as they are, flow times
+        (in [0, 1]) scaled to the same range."""
+        return t.float() * self.num_steps if self.objective == "flow" else t.float()
+
+    def sample(self, eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,
+               generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+        """Run a sampler of this objective: "ddpm" (all ``num_steps``), "ddim" (``steps``, deterministic)
+        or, for flow matching, "flow" (``steps`` Euler steps; "ddim"/"ddpm" map to it)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if self.objective == "flow":
+            return flow_sample(eps_fn, shape, steps, generator=generator, device=device)
+        if sampler == "flow":
+            raise ValueError("the 'flow' sampler needs diffusion.objective: flow; use 'ddim' or 'ddpm'")
+        schedule = self.build()
+        if sampler == "ddpm":
+            return ddpm_sample(eps_fn, schedule, shape, generator=generator, device=device)
+        return ddim_sample(eps_fn, schedule, shape, steps=steps, generator=generator, device=device)
+
+
 def fixed_noise(shape: Sequence[int], seed: int, device: torch.device | None = None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """Standard normal noise drawn on CPU from ``seed`` (identical on every device and run),

@@ -30,6 +30,19 @@ def demo_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+# the Transfusion configs with a KL-VAE fitted in seconds (the YAML's 600 steps take minutes)
+TRANSFUSION = ["--data.tokenizer_train.max_steps", "30", "--data.tokenizer_train.val_every_n_steps", "1000"]
+
+
+@pytest.fixture(scope="session")
+def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
+    """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml (made once by a
+    real fast_dev_run; its file name depends only on the tokenizer config, so every later run loads it)."""
+    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.fast_dev_run", "1"],
+            demo_env, tmp_path_factory.mktemp("transfusion_env") / "runs")
+    return demo_env
+
+
 def data_args(env: dict[str, str]) -> list[str]:
     return ["--data.demo_dir", env["demo_dir"], "--data.tokenizer_dir", env["tokenizer_dir"]]
 

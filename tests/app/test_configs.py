@@ -4,9 +4,10 @@ import yaml
 
 from mot_lightning.lit_cli import cli_main
 from mot_lightning.model import PRESETS
-from tests.app.conftest import CONFIGS, run_fit
+from tests.app.conftest import CONFIGS, TRANSFUSION, run_fit
 
-SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("chameleon", "speech", "ablations"))
+SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml")
+                  if p.parent.name in ("chameleon", "speech", "transfusion", "ablations"))
 FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer"))
 CPU_MODELS = ["tiny", "cpu-small", "cpu-base", "chameleon-37m"]
 
@@ -27,7 +28,7 @@ def test_print_config(path, capsys):
 
 
 def test_dense_and_mot_differ_only_in_the_backbone():
-    for setting in ("chameleon", "speech"):
+    for setting in ("chameleon", "speech", "transfusion"):
         dense = yaml.safe_load((CONFIGS / setting / "dense.yaml").read_text())
         mot = yaml.safe_load((CONFIGS / setting / "mot.yaml").read_text())
         assert dense["model"]["backbone"].pop("sparsity") == "dense"
@@ -54,9 +55,12 @@ def test_model_fragments_match_the_code_presets():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SETTINGS, ids=_rel)
-def test_fast_dev_run_settings(path, demo_env, tmp_path):
+def test_fast_dev_run_settings(path, demo_env, tmp_path, request):
+    extra = []
+    if path.parent.name == "transfusion":  # loads the KL-VAE file the fixture fitted (in seconds)
+        demo_env, extra = request.getfixturevalue("transfusion_env"), TRANSFUSION
     run_fit(["--config", str(path), "--config", str(CONFIGS / "trainer/cpu.yaml"),
-             "--trainer.fast_dev_run", "1"], demo_env, tmp_path)
+             "--trainer.fast_dev_run", "1", *extra], demo_env, tmp_path)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_tiny_model_overfits_one_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(60):
-        loss = model._shared_step(batch).loss
+        loss = model._shared_step(batch)[0].loss
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
