@@ -172,7 +172,7 @@ class MultiModalLM(pl.LightningModule):
         n_spans = max(int(batch.span_ids.max()) + 1, 1)
         device = batch.latents.device
         if val_index is None:
-            t_table = self.objective.sample_t(B * n_spans, device=device).view(B, n_spans)
+            t_table = self.diffusion.sample_t(B * n_spans, device=device).view(B, n_spans)
             noise = torch.randn_like(batch.latents)
         else:  # the same times and noise for this validation batch in every run
             seed = self.diffusion.val_seed * 1_000_003 + val_index
@@ -284,3 +284,16 @@ class MultiModalLM(pl.LightningModule):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token of backbone + head (mean over modalities)."""
         return backbone_stats(self.cfg, seq_len, vocab_size=self.vocab_size).mean_flops_per_token
+
+    def latent_params(self) -> int:
+        """Parameters of the latent-image ends (input projection, timestep MLP, latent head); 0 without."""
+        if self.net is None or self.net.latent_dim == 0:
+            return 0
+        return sum(p.numel() for name in ("latent_in", "time_embed", "latent_out")
+                   for p in getattr(self.net, name).parameters())
+
+    def latent_flops(self, batch: MultiModalBatch) -> float:
+        """Training FLOPs of the latent-image ends for one batch: 6 per parameter per latent position."""
+        if not batch.has_latents:
+            return 0.0
+        return 6.0 * self.latent_params() * float(batch.latent_mask().sum())

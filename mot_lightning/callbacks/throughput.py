@@ -3,7 +3,8 @@
 Runs of different sizes and backbones are compared on a FLOPs axis
 (``train/total_flops``), so this callback counts every position processed on
 every rank times the model's training FLOPs per token (``model/accounting.py``
-conventions). It also logs the parameter accounting once at the start and the
+conventions), plus, with continuous images (Transfusion), 6 FLOPs per parameter of
+the latent projections and timestep MLP at each latent position. It also logs the parameter accounting once at the start and the
 data module's skipped-sample counters (``data/skipped_<reason>``).
 """
 from __future__ import annotations
@@ -36,10 +37,11 @@ class FlopsThroughput(pl.Callback):
         cfg = pl_module.cfg
         stats = backbone_stats(cfg, getattr(trainer.datamodule, "seq_len", 1), vocab_size=pl_module.vocab_size)
         embed = pl_module.vocab_size * cfg.dim * 2  # shared input embedding + output head
+        latent = pl_module.latent_params() if hasattr(pl_module, "latent_params") else 0  # Transfusion ends
         for logger in trainer.loggers:
             logger.log_metrics({
                 "params/backbone_total": stats.total_params,
-                "params/total_with_embeddings": stats.total_params + embed,
+                "params/total_with_embeddings": stats.total_params + embed + latent,
                 "params/active_per_token": next(iter(stats.active_params.values())) + embed,
                 "params/flops_per_token": stats.mean_flops_per_token,
             }, step=trainer.global_step)
@@ -51,6 +53,8 @@ class FlopsThroughput(pl.Callback):
         if batch.seq_len not in self._flops_per_token:
             self._flops_per_token[batch.seq_len] = pl_module.flops_per_token(batch.seq_len)
         self.total_flops += tokens * self._flops_per_token[batch.seq_len]
+        if hasattr(pl_module, "latent_flops"):  # latent projections + timestep MLP at image positions
+            self.total_flops += pl_module.latent_flops(batch) * trainer.world_size
         self._window_tokens += tokens
         step = trainer.global_step
         if step % self.log_every_n_steps or self._window_start is None:

@@ -159,6 +159,7 @@ class FlowMatching:
 
 OBJECTIVES = ("ddpm", "flow")
 SAMPLERS = ("ddpm", "ddim", "flow")
+T_SAMPLING = ("uniform", "logit_normal")
 
 
 @dataclass
@@ -166,7 +167,9 @@ class DiffusionConfig:
     """The image objective of the Transfusion setting, as set in YAML (``model.diffusion``).
 
     ``objective``: "ddpm" (noise prediction over ``num_steps`` steps with the ``schedule`` betas; Transfusion's
-    choice, cosine schedule, 1000 steps) or "flow" (rectified flow, velocity prediction). The training loss is
+    choice, cosine schedule, 1000 steps) or "flow" (rectified flow, velocity prediction). ``t_sampling``: training
+    times uniform (Transfusion) or "logit_normal" (u = sigmoid(n), n ~ N(0, 1): more mid-noise times, as in
+    Stable Diffusion 3; DDPM steps floor(u T)). The training loss is
     ``L_LM + lam * L_diffusion`` (``lam`` = 5 in Transfusion). Validation draws its noise and timesteps from
     ``val_seed`` and the batch index, so validation curves of different runs are comparable.
     """
@@ -176,10 +179,13 @@ class DiffusionConfig:
     num_steps: int = 1000
     lam: float = 5.0
     val_seed: int = 0
+    t_sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"diffusion.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.t_sampling not in T_SAMPLING:
+            raise ValueError(f"diffusion.t_sampling must be one of {T_SAMPLING}, got {self.t_sampling!r}")
         if self.lam < 0:
             raise ValueError(f"diffusion.lam must be >= 0, got {self.lam}")
         self.build()  # checks schedule and num_steps
@@ -188,6 +194,17 @@ class DiffusionConfig:
         if self.objective == "flow":
             return FlowMatching()
         return NoiseSchedule(num_steps=self.num_steps, kind=self.schedule)
+
+    def sample_t(self, batch: int, generator: torch.Generator | None = None,
+                 device: torch.device | None = None) -> Tensor:
+        """Training times: long[B] DDPM steps in [0, num_steps) or float[B] flow times in [0, 1)."""
+        if self.t_sampling == "uniform":
+            u = torch.rand(batch, generator=generator, device=device)
+        else:
+            u = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+        if self.objective == "flow":
+            return u
+        return (u * self.num_steps).long().clamp(0, self.num_steps - 1)
 
     def time_input(self, t: Tensor) -> Tensor:
         """Timesteps as the model's timestep embedding sees them: DDPM steps as they are, flow times

@@ -154,3 +154,21 @@ def test_diffusion_without_latents_and_latents_without_diffusion_are_named(trans
     with pytest.raises(ValueError, match="set model.diffusion"):
         run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--model.diffusion", "null",
                  "--trainer.fast_dev_run", "1"], transfusion_env, tmp_path)
+
+
+@pytest.mark.slow
+def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
+    flow = ["--model.diffusion.objective", "flow", "--model.diffusion.t_sampling", "logit_normal"]
+    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, *flow, "--trainer.max_steps", "3",
+             "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "3", "--data.train_batches_per_epoch", "3"],
+            transfusion_env, tmp_path)
+    s = _scalars(max((tmp_path / "transfusion" / "mot").glob("version_*")))
+    assert "val/loss_image" in s
+    model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
+                      ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads",
+                       "4", *flow, *data_args(transfusion_env)])
+    load_weights(model, str(tmp_path / "transfusion" / "mot" / "checkpoints" / "last.ckpt"), "cpu")
+    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"], dm.tokenizers["image"],
+                                              ["a red circle"], model.diffusion, sampler="flow", steps=3,
+                                              generator=torch.Generator().manual_seed(0))
+    assert images.shape[:2] == (1, 3) and 0 <= images.min() and images.max() <= 1

@@ -248,3 +248,40 @@ def test_drop_condition_rate_and_seed():
 def test_drop_condition_from_caption_mask_skips_uncaptioned():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [0, 1, 0]]).bool()  # (B, L) caption tokens
     assert drop_condition(mask, 1.0).tolist() == [True, False, True]
+
+
+def test_diffusion_config_checks_and_time_sampling():
+    from mot_lightning.objectives import DiffusionConfig
+
+    for bad in ({"objective": "score"}, {"schedule": "sqrt"}, {"t_sampling": "beta"}, {"lam": -1.0}):
+        with pytest.raises(ValueError):
+            DiffusionConfig(**bad)
+    g = torch.Generator().manual_seed(0)
+    ddpm = DiffusionConfig(num_steps=50)
+    t = ddpm.sample_t(4000, generator=g)
+    assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) == 49
+    assert ddpm.time_input(t).dtype == torch.float32 and torch.equal(ddpm.time_input(t), t.float())
+    mid = DiffusionConfig(num_steps=50, t_sampling="logit_normal").sample_t(4000, generator=g)
+    in_middle = lambda x: ((x >= 12) & (x < 38)).float().mean()  # noqa: E731
+    assert in_middle(mid) > in_middle(t) + 0.1  # logit-normal puts more mass mid-schedule
+    flow = DiffusionConfig(objective="flow")
+    tf = flow.sample_t(1000, generator=g)
+    assert tf.is_floating_point() and 0 <= float(tf.min()) and float(tf.max()) < 1
+    torch.testing.assert_close(flow.time_input(tf), tf * 1000)
+    assert isinstance(flow.build(), FlowMatching) and isinstance(ddpm.build(), NoiseSchedule)
+
+
+def test_diffusion_config_sample_dispatches_to_the_samplers():
+    from mot_lightning.objectives import DiffusionConfig
+
+    x0 = torch.randn(2, 3, 4, dtype=torch.float64)
+    cfg = DiffusionConfig(num_steps=40, schedule="linear")
+    oracle = _oracle_eps(cfg.build(), x0)
+    for sampler in ("ddim", "ddpm"):
+        out = cfg.sample(lambda x, t: oracle(x, t).float(), x0.shape, sampler=sampler, steps=10,
+                         generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, x0.float(), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="objective: flow"):
+        cfg.sample(oracle, x0.shape, sampler="flow")
+    with pytest.raises(ValueError, match="sampler must be"):
+        cfg.sample(oracle, x0.shape, sampler="euler")
