@@ -169,7 +169,9 @@ class DiffusionConfig:
     ``objective``: "ddpm" (noise prediction over ``num_steps`` steps with the ``schedule`` betas; Transfusion's
     choice, cosine schedule, 1000 steps) or "flow" (rectified flow, velocity prediction). ``t_sampling``: training
     times uniform (Transfusion) or "logit_normal" (u = sigmoid(n), n ~ N(0, 1): more mid-noise times, as in
-    Stable Diffusion 3; DDPM steps floor(u T)). The training loss is
+    Stable Diffusion 3; DDPM steps floor(u T)). ``clip_x0``: DDPM/DDIM sampling clamps each predicted clean
+    latent to [-clip_x0, clip_x0] (3 = three standard deviations of the unit-variance VAE latents; ``None`` =
+    off); without it a briefly trained model's samples keep a coloured-noise background. The training loss is
     ``L_LM + lam * L_diffusion`` (``lam`` = 5 in Transfusion). Validation draws its noise and timesteps from
     ``val_seed`` and the batch index, so validation curves of different runs are comparable.
     """
@@ -180,12 +182,15 @@ class DiffusionConfig:
     lam: float = 5.0
     val_seed: int = 0
     t_sampling: str = "uniform"
+    clip_x0: float | None = 3.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"diffusion.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.t_sampling not in T_SAMPLING:
             raise ValueError(f"diffusion.t_sampling must be one of {T_SAMPLING}, got {self.t_sampling!r}")
+        if self.clip_x0 is not None and self.clip_x0 <= 0:
+            raise ValueError(f"diffusion.clip_x0 must be positive or null, got {self.clip_x0}")
         if self.lam < 0:
             raise ValueError(f"diffusion.lam must be >= 0, got {self.lam}")
         self.build()  # checks schedule and num_steps
@@ -223,8 +228,9 @@ class DiffusionConfig:
             raise ValueError("the 'flow' sampler needs diffusion.objective: flow; use 'ddim' or 'ddpm'")
         schedule = self.build()
         if sampler == "ddpm":
-            return ddpm_sample(eps_fn, schedule, shape, generator=generator, device=device)
-        return ddim_sample(eps_fn, schedule, shape, steps=steps, generator=generator, device=device)
+            return ddpm_sample(eps_fn, schedule, shape, generator=generator, device=device, clip_x0=self.clip_x0)
+        return ddim_sample(eps_fn, schedule, shape, steps=steps, generator=generator, device=device,
+                           clip_x0=self.clip_x0)
 
 
 def fixed_noise(shape: Sequence[int], seed: int, device: torch.device | None = None,
@@ -286,20 +292,38 @@ def _start(shape: Sequence[int], generator: torch.Generator | None, device, dtyp
 @torch.no_grad()
 def ddpm_sample(eps_fn: EpsFn, schedule: NoiseSchedule, shape: Sequence[int],
                 generator: torch.Generator | None = None, device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+                dtype: torch.dtype = torch.float32, clip_x0: float | None = None) -> Tensor:
     """Ancestral DDPM sampling over all T steps: x_T ~ N(0, I), then for t = T-1..0
     x_{t-1} = mu_t(x0_hat, x_t) + sqrt(beta_tilde_t) z, x0_hat = predict_x0(x_t, eps_fn(x_t, t)).
-    At t = 0 the posterior mean is x0_hat itself and no noise is added."""
+    At t = 0 the posterior mean is x0_hat itself and no noise is added. ``clip_x0`` clamps x0_hat to
+    [-clip_x0, clip_x0] (DDPM's "clip denoised"; see ``clip_prediction``)."""
     x = _start(shape, generator, device, dtype)  # (B, ...)
     for step in reversed(range(schedule.num_steps)):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
-        x0_hat = schedule.predict_x0(x, eps_fn(x, t), t)
+        x0_hat, _ = clip_prediction(schedule, x, eps_fn(x, t), t, clip_x0)
         mean = schedule.posterior_mean(x0_hat, x, t)
         if step == 0:
             return mean
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = mean + schedule.posterior_variance(t, x).sqrt() * z
     return x
+
+
+def clip_prediction(schedule: NoiseSchedule, x_t: Tensor, eps: Tensor, t: Tensor,
+                    clip_x0: float | None) -> tuple[Tensor, Tensor]:
+    """(x0_hat, eps) from a noise prediction, with x0_hat clamped to [-clip_x0, clip_x0] and eps made
+    consistent with the clamped x0_hat (``None``: no clamping).
+
+    An eps-prediction model divides its error by sqrt(ab_t) when recovering x0; near the end of the
+    schedule (cosine: ab_T ~ 1e-5) a small error gives an x0_hat far outside the data, and the sampler
+    never recovers. Clamping to the data's range (unit-variance latents: about +-3) removes that.
+    """
+    x0_hat = schedule.predict_x0(x_t, eps, t)
+    if clip_x0 is None:
+        return x0_hat, eps
+    x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+    ab = schedule._at(schedule._ab64, t, x_t)
+    return x0_hat, (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
@@ -311,17 +335,18 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
 @torch.no_grad()
 def ddim_sample(eps_fn: EpsFn, schedule: NoiseSchedule, shape: Sequence[int], steps: int = 50,
                 eta: float = 0.0, generator: torch.Generator | None = None,
-                device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+                device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                clip_x0: float | None = None) -> Tensor:
     """DDIM (Song et al. 2021) over a strided subsequence t -> s (s = next smaller step, ab_{-1} = 1):
     x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma^2) eps + sigma z,
-    sigma = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s); eta = 0 is deterministic."""
+    sigma = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s); eta = 0 is deterministic.
+    ``clip_x0``: see ``clip_prediction``."""
     x = _start(shape, generator, device, dtype)  # (B, ...)
     seq = ddim_timesteps(schedule.num_steps, steps)
     ab_all = schedule._ab64
     for i, step in enumerate(seq):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
-        eps = eps_fn(x, t)
-        x0_hat = schedule.predict_x0(x, eps, t)
+        x0_hat, eps = clip_prediction(schedule, x, eps_fn(x, t), t, clip_x0)
         ab_t = float(ab_all[step])
         ab_s = float(ab_all[seq[i + 1]]) if i + 1 < len(seq) else 1.0
         sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))

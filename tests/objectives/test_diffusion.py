@@ -285,3 +285,17 @@ def test_diffusion_config_sample_dispatches_to_the_samplers():
         cfg.sample(oracle, x0.shape, sampler="flow")
     with pytest.raises(ValueError, match="sampler must be"):
         cfg.sample(oracle, x0.shape, sampler="euler")
+
+
+@pytest.mark.parametrize("sample", ["ddim", "ddpm"])
+def test_clip_x0_bounds_the_prediction_and_leaves_an_oracle_alone(sample):
+    s = NoiseSchedule(num_steps=60, kind="cosine")
+    x0 = _x0()
+    run = (lambda fn, **kw: ddim_sample(fn, s, SHAPE, steps=12, generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.float64, **kw)) if sample == "ddim" else \
+          (lambda fn, **kw: ddpm_sample(fn, s, SHAPE, torch.Generator().manual_seed(0), dtype=torch.float64, **kw))
+    bound = float(x0.abs().max()) + 0.1
+    torch.testing.assert_close(run(_oracle_eps(s, x0), clip_x0=bound), x0)  # the data is inside the bound
+    wild = run(lambda x, t: -3.0 * x)  # a bad denoiser: its x0 predictions blow up
+    tamed = run(lambda x, t: -3.0 * x, clip_x0=0.5)
+    assert float(wild.abs().max()) > 2.0 and float(tamed.abs().max()) <= 0.5 + 1e-9
