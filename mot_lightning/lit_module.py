@@ -139,11 +139,12 @@ class MultiModalLM(pl.LightningModule):
         return self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
 
     # ---------------------------------------------------------------- steps
-    def _shared_step(self, batch: MultiModalBatch,
-                     val_index: int | None = None) -> tuple[ModalityLosses, Tensor | None, int]:
+    def _shared_step(self, batch: MultiModalBatch, val_index: int | None = None,
+                     train_seed: int = 0) -> tuple[ModalityLosses, Tensor | None, int]:
         """-> (next-token losses, diffusion loss or None, latent positions).
 
-        ``val_index`` (validation) fixes the diffusion noise and times; ``None`` (training) samples them.
+        ``val_index`` (validation) fixes the diffusion noise and times; ``None`` (training) draws them from
+        ``train_seed``.
         """
         if self.objective is None:
             if batch.has_latents:
@@ -154,7 +155,7 @@ class MultiModalLM(pl.LightningModule):
             raise ValueError("the diffusion model needs batches with image latents (a LatentImageTokenizer)")
         mask = batch.latent_mask()  # (B, T)
         x0 = batch.latents
-        t, noise = self._diffusion_inputs(batch, val_index)  # t: per position (B, T)
+        t, noise = self._diffusion_inputs(batch, val_index, train_seed)  # t: per position (B, T)
         B, T, D = x0.shape
         x_t = self.objective.corrupt(x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1)).view(B, T, D)
         logits, pred = self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids,
@@ -166,14 +167,16 @@ class MultiModalLM(pl.LightningModule):
     def _lm_losses(self, logits: Tensor, batch: MultiModalBatch) -> ModalityLosses:
         return next_token_losses(logits, batch.targets, batch.target_modality(), self.loss_weights, self.z_loss)
 
-    def _diffusion_inputs(self, batch: MultiModalBatch, val_index: int | None) -> tuple[Tensor, Tensor]:
+    def _diffusion_inputs(self, batch: MultiModalBatch, val_index: int | None,
+                          train_seed: int) -> tuple[Tensor, Tensor]:
         """One diffusion time per image (span), broadcast to its positions: (t long/float[B, T], noise [B, T, D])."""
         B = batch.batch_size
         n_spans = max(int(batch.span_ids.max()) + 1, 1)
         device = batch.latents.device
-        if val_index is None:
-            t_table = self.diffusion.sample_t(B * n_spans, device=device).view(B, n_spans)
-            noise = torch.randn_like(batch.latents)
+        if val_index is None:  # seeded by (step, batch, rank): a resumed run redraws exactly what it would have
+            g = torch.Generator(device=device).manual_seed(train_seed)
+            t_table = self.diffusion.sample_t(B * n_spans, generator=g, device=device).view(B, n_spans)
+            noise = torch.randn(batch.latents.shape, generator=g, device=device, dtype=batch.latents.dtype)
         else:  # the same times and noise for this validation batch in every run
             seed = self.diffusion.val_seed * 1_000_003 + val_index
             t_table = self.objective.fixed_t(B * n_spans, device=device)
@@ -183,8 +186,15 @@ class MultiModalLM(pl.LightningModule):
         t = t_table.gather(1, batch.span_ids.clamp_min(0))  # (B, T); non-latent positions are never used
         return t, noise
 
+    def _train_noise_seed(self, batch_idx: int) -> int:
+        """Seed of one training batch's diffusion times and noise: the run's seed, optimizer step, batch index
+        and rank (so a resumed run draws what the unbroken run drew, and ranks draw differently)."""
+        trainer = self._trainer
+        step, rank = (trainer.global_step, trainer.global_rank) if trainer is not None else (0, 0)
+        return ((torch.initial_seed() % 2**31) * 1_000_003 + step * 10_007 + batch_idx) * 101 + rank
+
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
-        out, diff, n_latent = self._shared_step(batch)
+        out, diff, n_latent = self._shared_step(batch, train_seed=self._train_noise_seed(batch_idx))
         total = out.loss if diff is None else out.loss + self.diffusion.lam * diff
         loss = total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
         per_mod = out.per_modality()
