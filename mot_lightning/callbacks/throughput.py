@@ -3,9 +3,10 @@
 Runs of different sizes and backbones are compared on a FLOPs axis
 (``train/total_flops``), so this callback counts every position processed on
 every rank times the model's training FLOPs per token (``model/accounting.py``
-conventions), plus, with continuous images (Transfusion), 6 FLOPs per parameter of
-the latent projections and timestep MLP at each latent position. It also logs the parameter accounting once at the start and the
-data module's skipped-sample counters (``data/skipped_<reason>``).
+conventions), plus, with continuous images (Transfusion), 6 FLOPs per parameter
+of the latent projections and timestep MLP at each latent position. It also
+logs the parameter accounting once at the start and the data module's
+skipped-sample counters (``data/skipped_<reason>``).
 """
 from __future__ import annotations
 

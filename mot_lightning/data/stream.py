@@ -172,7 +172,6 @@ class PackedStream(IterableDataset):
             self.counters.add(bad.reason, detail=bad.detail)
             return None
 
-
     def _drop_text(self, doc) -> bool:
         """Caption dropout for classifier-free guidance: training documents that hold an image."""
         p = self.config.caption_dropout

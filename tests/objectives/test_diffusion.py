@@ -262,7 +262,9 @@ def test_diffusion_config_checks_and_time_sampling():
     assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) == 49
     assert ddpm.time_input(t).dtype == torch.float32 and torch.equal(ddpm.time_input(t), t.float())
     mid = DiffusionConfig(num_steps=50, t_sampling="logit_normal").sample_t(4000, generator=g)
-    in_middle = lambda x: ((x >= 12) & (x < 38)).float().mean()  # noqa: E731
+    def in_middle(x):
+        return ((x >= 12) & (x < 38)).float().mean()
+
     assert in_middle(mid) > in_middle(t) + 0.1  # logit-normal puts more mass mid-schedule
     flow = DiffusionConfig(objective="flow")
     tf = flow.sample_t(1000, generator=g)
@@ -291,9 +293,12 @@ def test_diffusion_config_sample_dispatches_to_the_samplers():
 def test_clip_x0_bounds_the_prediction_and_leaves_an_oracle_alone(sample):
     s = NoiseSchedule(num_steps=60, kind="cosine")
     x0 = _x0()
-    run = (lambda fn, **kw: ddim_sample(fn, s, SHAPE, steps=12, generator=torch.Generator().manual_seed(0),
-                                        dtype=torch.float64, **kw)) if sample == "ddim" else \
-          (lambda fn, **kw: ddpm_sample(fn, s, SHAPE, torch.Generator().manual_seed(0), dtype=torch.float64, **kw))
+    def run(fn, **kw):
+        g = torch.Generator().manual_seed(0)
+        if sample == "ddim":
+            return ddim_sample(fn, s, SHAPE, steps=12, generator=g, dtype=torch.float64, **kw)
+        return ddpm_sample(fn, s, SHAPE, g, dtype=torch.float64, **kw)
+
     bound = float(x0.abs().max()) + 0.1
     torch.testing.assert_close(run(_oracle_eps(s, x0), clip_x0=bound), x0)  # the data is inside the bound
     wild = run(lambda x, t: -3.0 * x)  # a bad denoiser: its x0 predictions blow up
