@@ -18,6 +18,9 @@ Continuous images (Transfusion setting) are not sampled token by token:
 (``BOS caption BOI`` + latent patches, bidirectional inside the image) with
 classifier-free guidance against the unconditional prompt ``BOS BOI`` (what
 caption dropout trains), then decodes the latents with the VAE.
+``latent_image_to_caption`` reads a clean image (diffusion time 0) and samples
+its caption, recomputing the sequence each step (the bidirectional image span
+rules out the causal KV cache).
 
 ``read_image_text_pairs`` reads raw validation images (and their text) for the
 image->caption prompts and for tokenizer reconstructions.
@@ -193,6 +196,36 @@ def _latent_rows(vocab: JointVocab, prompts: list[list[int]], n_patches: int,
         span_ids.append([-1] * (length - n_patches) + [0] * n_patches)
     return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in
             (("tokens", tokens), ("doc_ids", doc_ids), ("positions", positions), ("span_ids", span_ids))}
+
+
+@torch.no_grad()
+def latent_image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, latents: Tensor,
+                            diffusion: DiffusionConfig, *, max_tokens: int = 64, temperature: float = 1.0,
+                            top_k: int | None = None, generator: torch.Generator | None = None) -> list[str]:
+    """latents float[N, n, D] (clean, from the latent tokenizer) -> N captions:
+    ``BOS BOI latents EOI`` with the image at diffusion time 0, then text until ``EOS``."""
+    if latents.dim() != 3:
+        raise ValueError(f"latents must be float[N, n_patches, latent_dim], got shape {tuple(latents.shape)}")
+    device = _device(net)
+    N, n, D = latents.shape
+    prefix = [vocab.bos_id, vocab.boi_id, *[vocab.latent_id] * n, vocab.eoi_id]
+    tokens = torch.tensor([prefix] * N, device=device)
+    allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    for _ in range(max_tokens):
+        T = tokens.shape[1]
+        span_ids = torch.full((N, T), -1, dtype=torch.long, device=device)
+        span_ids[:, 2:2 + n] = 0
+        x = torch.zeros(N, T, D, device=device)
+        x[:, 2:2 + n] = latents.to(device)
+        times = diffusion.time_input(torch.zeros(N, T, device=device))
+        logits, _ = net(tokens, vocab.modality_of(tokens), span_ids=span_ids, latents=x, timesteps=times)
+        nxt = sample_next(logits[:, -1], temperature, top_k, allowed, generator)  # (N,)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        done |= nxt == vocab.eos_id
+        if bool(done.all()):
+            break
+    return [text_tok.decode(until_stop(row[len(prefix):], [vocab.eos_id]).cpu()) for row in tokens]
 
 
 def image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_codes: Tensor, *,

@@ -4,8 +4,7 @@ Tags (each only when the model has the modalities it needs):
 
 - ``samples/caption_to_image``          grid of images generated from fixed captions,
   ``samples/caption_to_image_prompts``  the captions (text);
-- ``samples/image_to_caption``          captions generated for validation images (text, with the reference;
-  discrete image tokenizers only);
+- ``samples/image_to_caption``          captions generated for validation images (text, with the reference);
 - ``samples/text_to_speech``            speech generated from the captions (audio, one clip, 16 kHz);
 - ``samples/image_reconstructions``     validation images (top row) and their image-tokenizer
   reconstructions (bottom row): the ceiling for generated image quality.
@@ -119,10 +118,12 @@ class SampleLogger(pl.Callback):
         recon = image_tok.decode(codes)  # (N, 3, R, R)
         grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
         writer.add_image("samples/image_reconstructions", grid, step)
-        if latent:  # captioning from latents is not implemented: it would need a clean-image prefix pass
-            return
-        generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes, max_tokens=self.max_caption_tokens,
-                                              **self._kw(net))
+        if latent:
+            generated = sampling.latent_image_to_caption(net, dm.vocab, text_tok, codes, pl_module.diffusion,
+                                                         max_tokens=self.max_caption_tokens, **self._kw(net))
+        else:
+            generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes,
+                                                  max_tokens=self.max_caption_tokens, **self._kw(net))
         lines = [f"{gen!r} (reference: {ref!r})" for gen, ref in zip(generated, references)]
         writer.add_text("samples/image_to_caption", _numbered(lines), step)
 
