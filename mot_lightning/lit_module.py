@@ -103,6 +103,7 @@ class MultiModalLM(pl.LightningModule):
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
         self.val_set_names = list(val_set_names or ["val"])
         self.net: TokenLM | None = None
+        self._latent_params: int | None = None
         self.val_metrics = nn.ModuleDict({
             self._metric_key(s, m): MeanMetric() for s in ["all", *self.val_set_names] for m in self.modalities
         })
@@ -157,10 +158,11 @@ class MultiModalLM(pl.LightningModule):
         x0 = batch.latents
         t, noise = self._diffusion_inputs(batch, val_index, train_seed)  # t: per position (B, T)
         B, T, D = x0.shape
-        x_t = self.objective.corrupt(x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1)).view(B, T, D)
+        flat = (x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1))  # per-position rows for the objective
+        x_t = self.objective.corrupt(*flat).view(B, T, D)
         logits, pred = self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids,
                                 span_ids=batch.span_ids, latents=x_t, timesteps=self.diffusion.time_input(t))
-        target = self.objective.target(x0.reshape(B * T, D), noise.reshape(B * T, D), t.reshape(-1)).view(B, T, D)
+        target = self.objective.target(*flat).view(B, T, D)
         n_latent = int(mask.sum())
         return self._lm_losses(logits, batch), diffusion_loss(pred, target, mask), n_latent
 
@@ -186,6 +188,16 @@ class MultiModalLM(pl.LightningModule):
         t = t_table.gather(1, batch.span_ids.clamp_min(0))  # (B, T); non-latent positions are never used
         return t, noise
 
+    @staticmethod
+    def _modality_losses(out: ModalityLosses, diff: Tensor | None, n_latent: int) -> tuple[Tensor, Tensor]:
+        """(loss float[M], weight float[M]) per modality: mean next-token CE over its target tokens, except that
+        diffusion images report the diffusion loss over their latent positions."""
+        values, counts = out.ce_sum / out.count.clamp_min(1), out.count.clone()
+        if diff is not None:
+            values = values.clone()
+            values[Modality.IMAGE], counts[Modality.IMAGE] = diff, float(n_latent)
+        return values, counts
+
     def _train_noise_seed(self, batch_idx: int) -> int:
         """Seed of one training batch's diffusion times and noise: the run's seed, optimizer step, batch index
         and rank (so a resumed run draws what the unbroken run drew, and ranks draw differently)."""
@@ -197,11 +209,9 @@ class MultiModalLM(pl.LightningModule):
         out, diff, n_latent = self._shared_step(batch, train_seed=self._train_noise_seed(batch_idx))
         total = out.loss if diff is None else out.loss + self.diffusion.lam * diff
         loss = total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
-        per_mod = out.per_modality()
+        values, counts = self._modality_losses(out, diff, n_latent)
         self.log("train/loss", total, prog_bar=True, batch_size=batch.batch_size)
-        for m, value, n in zip(self.modalities, per_mod, out.count.tolist()):
-            if diff is not None and m == Modality.IMAGE:
-                value, n = diff, n_latent  # images are trained by diffusion, not next token
+        for m, value, n in zip(self.modalities, values, counts.tolist()):
             if n > 0:  # a batch without this modality has no loss for it
                 self.log(f"train/loss_{m.label}", value, prog_bar=True, batch_size=int(n))
         if diff is not None:
@@ -226,10 +236,8 @@ class MultiModalLM(pl.LightningModule):
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         out, diff, n_latent = self._shared_step(batch, val_index=dataloader_idx * 100_003 + batch_idx)
         set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
-        for i, m in enumerate(self.modalities):
-            value, weight = out.ce_sum[i] / out.count[i].clamp_min(1), out.count[i]
-            if diff is not None and m == Modality.IMAGE:
-                value, weight = diff, torch.tensor(float(n_latent), device=diff.device)
+        values, counts = self._modality_losses(out, diff, n_latent)
+        for m, value, weight in zip(self.modalities, values, counts):
             for key in (self._metric_key("all", m), self._metric_key(set_name, m)):
                 self.val_metrics[key].update(value, weight=weight)
         lm = out.ce_sum.sum() / out.count.sum().clamp_min(1)
@@ -299,8 +307,10 @@ class MultiModalLM(pl.LightningModule):
         """Parameters of the latent-image ends (input projection, timestep MLP, latent head); 0 without."""
         if self.net is None or self.net.latent_dim == 0:
             return 0
-        return sum(p.numel() for name in ("latent_in", "time_embed", "latent_out")
-                   for p in getattr(self.net, name).parameters())
+        if self._latent_params is None:  # counted once: the callback asks every batch
+            self._latent_params = sum(p.numel() for name in ("latent_in", "time_embed", "latent_out")
+                                      for p in getattr(self.net, name).parameters())
+        return self._latent_params
 
     def latent_flops(self, batch: MultiModalBatch) -> float:
         """Training FLOPs of the latent-image ends for one batch: 6 per parameter per latent position."""

@@ -165,16 +165,16 @@ def caption_to_latent_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteT
     prompts = [[vocab.bos_id, *_text_ids(vocab, text_tok, c), vocab.boi_id] for c in captions]
     prompts += [[vocab.bos_id, vocab.boi_id]] * (len(captions) if guidance != 1.0 else 0)
     rows = _latent_rows(vocab, prompts, n_patches, device)
+    modality = vocab.modality_of(rows["tokens"])
     n = len(captions)
+    # latent input rows: zero outside the image span (never read there), x_t written into the span each step
+    latents = torch.zeros(*rows["tokens"].shape, image_tok.latent_dim, device=device)
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:  # x_t (N, n_patches, D), t (N,)
-        x_rows = x_t.repeat(len(prompts) // n, 1, 1)  # the same x_t for the unconditional rows
-        t_rows = t.repeat(len(prompts) // n)
-        latents = torch.zeros(*rows["tokens"].shape, x_t.shape[-1], device=device, dtype=x_t.dtype)
-        latents[:, -n_patches:] = x_rows
-        times = diffusion.time_input(t_rows)[:, None].expand(rows["tokens"].shape)
-        _, pred = net(rows["tokens"], vocab.modality_of(rows["tokens"]), positions=rows["positions"],
-                      doc_ids=rows["doc_ids"], span_ids=rows["span_ids"], latents=latents, timesteps=times)
+        latents[:, -n_patches:] = x_t.repeat(len(prompts) // n, 1, 1)  # the same x_t for the unconditional rows
+        times = diffusion.time_input(t.repeat(len(prompts) // n))[:, None].expand(rows["tokens"].shape)
+        _, pred = net(rows["tokens"], modality, positions=rows["positions"], doc_ids=rows["doc_ids"],
+                      span_ids=rows["span_ids"], latents=latents, timesteps=times)
         pred = pred[:, -n_patches:].float()
         return pred if len(prompts) == n else cfg_eps(pred[:n], pred[n:], guidance)
 
@@ -212,14 +212,17 @@ def latent_image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteT
     tokens = torch.tensor([prefix] * N, device=device)
     allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
     done = torch.zeros(N, dtype=torch.bool, device=device)
+    # built once for the longest sequence, sliced to the current length each step
+    longest = len(prefix) + max_tokens
+    span_ids = torch.full((N, longest), -1, dtype=torch.long, device=device)
+    span_ids[:, 2:2 + n] = 0
+    x = torch.zeros(N, longest, D, device=device)
+    x[:, 2:2 + n] = latents.to(device)
+    times = diffusion.time_input(torch.zeros(N, longest, device=device))  # the image is clean: time 0
     for _ in range(max_tokens):
         T = tokens.shape[1]
-        span_ids = torch.full((N, T), -1, dtype=torch.long, device=device)
-        span_ids[:, 2:2 + n] = 0
-        x = torch.zeros(N, T, D, device=device)
-        x[:, 2:2 + n] = latents.to(device)
-        times = diffusion.time_input(torch.zeros(N, T, device=device))
-        logits, _ = net(tokens, vocab.modality_of(tokens), span_ids=span_ids, latents=x, timesteps=times)
+        logits, _ = net(tokens, vocab.modality_of(tokens), span_ids=span_ids[:, :T], latents=x[:, :T],
+                        timesteps=times[:, :T])
         nxt = sample_next(logits[:, -1], temperature, top_k, allowed, generator)  # (N,)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         done |= nxt == vocab.eos_id
