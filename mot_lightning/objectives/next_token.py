@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from mot_lightning.data.batch import IGNORE_INDEX
 
 
 @dataclass
