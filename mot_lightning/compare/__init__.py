@@ -1,15 +1,21 @@
-"""Step-matching comparison of training runs (PAPER.md, "How results are measured").
+"""Step-matching comparison of groups of runs (PAPER.md, "How results are measured").
 
 Files, in pipeline order:
-    runs.py      read TensorBoard logs of a run (all its version_* dirs merged) -> tag -> Series
-    matching.py  smoothing and step matching on the step, FLOPs and wall-clock axes
-    report.py    compare runs against a baseline -> rows -> text / Markdown / CSV
-    plots.py     loss vs steps / FLOPs / time PNGs, one panel per modality key
-    cli.py       ``mot compare RUN_DIR... [--baseline RUN] [--out DIR]``
+    runs.py      read TensorBoard logs of a run (its version_* of one experiment merged) -> tag -> Series
+    groups.py    groups of runs: the seeds of one experiment (one config hash), refusing mixtures
+    matching.py  smoothing and step matching (final and best target) on the step, FLOPs and wall-clock axes
+    stats.py     means with Student-t intervals over seeds, ranges, pairing seeds
+    report.py    groups against a baseline group -> rows (intervals, noise floor, flags, verdict)
+    tables.py    rows -> text / Markdown / CSV
+    plots.py     loss vs steps / FLOPs / time PNGs: seeds thin, group mean bold with a band
+    cli.py       ``mot compare GROUP... [--baseline GROUP] [--out DIR]``
 
-Imports only ``mot_lightning.modality`` and libraries (DESIGN.md layers).
+Imports only ``mot_lightning.modality``, ``mot_lightning.run_identity`` and libraries (DESIGN.md layers).
 """
+from mot_lightning.compare.groups import Group, load_group
 from mot_lightning.compare.matching import Match, Series, first_crossing, match_curves, smooth
 from mot_lightning.compare.runs import Run, RunError, load_run
+from mot_lightning.compare.stats import Interval
 
-__all__ = ["Match", "Run", "RunError", "Series", "first_crossing", "load_run", "match_curves", "smooth"]
+__all__ = ["Group", "Interval", "Match", "Run", "RunError", "Series", "first_crossing", "load_group", "load_run",
+           "match_curves", "smooth"]

@@ -1,47 +1,57 @@
-"""``mot compare RUN_DIR... [--baseline RUN] [--out DIR]``: the paper's step-matching table + plots."""
+"""``mot compare GROUP... [--baseline GROUP] [--out DIR]``: groups of seeds, intervals, noise floor, plots."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from mot_lightning.compare.report import Smoothing, compare_runs, to_csv, to_markdown, to_text
-from mot_lightning.compare.runs import Run, RunError, load_run, short_labels
+from mot_lightning.compare.groups import Group, load_group
+from mot_lightning.compare.report import Smoothing, compare_groups
+from mot_lightning.compare.runs import RunError, short_labels
+from mot_lightning.compare.tables import to_csv, to_markdown, to_text
 
-DESCRIPTION = "The paper's step-matching comparison of training runs: a table (.md, .csv) and PNG plots."
+DESCRIPTION = ("The paper's step-matching comparison of groups of runs (seeds of one experiment), with 95% "
+               "intervals over seeds and the baseline's noise floor: a table (.md, .csv) and PNG plots.")
 EPILOG = """\
-s_steps: first step at which the run's smoothed loss reaches the baseline's final smoothed loss,
-divided by the baseline's final step (s < 1: the run is faster). s_flops / s_time: the same match
-read on the cumulative-FLOPs and active wall-clock axes. ratio = final / baseline_final.
-Example: mot compare runs/speech/dense runs/speech/mot --out compare_out
+GROUP: a dir of runs that differ only in seed (runs/speech/mot holding s0-1a2b3c4d, s1-1a2b3c4d, ...),
+a single run dir (one seed), or DIR@HASH to pick one experiment from a dir that holds several.
+final: last smoothed loss, mean over seeds. ratio = candidate final / baseline final, per seed pair.
+s (final): first step at which the candidate's smoothed loss reaches the baseline's final smoothed
+loss, divided by the baseline's final step (s < 1: the candidate is faster); s (best): the same for
+the baseline's best value, divided by the step where the baseline got there. s_flops / s_time: the
+(final) match on the cumulative-FLOPs and active wall-clock axes. Seeds are paired by seed number
+when both groups have the same seeds. Noise floor: the baseline's seeds against each other.
+Example: mot compare runs/speech/mot --baseline runs/speech/dense --out compare_out
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot compare", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="run dirs (runs/<setting>/<variant>: version_* merged) or single version_N dirs")
-    p.add_argument("--baseline", help="the run to match against (default: the one whose path contains "
-                   "'dense', else the first); may also be a run not in RUN_DIR")
+    p.add_argument("groups", nargs="+", metavar="GROUP", help="group dirs (see below); one per arm")
+    p.add_argument("--baseline", help="the group to match against (default: the one whose path contains "
+                   "'dense', else the first); may also be a group not among GROUP")
     p.add_argument("--out", type=Path, default=Path("compare_out"), help="where table.md/.csv and PNGs go")
     p.add_argument("--smoothing", type=float, default=Smoothing.train,
                    help="EMA factor over logged points for train/ curves (default %(default)s)")
     p.add_argument("--val-smoothing", type=float, default=Smoothing.val,
                    help="EMA factor for val/ curves (default %(default)s: sparse points, unsmoothed)")
+    p.add_argument("--min-below", type=float, default=0.5,
+                   help="flag a 'brief crossing' when the candidate stays at/below the target for less than "
+                   "this share of its points after the first crossing (default %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write only the table")
     return p
 
 
-def pick_baseline(paths: list[Path], baseline: str | None) -> tuple[list[Path], int]:
-    """Return the run paths (baseline added if it is new) and the baseline's index."""
+def pick_baseline(specs: list[str], baseline: str | None) -> tuple[list[str], int]:
+    """Return the group specs (baseline added if it is new) and the baseline's index."""
     if baseline is not None:
         wanted = Path(baseline).resolve()
-        for i, p in enumerate(paths):
-            if p.resolve() == wanted:
-                return paths, i
-        return [Path(baseline), *paths], 0
-    dense = [i for i, p in enumerate(paths) if "dense" in str(p)]
-    return paths, (dense[0] if dense else 0)
+        for i, p in enumerate(specs):
+            if Path(p).resolve() == wanted:
+                return specs, i
+        return [baseline, *specs], 0
+    dense = [i for i, p in enumerate(specs) if "dense" in p]
+    return specs, (dense[0] if dense else 0)
 
 
 def main(argv: list[str]) -> None:
@@ -50,38 +60,41 @@ def main(argv: list[str]) -> None:
     for name, f in (("--smoothing", smoothing.train), ("--val-smoothing", smoothing.val)):
         if not 0.0 <= f < 1.0:
             raise SystemExit(f"mot compare: {name} must be in [0, 1), got {f}")
-    paths, baseline = pick_baseline([Path(p) for p in args.runs], args.baseline)
-    if len(paths) < 2:
-        raise SystemExit("mot compare: need at least two runs (a baseline and one to compare)")
+    specs, baseline = pick_baseline(list(args.groups), args.baseline)
+    if len(specs) < 2:
+        raise SystemExit("mot compare: need at least two groups (a baseline and one to compare)")
+    labels = short_labels([Path(s.rsplit("@", 1)[0]) if "@" in Path(s).name else Path(s) for s in specs])
+    labels = [lab + s[s.rindex("@"):] if "@" in Path(s).name else lab for lab, s in zip(labels, specs)]
     try:
-        runs: list[Run] = [load_run(p) for p in paths]
+        groups = [load_group(s, lab) for s, lab in zip(specs, labels)]
     except RunError as err:
         raise SystemExit(f"mot compare: {err}") from None
-    labels = short_labels(paths)
-    rows = compare_runs(runs, labels, baseline, smoothing)
-    print(_header(runs, labels, baseline, smoothing))
+    rows = compare_groups(groups, baseline, smoothing, args.min_below)
+    header = _header(groups, baseline, smoothing)
+    print(header)
     print(to_text(rows))
-    _write(args.out, rows, None if args.no_plots else (runs, labels, baseline, smoothing))
-
-
-def _header(runs: list[Run], labels: list[str], baseline: int, smoothing: Smoothing) -> str:
-    head = (f"baseline: {labels[baseline]} (final step {runs[baseline].last_step:g}); "
-            f"EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}")
-    lines = [head]
-    for run, label in zip(runs, labels):
-        if len(run.versions) > 1:
-            lines.append(f"{label}: merged {len(run.versions)} versions: "
-                         + ", ".join(v.name for v in run.versions))
-    return "\n".join(lines)
-
-
-def _write(out: Path, rows, plot_args) -> None:
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(to_markdown(rows))
+    (out / "table.md").write_text(to_markdown(rows, header))
     (out / "table.csv").write_text(to_csv(rows))
     written = [out / "table.md", out / "table.csv"]
-    if plot_args is not None:
+    if not args.no_plots:
         from mot_lightning.compare.plots import plot_all  # matplotlib only when plotting
 
-        written += plot_all(*plot_args[:3], rows, plot_args[3], out)
+        written += plot_all(groups, baseline, smoothing, out)
     print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _header(groups: list[Group], baseline: int, smoothing: Smoothing) -> str:
+    lines = [f"baseline: {groups[baseline].label}; EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}"]
+    for g in groups:
+        seeds = ", ".join("?" if s is None else str(s) for s in g.seeds)
+        ident = f"config hash {g.hash}" if g.hash else "no run.json"
+        lines.append(f"{g.label}: {g.n} seed{'s' if g.n > 1 else ''} ({seeds}); {ident}; "
+                     f"final step {max(r.last_step for r in g.runs):g}")
+        for run in g.runs:
+            if len(run.versions) > 1 or run.notes:
+                merged = ", ".join(v.name for v in run.versions)
+                lines.append(f"  {run.path.name}: merged {len(run.versions)} versions: {merged}"
+                             + "".join(f"; {n}" for n in run.notes))
+    return "\n".join(lines)

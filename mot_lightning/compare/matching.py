@@ -19,6 +19,13 @@ Choices, documented once here:
   and active time at the (interpolated) matching step, and divided by the
   baseline's at its final step.
 - Steps are the logged optimizer-step values, used as they are.
+- A baseline that ends worse than its best (validation loss rising while it memorises)
+  makes "reaches the baseline's final value" easy for the wrong reason, so every match
+  also reports ``s_best``: the first step at which the run reaches the baseline's *best*
+  (lowest smoothed) value, divided by the step at which the baseline got there.
+- ``below_fraction``: the share of the run's logged points from its first crossing on
+  that are at or below the target. A curve that dips below once and comes back up has a
+  small share; the report flags such "brief" crossings.
 """
 from __future__ import annotations
 
@@ -63,10 +70,14 @@ class Match:
 
     final: float  # run's last smoothed loss
     base_final: float  # baseline's last smoothed loss = the target
+    base_best: float = float("nan")  # baseline's lowest smoothed loss ...
+    base_best_step: float = float("nan")  # ... and the step where it got there
     match_step: float | None = None
     s_steps: float | None = None
     s_flops: float | None = None
     s_time: float | None = None
+    s_best: float | None = None  # first reach of base_best / base_best_step
+    below_fraction: float | None = None  # share of the run's points from the match on at/below the target
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -99,15 +110,28 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, target: float) -> floa
     return float(s0 + (v0 - target) * (s1 - s0) / (v0 - v1))  # v0 > target >= v1
 
 
+def below_fraction(values: np.ndarray, target: float) -> float | None:
+    """Share of the points from the first one at or below ``target`` on that are at or below it."""
+    below = values <= target
+    first = np.nonzero(below)[0]
+    return None if len(first) == 0 else float(below[first[0]:].mean())
+
+
 def match_curves(run: Series, base: Series, factor: float = 0.0,
                  run_flops: Series | None = None, base_flops: Series | None = None) -> Match:
     """Step, FLOPs and wall-clock fractions at which ``run`` first reaches ``base``'s final loss."""
     run_s, base_s = smooth(run.values, factor), smooth(base.values, factor)
-    m = Match(final=float(run_s[-1]), base_final=float(base_s[-1]))
+    best = int(np.argmin(base_s))
+    m = Match(final=float(run_s[-1]), base_final=float(base_s[-1]), base_best=float(base_s[best]),
+              base_best_step=float(base.steps[best]))
+    best_step = first_crossing(run.steps, run_s, m.base_best)
+    if best_step is not None:
+        m.s_best = _fraction(best_step, m.base_best_step)
     m.match_step = first_crossing(run.steps, run_s, m.base_final)
     if m.match_step is None:
         m.notes.append("not reached")
         return m
+    m.below_fraction = below_fraction(run_s, m.base_final)
     m.s_steps = _fraction(m.match_step, base.last_step)
     m.s_time = _fraction(run.time_at(m.match_step), float(base.times[-1]))
     if run_flops is None or base_flops is None:

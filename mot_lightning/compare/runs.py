@@ -1,11 +1,15 @@
 """Read a run's TensorBoard scalars (TensorBoardLogger layout) into ``tag -> Series``.
 
-A run dir ``runs/<setting>/<variant>`` holds ``version_0``, ``version_1``, ... (one
-per launch; a resumed run continues the steps in a new version). They are merged by
-step, later versions winning on duplicate steps (a resume from an earlier checkpoint
-re-logs those steps). Wall-clock is *active* time: each version counts from its own
-first event to its last scalar, so the pause between a stop and a resume is not
-counted. A dir that holds event files itself (e.g. one ``version_N``) is read alone.
+A run dir ``runs/<name>/<run_id>`` (``run_identity.py``) holds ``run.json`` and
+``version_0``, ``version_1``, ... (one per launch; a resumed run continues the steps in
+a new version). They are merged by step, later versions winning on duplicate steps (a
+resume from an earlier checkpoint re-logs those steps). Only versions of one
+experiment are merged: each version's saved ``config.yaml`` is hashed the way
+``run_identity`` hashes a run, and versions that differ are refused, as are
+validate/test launches (their ``config.yaml`` has ``verbose``; new runs log them under
+``<run>/validate/``, which is never read). Wall-clock is *active* time: each version
+counts from its own first event to its last scalar, so the pause between a stop and a
+resume is not counted. A dir that holds event files itself (one ``version_N``) is read alone.
 """
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mot_lightning.compare.matching import Series
 from mot_lightning.modality import Modality
+from mot_lightning.run_identity import RunIdentity, config_hash, differences, experiment_config, read_identity
 
 FLOPS_TAG = "train/total_flops"
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -37,6 +44,15 @@ class Run:
     versions: list[Path]
     scalars: dict[str, Series]
     notes: list[str] = field(default_factory=list)
+    identity: RunIdentity | None = None  # from run.json; None for runs written before run identity
+
+    @property
+    def seed(self) -> int | None:
+        return None if self.identity is None else self.identity.seed
+
+    @property
+    def hash(self) -> str | None:
+        return None if self.identity is None else self.identity.hash
 
     @property
     def loss_tags(self) -> list[str]:
@@ -54,7 +70,8 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Read and merge a run's versions; raise ``RunError`` with a clear message when it can't."""
     path = Path(path)
-    versions = find_versions(path)
+    identity = read_identity(path) or (read_identity(path.parent) if path.name.startswith("version_") else None)
+    versions, notes = _training_versions(path, find_versions(path), identity)
     merged: dict[str, dict[float, tuple[float, float]]] = {}
     offset = 0.0
     for version in versions:
@@ -64,7 +81,7 @@ def load_run(path: str | Path) -> Run:
                 merged.setdefault(tag, {})[step] = (value, offset + t)
         offset += duration
     series = {tag: _to_series(points) for tag, points in merged.items()}
-    run = Run(path, versions, series)
+    run = Run(path, versions, series, notes, identity)
     if not run.loss_tags:
         found = ", ".join(sorted(series)[:8]) or "no scalars at all"
         raise RunError(f"{path}: its event files hold no loss tag (train/loss, train/loss_<modality>, "
@@ -87,6 +104,37 @@ def find_versions(path: Path) -> list[Path]:
         raise RunError(f"{path}: no TensorBoard event files ({EVENTS_GLOB}) in it or in its version_* "
                        "dirs; is this the run dir a TensorBoardLogger wrote (runs/<setting>/<variant>)?")
     return versions
+
+
+def _version_config(version: Path) -> dict | None:
+    cfg = version / "config.yaml"
+    if not cfg.is_file():
+        return None
+    data = yaml.safe_load(cfg.read_text())
+    return data if isinstance(data, dict) else None
+
+
+def _training_versions(path: Path, versions: list[Path],
+                       identity: RunIdentity | None) -> tuple[list[Path], list[str]]:
+    """Drop validate/test launches; refuse versions of another experiment than run.json's (or, without
+    run.json, than each other's), compared by the hash of their saved config.yaml."""
+    configs = {v: _version_config(v) for v in versions}
+    skipped = [v for v, c in configs.items() if c is not None and "verbose" in c]
+    kept = [v for v in versions if v not in skipped]
+    if not kept:
+        raise RunError(f"{path}: its version dirs hold only validate/test launches, no training logs")
+    experiments = {v: experiment_config(configs[v]) for v in kept if configs[v] is not None}
+    hashes = {v: config_hash(e) for v, e in experiments.items()}
+    expected = identity.hash if identity is not None else next(iter(hashes.values()), None)
+    odd = [v for v in hashes if hashes[v] != expected]
+    if odd:
+        reference = identity.experiment if identity is not None else experiments[next(iter(hashes))]
+        diff = "; ".join(differences(reference, experiments[odd[0]])[:6])
+        raise RunError(f"{path}: {', '.join(v.name for v in odd)} belong to another experiment than this run "
+                       f"(config hash {hashes[odd[0]]}, the run's {expected}; differs in: {diff}). They cannot be "
+                       "merged as one run: move them into their own run dir, or pass single version_N dirs.")
+    notes = [f"skipped {v.name} (a validate/test launch, not training)" for v in skipped]
+    return kept, notes
 
 
 def _version_number(d: Path) -> tuple[int, str]:

@@ -29,3 +29,20 @@ def write_version(logdir: Path, scalars: dict[str, list[tuple[int, float]]], sta
 def linear(steps, start: float, slope: float) -> list[tuple[int, float]]:
     """Points ``(s, start - slope * s)``."""
     return [(s, start - slope * s) for s in steps]
+
+
+def write_run(group_dir: Path, seed: int, scalars: dict[str, list[tuple[int, float]]],
+              experiment: dict | None = None, **kwargs) -> Path:
+    """A run as `mot fit` lays it out: ``group_dir/s<seed>-<hash>/`` with run.json (the identity of
+    ``experiment`` with ``seed``) and a version_0 holding the scalars and its config.yaml. Returns the run dir."""
+    import yaml
+
+    from mot_lightning.run_identity import identify, record_launch
+
+    config = {"seed_everything": seed, "model": {"dim": 32}, **(experiment or {})}
+    identity = identify(config, group_dir.name, configs=["exp.yaml"])
+    run_dir = group_dir / identity.run_id
+    write_version(run_dir / "version_0", scalars, **kwargs)
+    (run_dir / "version_0" / "config.yaml").write_text(yaml.safe_dump(config))
+    record_launch(run_dir, identity, {"subcommand": "fit", "version": "version_0", "resumed": False})
+    return run_dir

@@ -33,18 +33,21 @@ def test_end_to_end_table_files_and_plots(tmp_path: Path, capsys):
     main([str(mot), str(dense), "--out", str(out), "--smoothing", "0"])  # dense picked as baseline though second
     printed = capsys.readouterr().out
     assert "baseline: speech/dense" in printed and "not reached" in printed
+    assert "speech/dense: 1 seed (?); no run.json" in printed
     rows = {r["key"]: r for r in csv.DictReader((out / "table.csv").open())}
     assert set(rows) == {"train/loss", "train/loss_speech", "val/val_seen/loss_text"}
     loss = rows["train/loss"]
-    assert loss["run"] == "speech/mot"
+    assert loss["group"] == "speech/mot" and (loss["ratio_n"], loss["ratio_lo"]) == ("1", "")  # one seed
     assert float(loss["s_steps"]) == pytest.approx(0.45, abs=1e-4)
     assert float(loss["s_flops"]) == pytest.approx(1.5 * 0.45, abs=1e-4)
     assert float(loss["s_time"]) == pytest.approx(2.0 * 0.45, abs=1e-4)
     assert float(loss["baseline_final"]) == pytest.approx(1.0, abs=1e-6)
-    assert rows["val/val_seen/loss_text"]["s_steps"] == "" and rows["val/val_seen/loss_text"]["note"] == "not reached"
+    assert loss["verdict"] == "n/a (1 seed)"
+    text = rows["val/val_seen/loss_text"]
+    assert text["s_steps"] == "" and text["s_steps_reached"] == "0/1"
     assert rows["train/loss_speech"]["note"].startswith("n/a: baseline speech/dense never logged")
     md = (out / "table.md").read_text()
-    assert md.startswith("| run | key | s_steps") and "| 0.450 |" in md
+    assert "| speech/mot | train/loss | 1/1 (1 single) | 1.000 [n/a (1 seed)] |" in md and "| 0.450 [n/a (1 seed)] |" in md
     for axis in ("steps", "flops", "time"):
         png = out / f"loss_vs_{axis}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -55,7 +58,7 @@ def test_baseline_flag_overrides_the_default(tmp_path: Path, capsys):
     main([str(dense), "--baseline", str(mot), "--out", str(tmp_path / "o"), "--no-plots", "--smoothing", "0"])
     assert "baseline: speech/mot" in capsys.readouterr().out
     rows = {r["key"]: r for r in csv.DictReader((tmp_path / "o" / "table.csv").open())}
-    assert rows["train/loss"]["run"] == "speech/dense" and rows["train/loss"]["note"] == "not reached"
+    assert rows["train/loss"]["group"] == "speech/dense" and rows["train/loss"]["s_steps_reached"] == "0/1"
     assert float(rows["val/val_seen/loss_text"]["s_steps"]) == pytest.approx(0.0)  # below 2.0 from the start
     assert not list((tmp_path / "o").glob("*.png"))
 
@@ -66,11 +69,14 @@ def test_missing_dir_is_a_message_not_a_traceback(tmp_path: Path):
         mot_cli.main(["compare", str(dense), str(tmp_path / "runs" / "speech" / "moe")])  # through `mot`
     message = str(exc.value.code)
     assert message.startswith("mot compare: ") and "moe: no such directory" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty: no runs in it"):
+        main([str(dense), str(tmp_path / "empty")])
 
 
 def test_bad_arguments_are_messages(tmp_path: Path):
     dense, mot = _pair(tmp_path)
-    with pytest.raises(SystemExit, match="at least two runs"):
+    with pytest.raises(SystemExit, match="at least two groups"):
         main([str(dense)])
     with pytest.raises(SystemExit, match=r"--smoothing must be in \[0, 1\)"):
         main([str(dense), str(mot), "--smoothing", "1.5"])

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mot_lightning.compare.report import Smoothing, compare_runs
+from mot_lightning.compare.groups import load_group
+from mot_lightning.compare.report import Smoothing, compare_groups
 from mot_lightning.compare.runs import RunError, find_versions, is_loss_tag, load_run, short_labels
 from tests.compare.events import linear, write_version
 
@@ -83,23 +84,24 @@ def test_file_still_being_written_is_read_up_to_its_last_whole_record(tmp_path: 
     np.testing.assert_array_equal(loss.steps, list(range(0, 91, 10)))
 
 
+def _compare(tmp_path: Path) -> dict:
+    groups = [load_group(tmp_path / "dense", "dense"), load_group(tmp_path / "mot", "mot")]
+    return {r.key: r for r in compare_groups(groups, 0, Smoothing(train=0.0))}
+
+
 def test_partial_run_and_missing_modality_are_reported(tmp_path: Path):
     write_version(tmp_path / "dense" / "version_0", {"train/loss": linear(STEPS, 2.0, 0.01),
                                                      "train/loss_text": linear(STEPS, 2.0, 0.01)})
     write_version(tmp_path / "mot" / "version_0", {"train/loss": linear(range(0, 51, 10), 2.0, 0.01),
                                                    "train/loss_speech": linear(STEPS, 2.0, 0.01)})
-    runs = [load_run(tmp_path / "dense"), load_run(tmp_path / "mot")]
-    rows = {r.key: r for r in compare_runs(runs, ["dense", "mot"], 0, Smoothing(train=0.0))}
+    rows = _compare(tmp_path)
     assert set(rows) == {"train/loss", "train/loss_text", "train/loss_speech"}
     partial = rows["train/loss"]
-    assert partial.match.s_steps is None
-    assert partial.notes == ["not reached (yet)", "partial: logged to step 50 of the baseline's 100"]
-    assert rows["train/loss_text"].match is None
+    assert partial.s["s_steps"].values == [None] and partial.s["s_steps"].text() == "not reached"
+    assert "partial in 1/1 pairs: logged to step 50 of the baseline's 100" in partial.notes
+    assert rows["train/loss_text"].ratio is None
     assert rows["train/loss_text"].notes == ["n/a: mot never logged train/loss_text"]
     assert rows["train/loss_speech"].notes == ["n/a: baseline dense never logged train/loss_speech"]
-    assert rows["train/loss_speech"].cells(readable=True)["s_steps"] == "n/a"
-    assert partial.cells(readable=True)["s_steps"] == "not reached"
-    assert partial.cells(readable=False)["s_steps"] == ""
 
 
 def test_reads_what_torch_summary_writer_writes(tmp_path: Path):
@@ -123,8 +125,8 @@ def test_short_labels_tell_runs_apart(tmp_path: Path):
 def test_a_run_that_dips_below_and_ends_above_is_flagged(tmp_path: Path):
     write_version(tmp_path / "dense" / "version_0", {"train/loss": linear(STEPS, 2.0, 0.01)})
     write_version(tmp_path / "mot" / "version_0", {"train/loss": [(s, 0.5 if s == 50 else 1.5) for s in STEPS]})
-    runs = [load_run(tmp_path / "dense"), load_run(tmp_path / "mot")]
-    (row,) = compare_runs(runs, ["dense", "mot"], 0, Smoothing(train=0.0))
-    assert row.match.s_steps == pytest.approx(0.45)  # first reach: 1.5 -> 0.5 crosses 1.0 halfway, at 45
-    assert row.notes == ["no train/total_flops in run",
-                         "reached at step 45 but ended above the baseline (noisy or rising curve)"]
+    row = _compare(tmp_path)["train/loss"]
+    assert row.s["s_steps"].values == [pytest.approx(0.45)]  # first reach: 1.5 -> 0.5 crosses 1.0 halfway, at 45
+    assert row.notes == [("brief crossing in 1/1 pairs: below the target at < 50% of the points after the first "
+                          "crossing"), "reached but ended above the baseline in 1/1 pairs",
+                         "no train/total_flops in run"]
