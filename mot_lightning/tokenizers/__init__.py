@@ -2,11 +2,13 @@
 
 Files: base (interface) · files (weights-only file format) · media (image/audio conversion)
 · sources (folders and tar shards) · fitting (FitData, TrainConfig) · text (bytes, BPE)
-· image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE) · registry
+· image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE)
+· pretrained (diffusers VQ / KL autoencoders from a local folder) · registry
 (load_tokenizer) · synthetic (demo data) · cli (`mot tokenizer`).
 
 Names are imported lazily (PEP 562) so that ``import mot_lightning.tokenizers`` and the text
-tokenizers stay cheap in dataloader workers; Lightning loads only with the VQ-VAE / KL-VAE.
+tokenizers stay cheap in dataloader workers; Lightning loads only with the VQ-VAE / KL-VAE, diffusers
+only when a pretrained adapter first loads its weights.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ _LAZY = {
     "VQImageTokenizer": "vqvae", "VQVAEConfig": "vqvae", "VQVAE": "vqvae", "VectorQuantizerEMA": "vqvae",
     "SpeechUnitTokenizer": "speech", "SpeechUnitConfig": "speech",
     "LatentImageTokenizer": "latent", "KLVAEConfig": "latent", "KLVAE": "latent",
+    "DiffusersVQTokenizer": "pretrained", "DiffusersVQConfig": "pretrained",
+    "DiffusersKLTokenizer": "pretrained", "DiffusersKLConfig": "pretrained",
 }
 
 __all__ = [
@@ -37,6 +41,10 @@ __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
     "ContinuousTokenizer",
+    "DiffusersKLConfig",
+    "DiffusersKLTokenizer",
+    "DiffusersVQConfig",
+    "DiffusersVQTokenizer",
     "DiscreteTokenizer",
     "FitData",
     "FittableTokenizer",

@@ -1,12 +1,14 @@
-"""Seeded k-means (k-means++ init, Lloyd iterations, empty clusters re-seeded) in plain torch.
+"""Seeded k-means (greedy k-means++ init, Lloyd iterations, empty clusters re-seeded) in plain torch.
 
 Shared by the k-means image tokenizer and the speech-unit tokenizer. Deterministic for a
-given seed and input on one device.
+given seed and input on one device. On clustered data (300 Gaussian blobs, 30k x 48, k = 256)
+it ends within about 1% of scikit-learn's ``KMeans`` inertia (tests/tokenizers/test_tok_kmeans.py).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -25,8 +27,13 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) -> torc
 
 @torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, tol: float = 1e-4,
-           name: str = "k-means") -> torch.Tensor:
-    """float[N, D] -> codebook float[k, D]. Logs inertia per iteration (progress)."""
+           name: str = "k-means", init_points_per_code: int = 64) -> torch.Tensor:
+    """float[N, D] -> codebook float[k, D]. Logs inertia per iteration (progress).
+
+    The seeding runs on a random subsample of ``max(init_points_per_code * k, 5000)`` points: its
+    cost is O(trials * points * k * D), and on the blob benchmark 64 points per code end as well
+    as seeding on all points (20 per code ends ~2.5% worse).
+    """
     n = x.shape[0]
     if n < k:
         raise ValueError(
@@ -35,8 +42,10 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, tol: float =
         )
     x = x.float()
     g = torch.Generator(device="cpu").manual_seed(seed)
+    t0 = time.perf_counter()
     with _one_thread():
-        centers = _kmeans_pp(x, k, g)
+        centers = _kmeans_pp(x, k, g, max(init_points_per_code * k, 5_000))
+    log.info("%s: seeded %d codes (greedy k-means++) in %.1fs", name, k, time.perf_counter() - t0)
     prev = float("inf")
     t0 = time.perf_counter()
     for it in range(iters):
@@ -74,21 +83,39 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding on a random subsample of ~20 points per code (init is O(20 k^2 D), not O(N k D))."""
-    max_points = max(20 * k, 5_000)
-    if x.shape[0] > max_points:
+def _sq_dist(a: torch.Tensor, a2: torch.Tensor, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """float[M, D] (with its squared norms a2 float[M]), float[N, D] (x2 float[N]) -> float[M, N] sq. L2."""
+    return (a2[:, None] - 2.0 * a @ x.T + x2[None]).clamp(min=0)
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator, max_points: int | None = None,
+               trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding -> float[k, D].
+
+    Plain k-means++ draws each new centre with probability proportional to D(x)^2, the squared
+    distance to the closest centre so far. The greedy variant (the one scikit-learn uses) draws
+    ``trials`` candidates (default 2 + floor(ln k)) and keeps the one that lowers the potential
+    sum D(x)^2 the most; a single draw too often lands two centres in one cluster and leaves a
+    neighbouring cluster without one, which Lloyd iterations cannot undo.
+    """
+    if max_points is not None and x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=g)[:max_points]]
-    first = int(torch.randint(x.shape[0], (1,), generator=g))
-    centers = [x[first]]
+    n = x.shape[0]
+    trials = trials or 2 + int(math.log(k))
     x2 = (x * x).sum(1)  # (N,)
-    d2 = (x2 - 2 * x @ x[first] + x2[first]).clamp(min=0)  # (N,) sq. distance to the closest chosen center
+    first = int(torch.randint(n, (1,), generator=g))
+    chosen = [first]
+    d2 = _sq_dist(x[first:first + 1], x2[first:first + 1], x, x2)[0]  # (N,) sq. distance to the closest centre
     for _ in range(1, k):
-        total = float(d2.sum())
+        total = float(d2.sum(dtype=torch.float64))
         if total > 0:
-            idx = int(torch.multinomial(d2 / total, 1, generator=g))
+            cum = d2.cumsum(0, dtype=torch.float64)  # (N,)
+            draws = torch.rand(trials, generator=g, dtype=torch.float64).to(x.device) * total
+            cand = torch.searchsorted(cum, draws, right=True).clamp(max=n - 1)  # (T,) never a point with D = 0
         else:  # fewer distinct points than codes: duplicates are harmless
-            idx = int(torch.randint(x.shape[0], (1,), generator=g))
-        centers.append(x[idx])
-        d2 = torch.minimum(d2, (x2 - 2 * x @ x[idx] + x2[idx]).clamp(min=0))
-    return torch.stack(centers)
+            cand = torch.randint(n, (1,), generator=g)
+        d2_cand = torch.minimum(d2[None], _sq_dist(x[cand], x2[cand], x, x2))  # (T, N)
+        best = int(d2_cand.sum(1, dtype=torch.float64).argmin())
+        chosen.append(int(cand[best]))
+        d2 = d2_cand[best]
+    return x[chosen]

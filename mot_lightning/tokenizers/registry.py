@@ -10,12 +10,13 @@ from mot_lightning.tokenizers.files import read_tokenizer_file
 def tokenizer_classes() -> dict[str, type[Tokenizer]]:
     from mot_lightning.tokenizers.image_kmeans import KMeansImageTokenizer
     from mot_lightning.tokenizers.latent import LatentImageTokenizer
+    from mot_lightning.tokenizers.pretrained import DiffusersKLTokenizer, DiffusersVQTokenizer
     from mot_lightning.tokenizers.speech import SpeechUnitTokenizer
     from mot_lightning.tokenizers.text import BPETokenizer, ByteTokenizer
     from mot_lightning.tokenizers.vqvae import VQImageTokenizer
 
     classes = [ByteTokenizer, BPETokenizer, KMeansImageTokenizer, VQImageTokenizer, SpeechUnitTokenizer,
-               LatentImageTokenizer]
+               LatentImageTokenizer, DiffusersVQTokenizer, DiffusersKLTokenizer]
     return {c.__name__: c for c in classes}
 
 
