@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     if "caption_to_image" in tasks:
         if latent:
             images = sampling.caption_to_latent_image(net, vocab, toks["text"], toks["image"], prompts,
-                                                      model.diffusion, sampler=args.sampler, steps=args.steps,
+                                                      model.objective, sampler=args.sampler, steps=args.steps,
                                                       guidance=args.guidance, generator=gen())
         else:
             images = sampling.caption_to_image(net, vocab, toks["text"], toks["image"], prompts, generator=gen(),
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
             raise SystemExit("mot generate: image_to_caption needs validation images: set data.val_sets")
         encoded = toks["image"].encode(images)  # codes long[N, n], or latents float[N, n, D]
         if latent:
-            captions = sampling.latent_image_to_caption(net, vocab, toks["text"], encoded, model.diffusion,
+            captions = sampling.latent_image_to_caption(net, vocab, toks["text"], encoded, model.objective,
                                                         max_tokens=args.max_caption_tokens, generator=gen(), **kw)
         else:
             captions = sampling.image_to_caption(net, vocab, toks["text"], encoded,

@@ -43,7 +43,8 @@ from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.objectives.diffusion import DiffusionConfig, cfg_eps
+from mot_lightning.objectives.diffusion import cfg_eps
+from mot_lightning.objectives.transfusion import Transfusion
 from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer
 
 DEMO_CAPTIONS = (  # prompts in the style of the demo corpus (data/demo.py)
@@ -149,7 +150,7 @@ def caption_to_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenize
 
 @torch.no_grad()
 def caption_to_latent_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer,
-                            image_tok: ContinuousTokenizer, captions: Sequence[str], diffusion: DiffusionConfig, *,
+                            image_tok: ContinuousTokenizer, captions: Sequence[str], diffusion: Transfusion, *,
                             sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
                             generator: torch.Generator | None = None) -> Tensor:
     """-> float[N, 3, H, W] in [0, 1]: one image per caption by guided diffusion over the image span.
@@ -200,7 +201,7 @@ def _latent_rows(vocab: JointVocab, prompts: list[list[int]], n_patches: int,
 
 @torch.no_grad()
 def latent_image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, latents: Tensor,
-                            diffusion: DiffusionConfig, *, max_tokens: int = 64, temperature: float = 1.0,
+                            diffusion: Transfusion, *, max_tokens: int = 64, temperature: float = 1.0,
                             top_k: int | None = None, generator: torch.Generator | None = None) -> list[str]:
     """latents float[N, n, D] (clean, from the latent tokenizer) -> N captions:
     ``BOS BOI latents EOI`` with the image at diffusion time 0, then text until ``EOS``."""

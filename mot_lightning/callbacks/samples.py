@@ -105,7 +105,7 @@ class SampleLogger(pl.Callback):
         latent = isinstance(image_tok, ContinuousTokenizer)
         if latent:
             images = sampling.caption_to_latent_image(
-                net, dm.vocab, text_tok, image_tok, captions, pl_module.diffusion, sampler=self.diffusion_sampler,
+                net, dm.vocab, text_tok, image_tok, captions, pl_module.objective, sampler=self.diffusion_sampler,
                 steps=self.diffusion_steps, guidance=self.guidance, generator=self._generator(net))
         else:
             images = sampling.caption_to_image(net, dm.vocab, text_tok, image_tok, captions, **self._kw(net))
@@ -119,7 +119,7 @@ class SampleLogger(pl.Callback):
         grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
         writer.add_image("samples/image_reconstructions", grid, step)
         if latent:
-            generated = sampling.latent_image_to_caption(net, dm.vocab, text_tok, codes, pl_module.diffusion,
+            generated = sampling.latent_image_to_caption(net, dm.vocab, text_tok, codes, pl_module.objective,
                                                          max_tokens=self.max_caption_tokens, **self._kw(net))
         else:
             generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes,

@@ -10,6 +10,8 @@ Conventions (stated once, used everywhere FLOPs are logged or compared):
   elementwise work are not counted (as in the Chinchilla/PaLM conventions).
 - An optional output head (``vocab_size``) adds ``2 * dim * vocab_size``
   forward FLOPs per token; embedding look-ups cost none.
+- Continuous-image ends (latent projections, timestep MLP; Transfusion) cost
+  6 training FLOPs per parameter at each latent position (``Accounting``).
 
 MoE feed-forwards (``sparsity="moe"``, and the ``moe_towers`` of a hybrid):
 - total parameters hold every expert and the router (``dim x n_experts`` per layer);
@@ -110,3 +112,36 @@ def backbone_stats(cfg: TransformerConfig, seq_len: int, *, causal: bool = True,
 
 def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a whole language model trains, the one source for logged sizes and FLOPs axes.
+
+    ``params``: parameter counts by name, logged as ``params/<name>``: ``backbone_total``,
+    ``total_with_embeddings`` (backbone + embedding + head + latent ends) and ``active_per_token``
+    (a text token's backbone parameters + embedding + head).
+    ``flops_per_token``: training FLOPs per position of backbone + head, mean over modalities.
+    ``flops_per_latent``: training FLOPs added at each latent-image position by the latent ends.
+    """
+
+    params: dict[str, int]
+    flops_per_token: float
+    flops_per_latent: float = 0.0
+
+    def batch_flops(self, n_positions: int, n_latent: int = 0) -> float:
+        """Training FLOPs of one batch of ``n_positions`` positions, ``n_latent`` of them latent patches."""
+        return self.flops_per_token * n_positions + self.flops_per_latent * n_latent
+
+
+def lm_accounting(cfg: TransformerConfig, seq_len: int, vocab_size: int, embed_params: int,
+                  latent_params: int = 0) -> Accounting:
+    """``Accounting`` of backbone + shared embedding and head (``embed_params`` together) + latent ends."""
+    stats = backbone_stats(cfg, seq_len, vocab_size=vocab_size)
+    return Accounting(
+        params={"backbone_total": stats.total_params,
+                "total_with_embeddings": stats.total_params + embed_params + latent_params,
+                "active_per_token": stats.active_params[0] + embed_params},
+        flops_per_token=stats.mean_flops_per_token,
+        flops_per_latent=6.0 * latent_params,
+    )

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mot_lightning.model.accounting import Accounting, count_parameters, lm_accounting
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.transformer import Transformer
@@ -83,3 +84,10 @@ class TokenLM(nn.Module):
         if latents is None:
             return logits
         return logits, self.latent_out(h)
+
+    def accounting(self, seq_len: int) -> Accounting:
+        """Parameters and training FLOPs of everything this module trains, for rows of ``seq_len``."""
+        embed = count_parameters(self.embed) + count_parameters(self.head)
+        ends = ("latent_in", "time_embed", "latent_out") if self.latent_dim > 0 else ()
+        latent = sum(count_parameters(getattr(self, name)) for name in ends)
+        return lm_accounting(self.backbone.cfg, seq_len, self.head.out_features, embed, latent)

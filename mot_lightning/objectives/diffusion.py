@@ -1,6 +1,6 @@
-"""Diffusion objective and samplers for the Transfusion setting (PAPER.md, setting 3).
+"""Diffusion processes and samplers of the Transfusion setting (``transfusion.py`` trains with them).
 
-Two objectives share one API (``sample_t``, ``fixed_t``, ``corrupt``, ``target``, ``loss``):
+Two processes share one API (``fixed_t``, ``corrupt``, ``target``):
 
 * ``NoiseSchedule`` -- DDPM noise prediction over T discrete steps:
   ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``, target ``eps``, with
@@ -9,12 +9,11 @@ Two objectives share one API (``sample_t``, ``fixed_t``, ``corrupt``, ``target``
 * ``FlowMatching`` -- rectified flow: ``x_t = (1 - t) x0 + t noise`` with t in [0, 1],
   target velocity ``noise - x0``.
 
-The training loss is ``transfusion_loss = LM + lam * diffusion`` (lam = 5 in
-Transfusion). Samplers take a denoiser ``eps_fn(x_t, t) -> eps_pred`` (or
-``v_fn`` for flow matching) over tensors (B, ...) and timesteps (B,), so they know
-nothing about the model; classifier-free guidance wraps a denoiser that takes a
-``conditional`` flag. Every sampler draws its noise from an optional
-``torch.Generator`` so a seed fixes the sample.
+Samplers take a denoiser ``eps_fn(x_t, t) -> eps_pred`` (or ``v_fn`` for flow
+matching) over tensors (B, ...) and timesteps (B,), so they know nothing about the
+model; classifier-free guidance mixes two predictions with ``cfg_eps``. Every
+sampler draws its noise from an optional ``torch.Generator`` so a seed fixes the
+sample.
 """
 from __future__ import annotations
 
@@ -50,11 +49,12 @@ def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> T
 
 @dataclass
 class NoiseSchedule:
-    """DDPM discrete noise schedule; coefficients computed in float64, exposed as float32.
+    """DDPM discrete noise schedule, its coefficients in float64.
 
-    ``betas``, ``alphas = 1 - betas``, ``alphas_cumprod = prod alphas`` are float32[T];
-    lookups (``add_noise``, ``predict_x0``, samplers) gather from the float64 copies and
-    cast to the input's dtype, so a float64 caller gets float64-accurate coefficients.
+    ``betas``, ``alphas = 1 - betas``, ``alphas_cumprod = prod alphas`` (ab_t) and
+    ``alphas_cumprod_prev`` (ab_{t-1}, with ab_{-1} = 1) are float64[T]; lookups
+    (``corrupt``, ``predict_x0``, samplers) gather from them and cast to the input's
+    dtype, so a float64 caller gets float64-accurate coefficients.
     """
 
     num_steps: int = 1000
@@ -62,6 +62,7 @@ class NoiseSchedule:
     betas: Tensor = field(init=False, repr=False)
     alphas: Tensor = field(init=False, repr=False)
     alphas_cumprod: Tensor = field(init=False, repr=False)
+    alphas_cumprod_prev: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
@@ -69,14 +70,11 @@ class NoiseSchedule:
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         betas = linear_betas(self.num_steps) if self.kind == "linear" else cosine_betas(self.num_steps)
-        self._betas64 = betas
-        self._alphas64 = 1 - betas
-        self._ab64 = torch.cumprod(self._alphas64, dim=0)
-        # ab_{t-1}, with ab_{-1} = 1 (no noise before the first step)
-        self._ab_prev64 = torch.cat([torch.ones(1, dtype=torch.float64), self._ab64[:-1]])
-        self.betas = betas.float()
-        self.alphas = self._alphas64.float()
-        self.alphas_cumprod = self._ab64.float()
+        self.betas = betas
+        self.alphas = 1 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        # no noise before the first step
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
 
     def _at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """values[t] in ``like``'s dtype/device, shaped (B, 1, ..., 1)."""
@@ -84,59 +82,42 @@ class NoiseSchedule:
         return _expand(v, like)
 
     # --- training ---------------------------------------------------------------------------
-    def sample_t(self, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | None = None) -> Tensor:
-        """Uniform integer timesteps in [0, T). long[B]."""
-        return torch.randint(0, self.num_steps, (batch,), generator=generator, device=device)
-
     def fixed_t(self, batch: int, device: torch.device | None = None) -> Tensor:
         """Validation timesteps evenly spread over [0, T-1] (same every run). long[B]."""
         return torch.linspace(0, self.num_steps - 1, batch, device=device).round().long()
 
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    def corrupt(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise; x0, noise (B, ...), t long[B]."""
-        ab = self._at(self._ab64, t, x0)
+        ab = self._at(self.alphas_cumprod, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def predict_x0(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """Invert ``add_noise`` given the noise: x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
-        ab = self._at(self._ab64, t, x_t)
+        """Invert ``corrupt`` given the noise: x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)."""
+        ab = self._at(self.alphas_cumprod, t, x_t)
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
-
-    def corrupt(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """Same as ``add_noise`` (the API shared with ``FlowMatching``)."""
-        return self.add_noise(x0, noise, t)
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """The network predicts the noise: target = eps."""
         return noise
 
-    def loss(self, pred: Tensor, x0: Tensor, noise: Tensor, t: Tensor,
-             mask: Tensor | None = None) -> Tensor:
-        """MSE between the predicted and the true noise (see ``diffusion_loss``)."""
-        return diffusion_loss(pred, self.target(x0, noise, t), mask)
-
     # --- sampling ---------------------------------------------------------------------------
     def posterior_variance(self, t: Tensor, like: Tensor) -> Tensor:
         """beta_tilde_t = beta_t (1 - ab_{t-1}) / (1 - ab_t), zero at t = 0. (B, 1, ..., 1)."""
-        ab, ab_prev, beta = (self._at(v, t, like) for v in (self._ab64, self._ab_prev64, self._betas64))
+        ab, ab_prev, beta = (self._at(v, t, like)
+                             for v in (self.alphas_cumprod, self.alphas_cumprod_prev, self.betas))
         return beta * (1 - ab_prev) / (1 - ab)
 
     def posterior_mean(self, x0_hat: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """mu_t = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t."""
         ab, ab_prev, beta, alpha = (self._at(v, t, x_t)
-                                    for v in (self._ab64, self._ab_prev64, self._betas64, self._alphas64))
+                                    for v in (self.alphas_cumprod, self.alphas_cumprod_prev, self.betas,
+                                              self.alphas))
         return (ab_prev.sqrt() * beta * x0_hat + alpha.sqrt() * (1 - ab_prev) * x_t) / (1 - ab)
 
 
 @dataclass
 class FlowMatching:
     """Rectified flow: x_t = (1 - t) x0 + t noise, t in [0, 1]; target velocity noise - x0."""
-
-    def sample_t(self, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | None = None) -> Tensor:
-        """Uniform t in [0, 1). float[B]."""
-        return torch.rand(batch, generator=generator, device=device)
 
     def fixed_t(self, batch: int, device: torch.device | None = None) -> Tensor:
         """Validation times at the bin centres (i + 0.5) / B. float[B]."""
@@ -150,88 +131,6 @@ class FlowMatching:
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """dx_t/dt = noise - x0."""
         return noise - x0
-
-    def loss(self, pred: Tensor, x0: Tensor, noise: Tensor, t: Tensor,
-             mask: Tensor | None = None) -> Tensor:
-        """MSE between the predicted and the true velocity (see ``diffusion_loss``)."""
-        return diffusion_loss(pred, self.target(x0, noise, t), mask)
-
-
-OBJECTIVES = ("ddpm", "flow")
-SAMPLERS = ("ddpm", "ddim", "flow")
-T_SAMPLING = ("uniform", "logit_normal")
-
-
-@dataclass
-class DiffusionConfig:
-    """The image objective of the Transfusion setting, as set in YAML (``model.diffusion``).
-
-    ``objective``: "ddpm" (noise prediction over ``num_steps`` steps with the ``schedule`` betas; Transfusion's
-    choice, cosine schedule, 1000 steps) or "flow" (rectified flow, velocity prediction). ``t_sampling``: training
-    times uniform (Transfusion) or "logit_normal" (u = sigmoid(n), n ~ N(0, 1): more mid-noise times, as in
-    Stable Diffusion 3; DDPM steps floor(u T)). ``clip_x0``: DDPM/DDIM sampling clamps each predicted clean
-    latent to [-clip_x0, clip_x0] (3 = three standard deviations of the unit-variance VAE latents; ``None`` =
-    off); without it a briefly trained model's samples keep a coloured-noise background. The training loss is
-    ``L_LM + lam * L_diffusion`` (``lam`` = 5 in Transfusion). Validation draws its noise and timesteps from
-    ``val_seed`` and the batch index, so validation curves of different runs are comparable.
-    """
-
-    objective: str = "ddpm"
-    schedule: str = "cosine"
-    num_steps: int = 1000
-    lam: float = 5.0
-    val_seed: int = 0
-    t_sampling: str = "uniform"
-    clip_x0: float | None = 3.0
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"diffusion.objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.t_sampling not in T_SAMPLING:
-            raise ValueError(f"diffusion.t_sampling must be one of {T_SAMPLING}, got {self.t_sampling!r}")
-        if self.clip_x0 is not None and self.clip_x0 <= 0:
-            raise ValueError(f"diffusion.clip_x0 must be positive or null, got {self.clip_x0}")
-        if self.lam < 0:
-            raise ValueError(f"diffusion.lam must be >= 0, got {self.lam}")
-        self.build()  # checks schedule and num_steps
-
-    def build(self) -> NoiseSchedule | FlowMatching:
-        if self.objective == "flow":
-            return FlowMatching()
-        return NoiseSchedule(num_steps=self.num_steps, kind=self.schedule)
-
-    def sample_t(self, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | None = None) -> Tensor:
-        """Training times: long[B] DDPM steps in [0, num_steps) or float[B] flow times in [0, 1)."""
-        if self.t_sampling == "uniform":
-            u = torch.rand(batch, generator=generator, device=device)
-        else:
-            u = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
-        if self.objective == "flow":
-            return u
-        return (u * self.num_steps).long().clamp(0, self.num_steps - 1)
-
-    def time_input(self, t: Tensor) -> Tensor:
-        """Timesteps as the model's timestep embedding sees them: DDPM steps as they are, flow times
-        (in [0, 1]) scaled to the same range."""
-        return t.float() * self.num_steps if self.objective == "flow" else t.float()
-
-    def sample(self, eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,
-               generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
-        """Run a sampler of this objective: "ddpm" (all ``num_steps``), "ddim" (``steps``, deterministic)
-        or, for flow matching, "flow" (``steps`` Euler steps; "ddim"/"ddpm" map to it)."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if self.objective == "flow":
-            return flow_sample(eps_fn, shape, steps, generator=generator, device=device)
-        if sampler == "flow":
-            raise ValueError("the 'flow' sampler needs diffusion.objective: flow; use 'ddim' or 'ddpm'")
-        schedule = self.build()
-        if sampler == "ddpm":
-            return ddpm_sample(eps_fn, schedule, shape, generator=generator, device=device, clip_x0=self.clip_x0)
-        return ddim_sample(eps_fn, schedule, shape, steps=steps, generator=generator, device=device,
-                           clip_x0=self.clip_x0)
-
 
 def fixed_noise(shape: Sequence[int], seed: int, device: torch.device | None = None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
@@ -255,33 +154,9 @@ def diffusion_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> 
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
-def transfusion_loss(lm_loss: Tensor, diffusion: Tensor, lam: float = 5.0) -> Tensor:
-    """Transfusion's total loss: L = L_LM + lam * L_diffusion (lam = 5 in the paper)."""
-    return lm_loss + lam * diffusion
-
-
-def drop_condition(mask_or_flags: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """Which examples drop their caption for classifier-free guidance training. bool[B].
-
-    ``mask_or_flags``: bool[B] "has a caption" flags, or a (B, ...) caption mask (an example
-    has a caption if any entry is set). Each captioned example drops with probability p.
-    """
-    has = mask_or_flags.reshape(mask_or_flags.shape[0], -1).bool().any(dim=1)  # (B,)
-    u = torch.rand(has.shape[0], generator=generator,
-                   device=generator.device if generator is not None else has.device)
-    return has & (u.to(has.device) < p)
-
-
 def cfg_eps(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance: eps = eps_uncond + scale (eps_cond - eps_uncond)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
-
-
-def guided(fn: Callable[..., Tensor], scale: float) -> EpsFn:
-    """Turn ``fn(x_t, t, conditional: bool)`` into a guided ``eps_fn(x_t, t)`` (two passes)."""
-    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        return cfg_eps(fn(x_t, t, conditional=True), fn(x_t, t, conditional=False), scale)
-    return eps_fn
 
 
 def _start(shape: Sequence[int], generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -322,7 +197,7 @@ def clip_prediction(schedule: NoiseSchedule, x_t: Tensor, eps: Tensor, t: Tensor
     if clip_x0 is None:
         return x0_hat, eps
     x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-    ab = schedule._at(schedule._ab64, t, x_t)
+    ab = schedule._at(schedule.alphas_cumprod, t, x_t)
     return x0_hat, (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
 
 
@@ -343,7 +218,7 @@ def ddim_sample(eps_fn: EpsFn, schedule: NoiseSchedule, shape: Sequence[int], st
     ``clip_x0``: see ``clip_prediction``."""
     x = _start(shape, generator, device, dtype)  # (B, ...)
     seq = ddim_timesteps(schedule.num_steps, steps)
-    ab_all = schedule._ab64
+    ab_all = schedule.alphas_cumprod
     for i, step in enumerate(seq):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         x0_hat, eps = clip_prediction(schedule, x, eps_fn(x, t), t, clip_x0)

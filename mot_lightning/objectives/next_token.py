@@ -1,4 +1,4 @@
-"""Next-token loss per modality, with Chameleon's z-loss.
+"""Next-token objective per modality, with Chameleon's z-loss.
 
 Per-token cross-entropy is computed once over the whole batch; the modality of
 the *target* token decides which modality a position's loss belongs to. The
@@ -9,13 +9,17 @@ softmax normaliser near 1 and the logits from drifting.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mot_lightning.data.batch import IGNORE_INDEX
+from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
+from mot_lightning.modality import Modality
+from mot_lightning.model.lm import TokenLM
+from mot_lightning.objectives.base import Objective, StepLosses
 
 
 @dataclass
@@ -25,16 +29,12 @@ class ModalityLosses:
     count: Tensor  # float[M]: number of target tokens of each modality
     z_loss: Tensor  # scalar (already multiplied by its coefficient)
 
-    def per_modality(self) -> Tensor:
-        """float[M] mean CE per modality (NaN where a modality has no target token)."""
-        return self.ce_sum / self.count
-
 
 def next_token_losses(logits: Tensor, targets: Tensor, target_modality: Tensor, weights: Tensor,
                       z_loss: float = 0.0) -> ModalityLosses:
     """logits: float[B, T, V]; targets, target_modality: long[B, T]; weights: float[M]."""
     V, M = logits.shape[-1], weights.shape[0]
-    flat_logits = logits.reshape(-1, V).float()
+    flat_logits = logits.reshape(-1, V).float()  # (B*T, V)
     flat_targets = targets.reshape(-1)
     valid = flat_targets != IGNORE_INDEX
     ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="none")  # (N,)
@@ -49,3 +49,50 @@ def next_token_losses(logits: Tensor, targets: Tensor, target_modality: Tensor, 
         lse = torch.logsumexp(flat_logits, dim=-1)
         z = z_loss * (lse.pow(2) * validf).sum() / validf.sum().clamp_min(1.0)
     return ModalityLosses(loss=loss + z, ce_sum=ce_sum.detach(), count=count, z_loss=z.detach())
+
+
+class NextToken(Objective):
+    """Every modality by next-token prediction over the joint vocabulary (Chameleon setting)."""
+
+    def __init__(self, z_loss: float = 0.0, loss_weights: dict[str, float] | None = None) -> None:
+        """
+        Args:
+            z_loss: coefficient of the squared log-normaliser (Chameleon: 1e-5; 0 = off).
+            loss_weights: weight of each modality's target tokens in the training loss, e.g.
+                ``{text: 1.0, image: 1.0}``; missing modalities weigh 1.
+        """
+        if z_loss < 0:
+            raise ValueError(f"model.objective.init_args.z_loss must be >= 0, got {z_loss}")
+        self.z_loss, self.loss_weights = z_loss, dict(loss_weights or {})
+        self.weights: Tensor | None = None  # float[M], set by ``setup``
+
+    def setup(self, modalities: Sequence[Modality], latent_dim: int) -> None:
+        if latent_dim > 0:
+            raise ValueError(f"the data's image tokenizer gives continuous latents (latent_dim {latent_dim}):"
+                             " set model.objective to mot_lightning.objectives.Transfusion (see "
+                             "configs/transfusion/mot.yaml) or use a discrete image tokenizer")
+        weights = {Modality.parse(k): float(v) for k, v in self.loss_weights.items()}
+        unknown = [m for m in weights if m not in modalities]
+        if unknown:
+            raise ValueError("model.objective.init_args.loss_weights name modalities the model does not have:"
+                             f" {[m.label for m in unknown]}; it has {[m.label for m in modalities]}")
+        self.weights = torch.tensor([weights.get(m, 1.0) for m in modalities])  # float[M]
+
+    def token_losses(self, logits: Tensor, batch: MultiModalBatch) -> ModalityLosses:
+        """Next-token losses of ``logits`` float[B, T, V] against the batch's targets."""
+        if self.weights is None:
+            raise RuntimeError("call setup(modalities, latent_dim) before loss (MultiModalLM does)")
+        if self.weights.device != logits.device:  # moved once, not every step
+            self.weights = self.weights.to(logits.device)
+        return next_token_losses(logits, batch.targets, batch.target_modality(), self.weights, self.z_loss)
+
+    def loss(self, net: TokenLM, batch: MultiModalBatch, *, stage: str, seed: int) -> StepLosses:
+        if batch.has_latents:
+            raise ValueError("the batch carries image latents but model.objective is NextToken: set it to "
+                             "mot_lightning.objectives.Transfusion (configs/transfusion/mot.yaml)")
+        logits = net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
+        out = self.token_losses(logits, batch)
+        count = out.count.sum()
+        extras = {"z_loss": out.z_loss} if self.z_loss else {}
+        return StepLosses(total=out.loss, values=out.ce_sum / out.count.clamp_min(1), weights=out.count,
+                          eval_total=out.ce_sum.sum() / count.clamp_min(1), eval_weight=count, extras=extras)

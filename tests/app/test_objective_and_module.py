@@ -1,72 +1,96 @@
-"""Next-token objective and the LightningModule on hand-made batches."""
+"""The next-token objective and the LightningModule on hand-made batches: losses per modality, what the
+module trains (both objectives), its optimizer groups and its parameter / FLOPs accounting."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.lit_module import MultiModalLM
-from mot_lightning.model import TransformerConfig
-from mot_lightning.objectives import next_token_losses
+from mot_lightning.modality import Modality
+from mot_lightning.model import TransformerConfig, backbone_stats
+from mot_lightning.model.accounting import count_parameters
+from mot_lightning.model.lm import TokenLM
+from mot_lightning.objectives import NextToken, Transfusion
 from mot_lightning.schedules import WarmupCosine
+from tests.objectives.batches import LAT, latent_batch, token_batch
+
+MODALITIES = list(Modality)
 
 
-def _batch(B=2, T=16, V=40, seed=0) -> MultiModalBatch:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, V, (B, T), generator=g)
-    modality = (tokens >= 20).long() + (tokens >= 30).long()  # ids 0-19 text, 20-29 image, 30-39 speech
-    doc_ids = torch.zeros(B, T, dtype=torch.long)
-    doc_ids[:, T // 2:] = 1
-    positions = torch.cat([torch.arange(T // 2), torch.arange(T - T // 2)]).expand(B, T).clone()
-    targets = torch.roll(tokens, -1, dims=1)
-    targets[:, T // 2 - 1] = IGNORE_INDEX
-    targets[:, -1] = IGNORE_INDEX
-    return MultiModalBatch(tokens=tokens, modality=modality, doc_ids=doc_ids, positions=positions, targets=targets)
+def _net() -> TokenLM:
+    torch.manual_seed(0)
+    return TokenLM(TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=3, sparsity="mot"), 40)
+
+
+def _logits(net: TokenLM, batch) -> torch.Tensor:
+    return net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
+
+
+def _objective(**kw) -> NextToken:
+    objective = NextToken(**kw)
+    objective.setup(MODALITIES, latent_dim=0)
+    return objective
 
 
 def test_per_modality_losses_equal_manual_cross_entropy():
-    batch = _batch()
-    logits = torch.randn(2, 16, 40)
-    out = next_token_losses(logits, batch.targets, batch.target_modality(), torch.ones(3))
-    for m in range(3):
+    net, batch = _net(), token_batch()
+    out = _objective().loss(net, batch, stage="train", seed=0)
+    logits = _logits(net, batch)
+    for m in MODALITIES:
         mask = batch.loss_mask(m)
-        manual = F.cross_entropy(logits[mask], batch.targets[mask])
-        torch.testing.assert_close(out.per_modality()[m], manual)
-    all_mask = batch.loss_mask()
-    torch.testing.assert_close(out.loss, F.cross_entropy(logits[all_mask], batch.targets[all_mask]))
+        torch.testing.assert_close(out.values[m], F.cross_entropy(logits[mask], batch.targets[mask]))
+        assert out.weights[m] == int(mask.sum()) > 0
+    mask = batch.loss_mask()
+    torch.testing.assert_close(out.total, F.cross_entropy(logits[mask], batch.targets[mask]))
+    torch.testing.assert_close(out.eval_total, out.total)
+    assert out.eval_weight == int(mask.sum()) and out.extras == {}
 
 
 def test_loss_weights_and_z_loss():
-    batch = _batch()
-    logits = torch.randn(2, 16, 40)
-    w = torch.tensor([1.0, 0.0, 0.0])
-    out = next_token_losses(logits, batch.targets, batch.target_modality(), w)
-    torch.testing.assert_close(out.loss, out.per_modality()[0])  # only text counts
-    z = next_token_losses(logits, batch.targets, batch.target_modality(), torch.ones(3), z_loss=1e-2)
+    net, batch = _net(), token_batch()
+    text_only = _objective(loss_weights={"image": 0.0, "speech": 0.0}).loss(net, batch, stage="train", seed=0)
+    torch.testing.assert_close(text_only.total, text_only.values[Modality.TEXT])  # only text counts
+    plain = _objective().loss(net, batch, stage="train", seed=0)
+    z = _objective(z_loss=1e-2).loss(net, batch, stage="train", seed=0)
     mask = batch.loss_mask()
-    expected = 1e-2 * torch.logsumexp(logits[mask], -1).pow(2).mean()
-    torch.testing.assert_close(z.z_loss, expected)
+    expected = 1e-2 * torch.logsumexp(_logits(net, batch)[mask], -1).pow(2).mean()
+    torch.testing.assert_close(z.extras["z_loss"], expected)
+    torch.testing.assert_close(z.total, plain.total + expected)
+    torch.testing.assert_close(z.eval_total, plain.eval_total)  # val/loss is the plain cross-entropy
 
 
-def _module(**kw) -> MultiModalLM:
-    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=3, sparsity="mot")
-    m = MultiModalLM(backbone=cfg, vocab_size=40, **kw)
+def _module(objective=None, n_modalities: int = 3, vocab_size: int = 40, latent_dim: int = 0) -> MultiModalLM:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=n_modalities, sparsity="mot")
+    m = MultiModalLM(backbone=cfg, vocab_size=vocab_size, objective=objective, latent_dim=latent_dim)
     m.configure_model()
     return m
 
 
-def test_tiny_model_overfits_one_batch():
-    torch.manual_seed(0)
-    model = _module()
-    batch = _batch()
+def _train(model: MultiModalLM, batch, steps: int) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        loss = model._shared_step(batch)[0].loss
-        first = first if first is not None else loss.item()
+    for step in range(steps):
+        loss = model._shared_step(batch, "train", seed=step).total  # fresh noise and times every step
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.2 * first
+
+
+def test_tiny_model_overfits_one_batch():
+    model, batch = _module(), token_batch()
+    first = model._shared_step(batch, "val", seed=0).total.item()
+    _train(model, batch, 60)
+    assert model._shared_step(batch, "val", seed=0).total.item() < 0.2 * first
+
+
+def test_tiny_transfusion_model_learns_text_and_denoising_on_one_batch():
+    """The same step the module trains with: both the text CE and the diffusion loss (validation noise, fixed)
+    fall on a batch it sees with fresh noise every step."""
+    model, batch = _module(Transfusion(), n_modalities=2, vocab_size=24, latent_dim=LAT), latent_batch()
+    before = model._shared_step(batch, "val", seed=0).values.detach()
+    _train(model, batch, 60)
+    after = model._shared_step(batch, "val", seed=0).values.detach()
+    assert after[Modality.TEXT] < 0.5 * before[Modality.TEXT], (before, after)
+    assert after[Modality.IMAGE] < 0.8 * before[Modality.IMAGE], (before, after)
 
 
 def test_norms_and_embeddings_get_no_weight_decay():
@@ -80,12 +104,37 @@ def test_norms_and_embeddings_get_no_weight_decay():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_unknown_loss_weight_modality_is_named():
+def test_config_errors_name_the_yaml_keys():
     cfg = TransformerConfig(dim=32, n_layers=1, n_heads=4, n_modalities=2)
     with pytest.raises(ValueError, match="speech"):
-        MultiModalLM(backbone=cfg, vocab_size=10, loss_weights={"speech": 2.0})
+        MultiModalLM(backbone=cfg, vocab_size=10, objective=NextToken(loss_weights={"speech": 2.0}))
     with pytest.raises(ValueError, match="vocab_size must be positive"):
         MultiModalLM(backbone=cfg)
+    with pytest.raises(ValueError, match="model.objective to mot_lightning.objectives.Transfusion"):
+        MultiModalLM(backbone=cfg, vocab_size=10, latent_dim=LAT)  # latents need a diffusion objective
+    with pytest.raises(ValueError, match="LatentImageTokenizer"):
+        MultiModalLM(backbone=cfg, vocab_size=10, objective=Transfusion())  # and it needs latents
+    with pytest.raises(ValueError, match="model.objective is NextToken"):
+        _objective().loss(TokenLM(cfg, 24, latent_dim=LAT), latent_batch(), stage="train", seed=0)
+
+
+@pytest.mark.parametrize("latent_dim", [0, LAT])
+def test_accounting_counts_every_parameter_the_module_trains(latent_dim):
+    objective = Transfusion() if latent_dim else None
+    model = _module(objective, n_modalities=2, vocab_size=24, latent_dim=latent_dim)
+    batch = latent_batch() if latent_dim else token_batch(V=24)
+    T = batch.seq_len
+    acc = model.accounting(T)
+    stats = backbone_stats(model.cfg, T, vocab_size=24)
+    embed = count_parameters(model.net.embed) + count_parameters(model.net.head)
+    assert acc.params["total_with_embeddings"] == count_parameters(model) == count_parameters(model.net)
+    assert acc.params["backbone_total"] == count_parameters(model.net.backbone) == stats.total_params
+    assert acc.params["active_per_token"] == stats.active_params[Modality.TEXT] + embed
+    assert acc.flops_per_token == stats.mean_flops_per_token
+    ends = count_parameters(model.net) - embed - stats.total_params  # latent projections + timestep MLP
+    assert (ends > 0) == (latent_dim > 0)
+    n_latent = int(batch.latent_mask().sum())
+    assert model.batch_flops(batch) == acc.flops_per_token * batch.tokens.numel() + 6.0 * ends * n_latent
 
 
 def test_warmup_cosine_schedule_values():

@@ -12,7 +12,7 @@ from mot_lightning import sampling
 from mot_lightning.compare.cli import main as compare_main
 from mot_lightning.generate import build, load_weights
 from mot_lightning.generate import main as generate_main
-from tests.app.conftest import CONFIGS, TRANSFUSION, data_args, run_fit
+from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_fit
 
 STEPS = 40
 TRAIN = [*TRANSFUSION, "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "20",
@@ -65,7 +65,8 @@ def test_validation_noise_is_fixed_so_runs_are_comparable(pair, transfusion_env,
     for i in range(2):
         run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--ckpt_path", str(ckpt),
                  "--trainer.limit_val_batches", "2"], transfusion_env, tmp_path / str(i), command="validate")
-        values.append(_scalars(max((tmp_path / str(i) / "transfusion" / "mot").glob("version_*")))["val/loss_image"])
+        run_dir = max((tmp_path / str(i) / "transfusion" / "mot").glob("version_*"))
+        values.append(_scalars(run_dir)["val/loss_image"])
     assert values[0] == values[1]
 
 
@@ -84,9 +85,7 @@ def test_mot_compare_reports_the_image_step_matching_fraction(pair, tmp_path, ca
 @pytest.fixture(scope="module")
 def trained(pair, transfusion_env):
     """The MoT run's model (weights loaded, eval) and data module, as `mot generate` builds them."""
-    model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
-                      ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads",
-                       "4", *data_args(transfusion_env)])
+    model, dm = build([str(CONFIGS / "transfusion/mot.yaml")], [*TINY_MODEL, *data_args(transfusion_env)])
     load_weights(model, str(pair / "transfusion" / "mot" / "checkpoints" / "last.ckpt"), "cpu")
     return model, dm
 
@@ -94,8 +93,8 @@ def trained(pair, transfusion_env):
 def _sample(trained, seed: int, **kw) -> torch.Tensor:
     model, dm = trained
     captions = list(sampling.DEMO_CAPTIONS[:3])
-    return sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"], dm.tokenizers["image"],
-                                            captions, model.diffusion,
+    return sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"],
+                                            dm.tokenizers["image"], captions, model.objective,
                                             generator=torch.Generator().manual_seed(seed), **kw)
 
 
@@ -121,8 +120,9 @@ def test_captioning_reads_the_clean_latents(trained):
     latents = dm.tokenizers["image"].encode(images)  # (3, n, D)
 
     def caption(lat, seed=0, **kw):
-        return sampling.latent_image_to_caption(model.net, dm.vocab, dm.tokenizers["text"], lat, model.diffusion,
-                                                max_tokens=12, generator=torch.Generator().manual_seed(seed), **kw)
+        return sampling.latent_image_to_caption(model.net, dm.vocab, dm.tokenizers["text"], lat,
+                                                model.objective, max_tokens=12,
+                                                generator=torch.Generator().manual_seed(seed), **kw)
 
     first = caption(latents)
     assert len(first) == 3 and all(isinstance(c, str) for c in first)
@@ -138,9 +138,10 @@ def test_captioning_reads_the_clean_latents(trained):
 @pytest.mark.slow
 def test_sample_logger_shows_generated_images_in_tensorboard(transfusion_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
-             "--trainer.callbacks+=mot_lightning.callbacks.SampleLogger", "--trainer.callbacks.every_n_steps", "2",
-             "--trainer.callbacks.n_samples", "2", "--trainer.callbacks.diffusion_steps", "4",
-             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"],
+             "--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
+             "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
+             "--trainer.callbacks.diffusion_steps", "4", "--trainer.max_steps", "2",
+             "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"],
             transfusion_env, tmp_path)
     acc = EventAccumulator(str(max((tmp_path / "transfusion" / "mot").glob("version_*"))),
                            size_guidance={"images": 0, "tensors": 0})
@@ -159,7 +160,8 @@ def test_mot_generate_writes_guided_samples(pair, transfusion_env, tmp_path, cap
     generate_main(["--ckpt", str(pair / "transfusion" / "mot" / "checkpoints" / "last.ckpt"),
                    "--config", str(CONFIGS / "transfusion/mot.yaml"), "--out", str(out), "--steps", "4",
                    "--prompt", "a red circle", "--prompt", "two blue squares", "--device", "cpu",
-                   "--model.backbone.dim", "32", "--model.backbone.n_layers", "2", *data_args(transfusion_env)])
+                   "--model.backbone.dim", "32", "--model.backbone.n_layers", "2",
+                   *data_args(transfusion_env)])
     pngs = sorted(out.glob("caption_to_image_*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     lines = (out / "image_to_caption.txt").read_text().splitlines()
@@ -169,27 +171,31 @@ def test_mot_generate_writes_guided_samples(pair, transfusion_env, tmp_path, cap
 
 def test_diffusion_without_latents_and_latents_without_diffusion_are_named(transfusion_env, tmp_path):
     with pytest.raises(ValueError, match="LatentImageTokenizer"):
-        run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--model.diffusion.lam", "5.0",
-                 "--trainer.fast_dev_run", "1"], transfusion_env, tmp_path)
-    with pytest.raises(ValueError, match="set model.diffusion"):
-        run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--model.diffusion", "null",
+        run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--model.objective",
+                 "mot_lightning.objectives.Transfusion", "--trainer.fast_dev_run", "1"],
+                transfusion_env, tmp_path)
+    with pytest.raises(ValueError, match="set model.objective to mot_lightning.objectives.Transfusion"):
+        run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
+                 "--model.objective", "mot_lightning.objectives.NextToken",
                  "--trainer.fast_dev_run", "1"], transfusion_env, tmp_path)
 
 
 @pytest.mark.slow
 def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
-    flow = ["--model.diffusion.objective", "flow", "--model.diffusion.t_sampling", "logit_normal"]
-    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, *flow, "--trainer.max_steps", "3",
-             "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "3", "--data.train_batches_per_epoch", "3"],
+    flow = ["--model.objective.init_args.objective", "flow", "--model.objective.init_args.t_sampling",
+            "logit_normal"]
+    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, *flow,
+             "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
+             "--trainer.val_check_interval", "3", "--data.train_batches_per_epoch", "3"],
             transfusion_env, tmp_path)
     s = _scalars(max((tmp_path / "transfusion" / "mot").glob("version_*")))
     assert "val/loss_image" in s
     model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
-                      ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads",
-                       "4", *flow, *data_args(transfusion_env)])
+                      [*TINY_MODEL, *flow, *data_args(transfusion_env)])
     load_weights(model, str(tmp_path / "transfusion" / "mot" / "checkpoints" / "last.ckpt"), "cpu")
-    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"], dm.tokenizers["image"],
-                                              ["a red circle"], model.diffusion, sampler="flow", steps=3,
+    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"],
+                                              dm.tokenizers["image"], ["a red circle"], model.objective,
+                                              sampler="flow", steps=3,
                                               generator=torch.Generator().manual_seed(0))
     assert images.shape[:2] == (1, 3) and 0 <= images.min() and images.max() <= 1
 
@@ -198,8 +204,9 @@ def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
 def test_resume_is_exact_with_diffusion_noise(transfusion_env, tmp_path):
     """Training noise and times are seeded per (step, batch, rank): stop at step 3 mid-epoch, resume with
     --ckpt_path last, and steps 3..5 match an unbroken run, image loss included (|diff| <= 1e-5)."""
-    common = ["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--data.train_batches_per_epoch", "2",
-              "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1"]
+    common = ["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
+              "--data.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0",
+              "--trainer.log_every_n_steps", "1"]
     run_fit([*common, "--trainer.max_steps", "6"], transfusion_env, tmp_path / "full")
     run_fit([*common, "--trainer.max_steps", "3"], transfusion_env, tmp_path / "split")
     run_fit([*common, "--trainer.max_steps", "6", "--ckpt_path", "last"], transfusion_env, tmp_path / "split")

@@ -1,4 +1,4 @@
-"""Diffusion objective and samplers: known schedule values, oracle losses, oracle sampling."""
+"""Diffusion processes and samplers: known schedule values, oracle targets, oracle sampling."""
 from __future__ import annotations
 
 import math
@@ -14,11 +14,8 @@ from mot_lightning.objectives.diffusion import (
     ddim_timesteps,
     ddpm_sample,
     diffusion_loss,
-    drop_condition,
     fixed_noise,
     flow_sample,
-    guided,
-    transfusion_loss,
 )
 
 SHAPE = (3, 4, 2)  # (B, N latent patches, D)
@@ -30,7 +27,7 @@ def _x0(dtype=torch.float64):
 
 def _oracle_eps(schedule: NoiseSchedule, x0):
     """The exact noise: eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t)."""
-    ab = schedule._ab64
+    ab = schedule.alphas_cumprod
 
     def eps_fn(x_t, t):
         a = ab[t].to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
@@ -41,7 +38,7 @@ def _oracle_eps(schedule: NoiseSchedule, x0):
 # --- schedules ----------------------------------------------------------------------------------
 def test_linear_schedule_known_values():
     s = NoiseSchedule(1000, "linear")
-    assert s.betas.dtype == s.alphas_cumprod.dtype == torch.float32
+    assert s.betas.dtype == s.alphas_cumprod.dtype == torch.float64
     assert s.betas.shape == (1000,)
     assert s.betas[0].item() == pytest.approx(1e-4)
     assert s.betas[-1].item() == pytest.approx(0.02)
@@ -73,26 +70,21 @@ def test_unknown_kind_raises():
         NoiseSchedule(10, "sigmoid")
 
 
-def test_add_noise_hand_computed_and_predict_x0_inverts():
+def test_corrupt_hand_computed_and_predict_x0_inverts():
     s = NoiseSchedule(1000, "linear")
     x0, noise = _x0(), torch.randn(SHAPE, dtype=torch.float64)
     t = torch.tensor([0, 10, 999])
-    xt = s.add_noise(x0, noise, t)
+    xt = s.corrupt(x0, noise, t)
     for b, tb in enumerate(t.tolist()):
         ab = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(tb + 1))
         expected = math.sqrt(ab) * x0[b] + math.sqrt(1 - ab) * noise[b]
         torch.testing.assert_close(xt[b], expected, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(s.predict_x0(xt, noise, t), x0, rtol=1e-7, atol=1e-7)
-    assert s.corrupt(x0, noise, t).equal(xt) and s.target(x0, noise, t) is noise
+    assert s.target(x0, noise, t) is noise
 
 
-def test_sample_t_range_and_seed():
-    s = NoiseSchedule(7)
-    t = s.sample_t(2000, torch.Generator().manual_seed(1))
-    assert t.dtype == torch.long and t.min() == 0 and t.max() == 6
-    assert t.equal(s.sample_t(2000, torch.Generator().manual_seed(1)))
-    assert not t.equal(s.sample_t(2000, torch.Generator().manual_seed(2)))
-    assert s.fixed_t(4).tolist() == [0, 2, 4, 6]
+def test_fixed_t_spreads_over_the_schedule():
+    assert NoiseSchedule(7).fixed_t(4).tolist() == [0, 2, 4, 6]
 
 
 def test_fixed_noise_is_reproducible():
@@ -102,11 +94,11 @@ def test_fixed_noise_is_reproducible():
 
 
 # --- losses -------------------------------------------------------------------------------------
-def test_loss_zero_for_oracle_and_hand_computed_mse():
+def test_loss_zero_for_the_true_target_and_hand_computed_mse():
     s = NoiseSchedule(100)
     x0, noise = _x0(torch.float32), torch.randn(SHAPE)
-    t = s.sample_t(SHAPE[0], torch.Generator().manual_seed(0))
-    assert s.loss(noise.clone(), x0, noise, t).item() == 0.0
+    t = torch.tensor([0, 50, 99])
+    assert diffusion_loss(s.target(x0, noise, t).clone(), noise).item() == 0.0
     pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     eps = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     assert diffusion_loss(pred, eps).item() == pytest.approx((1 + 4 + 4 + 16) / 4)
@@ -121,7 +113,7 @@ def test_masked_loss_means_over_masked_elements_only():
     assert diffusion_loss(pred, eps, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
 
 
-def test_flow_matching_corrupt_target_and_oracle_loss():
+def test_flow_matching_corrupt_and_target():
     fm = FlowMatching()
     x0, noise = _x0(), torch.randn(SHAPE, dtype=torch.float64)
     t = torch.tensor([0.0, 0.25, 1.0])
@@ -129,17 +121,8 @@ def test_flow_matching_corrupt_target_and_oracle_loss():
     torch.testing.assert_close(xt[0], x0[0])
     torch.testing.assert_close(xt[1], 0.75 * x0[1] + 0.25 * noise[1])
     torch.testing.assert_close(xt[2], noise[2])
-    v = fm.target(x0, noise, t)
-    assert fm.loss(v, x0, noise, t).item() == 0.0
-    assert fm.loss(v + 1, x0, noise, t).item() == pytest.approx(1.0)
-    ts = fm.sample_t(1000, torch.Generator().manual_seed(0))
-    assert 0 <= ts.min() and ts.max() < 1
+    torch.testing.assert_close(fm.target(x0, noise, t), noise - x0)
     torch.testing.assert_close(fm.fixed_t(4), torch.tensor([0.125, 0.375, 0.625, 0.875]))
-
-
-def test_transfusion_loss_arithmetic():
-    assert transfusion_loss(torch.tensor(2.0), torch.tensor(0.5)).item() == pytest.approx(4.5)
-    assert transfusion_loss(torch.tensor(2.0), torch.tensor(0.5), lam=1.0).item() == pytest.approx(2.5)
 
 
 # --- samplers -----------------------------------------------------------------------------------
@@ -183,7 +166,7 @@ def test_ddpm_posterior_matches_forward_marginals(kind):
     ones = torch.ones(1000, dtype=torch.float64)
     c0 = s.posterior_mean(ones, like, t)
     ct = s.posterior_mean(like, ones, t)
-    ab = s._ab64
+    ab = s.alphas_cumprod
     ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
     torch.testing.assert_close(c0 + ct * ab.sqrt(), ab_prev.sqrt(), rtol=1e-10, atol=1e-10)
     var = ct ** 2 * (1 - ab) + s.posterior_variance(t, like)
@@ -222,71 +205,12 @@ def test_samplers_shape_and_seed_determinism(sample):
     assert not torch.allclose(a, sample(torch.Generator().manual_seed(1)))
 
 
-# --- guidance and conditioning dropout ----------------------------------------------------------
+# --- guidance ----------------------------------------------------------------------------------
 def test_cfg_scales():
     cond, uncond = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])
     assert cfg_eps(cond, uncond, 1.0).equal(cond)
     assert cfg_eps(cond, uncond, 0.0).equal(uncond)
     assert cfg_eps(cond, uncond, 3.0).tolist() == [3.0, 7.0]
-
-    def fn(x_t, t, conditional):
-        return x_t + (1.0 if conditional else -1.0)
-    x, t = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
-    assert guided(fn, 2.0)(x, t).equal(torch.full((2, 3), 3.0))  # -1 + 2 * (1 - (-1))
-
-
-def test_drop_condition_rate_and_seed():
-    flags = torch.ones(20000, dtype=torch.bool)
-    drop = drop_condition(flags, 0.1, torch.Generator().manual_seed(0))
-    assert drop.dtype == torch.bool and drop.shape == (20000,)
-    assert abs(drop.float().mean().item() - 0.1) < 0.01
-    assert drop.equal(drop_condition(flags, 0.1, torch.Generator().manual_seed(0)))
-    assert not drop.equal(drop_condition(flags, 0.1, torch.Generator().manual_seed(1)))
-    assert not drop_condition(flags, 0.0).any() and drop_condition(flags, 1.0).all()
-
-
-def test_drop_condition_from_caption_mask_skips_uncaptioned():
-    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [0, 1, 0]]).bool()  # (B, L) caption tokens
-    assert drop_condition(mask, 1.0).tolist() == [True, False, True]
-
-
-def test_diffusion_config_checks_and_time_sampling():
-    from mot_lightning.objectives import DiffusionConfig
-
-    for bad in ({"objective": "score"}, {"schedule": "sqrt"}, {"t_sampling": "beta"}, {"lam": -1.0}):
-        with pytest.raises(ValueError):
-            DiffusionConfig(**bad)
-    g = torch.Generator().manual_seed(0)
-    ddpm = DiffusionConfig(num_steps=50)
-    t = ddpm.sample_t(4000, generator=g)
-    assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) == 49
-    assert ddpm.time_input(t).dtype == torch.float32 and torch.equal(ddpm.time_input(t), t.float())
-    mid = DiffusionConfig(num_steps=50, t_sampling="logit_normal").sample_t(4000, generator=g)
-    def in_middle(x):
-        return ((x >= 12) & (x < 38)).float().mean()
-
-    assert in_middle(mid) > in_middle(t) + 0.1  # logit-normal puts more mass mid-schedule
-    flow = DiffusionConfig(objective="flow")
-    tf = flow.sample_t(1000, generator=g)
-    assert tf.is_floating_point() and 0 <= float(tf.min()) and float(tf.max()) < 1
-    torch.testing.assert_close(flow.time_input(tf), tf * 1000)
-    assert isinstance(flow.build(), FlowMatching) and isinstance(ddpm.build(), NoiseSchedule)
-
-
-def test_diffusion_config_sample_dispatches_to_the_samplers():
-    from mot_lightning.objectives import DiffusionConfig
-
-    x0 = torch.randn(2, 3, 4, dtype=torch.float64)
-    cfg = DiffusionConfig(num_steps=40, schedule="linear")
-    oracle = _oracle_eps(cfg.build(), x0)
-    for sampler in ("ddim", "ddpm"):
-        out = cfg.sample(lambda x, t: oracle(x, t).float(), x0.shape, sampler=sampler, steps=10,
-                         generator=torch.Generator().manual_seed(0))
-        torch.testing.assert_close(out, x0.float(), atol=1e-3, rtol=1e-3)
-    with pytest.raises(ValueError, match="objective: flow"):
-        cfg.sample(oracle, x0.shape, sampler="flow")
-    with pytest.raises(ValueError, match="sampler must be"):
-        cfg.sample(oracle, x0.shape, sampler="euler")
 
 
 @pytest.mark.parametrize("sample", ["ddim", "ddpm"])
