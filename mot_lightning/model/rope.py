@@ -20,6 +20,8 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate channel pairs (2i, 2i+1) of ``x: (B, T, H, hd)`` by the position's angle."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, hd/2) each
+    # at least float32 (bf16 rotates in float32), never below the input's precision (float64 stays float64)
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    x1, x2 = wide.unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, hd/2) each
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
