@@ -17,6 +17,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
     "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),
     "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),
+    "sweep": ("mot_lightning.sweep", "run (or print) a grid of `mot fit` runs: variants x seeds x any key"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 

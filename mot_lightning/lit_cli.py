@@ -4,29 +4,48 @@ Vocabulary size, modality count, validation-set names and the latent-image
 width (Transfusion) flow from the data
 module to the model by ``link_arguments`` (never repeated in YAML). The same
 YAML runs on one CPU, one GPU or many GPUs by changing only ``trainer.*``.
+Every run writes into its own ``<save_dir>/<name>/<run_id>/`` (``run_identity.py``), and the
+scheduler's ``max_steps`` follows ``trainer.max_steps`` unless set explicitly.
 Always present (configurable under their own keys): ``checkpoint``
 (``ModelCheckpoint``, ``save_last=True`` so ``--ckpt_path last`` works),
 ``throughput`` (tokens/s and cumulative FLOPs) and ``lr_monitor``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from mot_lightning.callbacks import FlopsThroughput
 from mot_lightning.data.datamodule import MultiModalDataModule
 from mot_lightning.lit_module import MultiModalLM
+from mot_lightning.run_identity import (
+    DEFAULT_NAME,
+    RUN_FILE,
+    RunIdentity,
+    check_same_experiment,
+    flatten,
+    identify,
+    name_from_config,
+    record_launch,
+    sibling_runs,
+)
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-               "init_args": {"save_dir": "runs", "name": "mot", "default_hp_metric": False}},
+               "init_args": {"save_dir": "runs", "name": DEFAULT_NAME, "default_hp_metric": False}},
     "log_every_n_steps": 10,
 }
 
 
 class MotCLI(LightningCLI):
+    run: RunPlace | None = None  # where this launch writes (None: no TensorBoard logger)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.n_modalities", "model.backbone.n_modalities", apply_on="instantiate")
@@ -37,38 +56,135 @@ class MotCLI(LightningCLI):
         parser.add_lightning_class_args(FlopsThroughput, "throughput")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_argument("--run_id", type=str | None, default=None,
+                            help="name the run dir <save_dir>/<name>/<run_id> yourself instead of s<seed>-<hash> "
+                                 "(refused if that dir holds another experiment)")
 
     def before_instantiate_classes(self) -> None:
-        """Name the TensorBoard run after the first config file (configs/chameleon/mot.yaml ->
-        runs/chameleon/mot/version_N) unless the YAML names it, and keep checkpoints per run name
-        (runs/chameleon/mot/checkpoints), not per version, so ``--ckpt_path last`` finds them."""
+        """Fill the schedule's length from ``trainer.max_steps`` and place the run in its own dir
+        (``run_identity.py``): logs of ``fit`` in ``<run dir>/version_N``, of ``validate``/``test`` in
+        ``<run dir>/<subcommand>/version_N``, checkpoints in ``<run dir>/checkpoints``."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        stage = self.subcommand or "fit"
+        fill_schedule_length(config, required=stage == "fit")
         logger = config.get("trainer", {}).get("logger")
         init = getattr(logger, "init_args", None) if logger is not None else None
-        if init is None:
+        if init is None or not getattr(init, "save_dir", None):
             return
         paths = config.get("config") or []
-        if paths and getattr(init, "name", None) == "mot":
-            first = Path(str(paths[0]))
-            init.name = f"{first.parent.name}/{first.stem}" if first.parent.name != "configs" else first.stem
+        name = str(init.name) if getattr(init, "name", None) not in (None, DEFAULT_NAME) else \
+            name_from_config(paths[0] if paths else None)
+        resolved = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))  # = config.yaml
+        identity = identify(resolved, name, config.get("run_id"), [str(p) for p in paths])
+        run_dir = Path(init.save_dir) / name / identity.run_id
+        check_same_experiment(run_dir, identity)
+        init.name = f"{name}/{identity.run_id}" + ("" if stage == "fit" else f"/{stage}")
         checkpoint = config.get("checkpoint")
-        if checkpoint is not None and checkpoint.get("dirpath") is None and getattr(init, "save_dir", None):
-            checkpoint["dirpath"] = str(Path(init.save_dir) / str(init.name) / "checkpoints")
+        if checkpoint is not None and checkpoint.get("dirpath") is None:
+            checkpoint["dirpath"] = str(run_dir / "checkpoints")
+        ckpt_dir = Path(checkpoint.get("dirpath")) if checkpoint is not None else run_dir / "checkpoints"
+        self.run = RunPlace(identity, run_dir, resumed=_resumes(config.get("ckpt_path"), ckpt_dir, run_dir,
+                                                                identity, stage))
+
+    def before_fit(self) -> None:
+        self._record_launch("fit")
+
+    def before_validate(self) -> None:
+        self._record_launch("validate")
+
+    def before_test(self) -> None:
+        self._record_launch("test")
+
+    def _record_launch(self, stage: str) -> None:
+        """Rank 0 appends this launch (its version dir, resumed or not) to ``<run dir>/run.json``."""
+        log_dir = getattr(self.trainer.logger, "log_dir", None)
+        if self.run is None or self.trainer.fast_dev_run or rank_zero_only.rank != 0 or not isinstance(log_dir, str):
+            return
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        record_launch(self.run.run_dir, self.run.identity, {
+            "subcommand": stage, "version": Path(log_dir).relative_to(self.run.run_dir).as_posix(),
+            "ckpt_path": None if ckpt is None else str(ckpt), "resumed": self.run.resumed})
 
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
+        if self.run is not None and not trainer.fast_dev_run:
+            log_final_hparams(trainer, self.run.identity)
         log_dir = trainer.logger.log_dir if trainer.logger else None
         save_dir = getattr(trainer.logger, "save_dir", None) or (Path(log_dir).parent if log_dir else None)
         ckpt = trainer.checkpoint_callback
         lines = ["", "Done."]
+        if self.run is not None:
+            lines += [f"  run:              {self.run.run_dir} ({RUN_FILE}: config hash, seed, launches)"]
         if log_dir:
             lines += [f"  TensorBoard logs: {log_dir}",
                       f"  view them with:   tensorboard --logdir {save_dir}"]
         if ckpt is not None and ckpt.dirpath:
             lines += [f"  checkpoints:      {ckpt.dirpath} (resume with --ckpt_path last)"]
         print("\n".join(lines))
+
+
+@dataclass
+class RunPlace:
+    identity: RunIdentity
+    run_dir: Path
+    resumed: bool
+
+
+def fill_schedule_length(config, required: bool) -> None:
+    """One source of truth for the training length: a scheduler with a ``max_steps`` argument left
+    at ``None`` gets ``trainer.max_steps`` (set it explicitly to decouple the two)."""
+    scheduler = config.get("model", {}).get("scheduler")
+    init = getattr(scheduler, "init_args", None)
+    if init is None or "max_steps" not in init or init.max_steps is not None:
+        return
+    max_steps = config.get("trainer", {}).get("max_steps")
+    if max_steps is None or max_steps < 0:
+        if required:
+            raise ValueError("model.scheduler.init_args.max_steps follows trainer.max_steps, which is not set: "
+                             "set trainer.max_steps (optimizer steps) or the scheduler's max_steps explicitly")
+        return
+    init.max_steps = max_steps
+
+
+def _resumes(ckpt_path, ckpt_dir: Path, run_dir: Path, identity: RunIdentity, stage: str) -> bool:
+    """Whether this launch continues the run from its own checkpoint. ``last`` with no checkpoint of this
+    run: ``fit`` starts afresh (so job scripts may always pass it) with a note naming runs that differ;
+    ``validate``/``test`` stop, since they would score untrained weights."""
+    if ckpt_path is None:
+        return False
+    if str(ckpt_path) != "last":
+        return Path(str(ckpt_path)).resolve().is_relative_to(run_dir.resolve())
+    if any(ckpt_dir.glob("last*.ckpt")):
+        return True
+    others = sibling_runs(run_dir.parent, identity)
+    message = (f"--ckpt_path last: this experiment ({identity.run_id}) has no last checkpoint in {ckpt_dir}."
+               + ("" if not others else " Runs under the same name differ in config:\n  " + "\n  ".join(others)))
+    if stage != "fit":
+        raise ValueError(message + f"\n`mot {stage}` needs a trained checkpoint: pass the same config as the fit "
+                         "(or --ckpt_path <file>).")
+    rank_zero_warn(message + "\nStarting this run from scratch.")
+    return False
+
+
+def log_final_hparams(trainer, identity: RunIdentity) -> None:
+    """HParams tab: the experiment config (flattened) with the final validation/training losses as
+    ``final/<tag>`` metrics, logged at the last step."""
+    logger = trainer.logger
+    if not isinstance(logger, TensorBoardLogger):
+        return
+    metrics = {f"final/{k}": float(v) for k, v in trainer.callback_metrics.items()
+               if k.startswith(("val/", "train/loss")) and getattr(v, "numel", lambda: 1)() == 1}
+    if not metrics:
+        return
+    params = {"run/id": identity.run_id, "run/hash": identity.hash, "run/seed": identity.seed,
+              **flatten(identity.experiment)}
+    module_hparams = dict(logger.hparams)  # hparams.yaml keeps the module's own arguments only
+    logger.log_hyperparams(params, metrics, step=trainer.global_step)
+    logger.hparams = module_hparams
+    logger.finalize("success")  # fit had closed the writer; flush the one log_hyperparams reopened
 
 
 def cli_main(args: list[str] | None = None) -> None:

@@ -43,6 +43,13 @@ def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
     return demo_env
 
 
+def run_dir(group: Path) -> Path:
+    """The one run `mot fit` wrote under ``group`` (``<save_dir>/<name>``): its ``s<seed>-<hash>`` dir."""
+    runs = sorted(d for d in group.iterdir() if d.is_dir())
+    assert len(runs) == 1, f"expected one run under {group}, found {[d.name for d in runs]}"
+    return runs[0]
+
+
 def data_args(env: dict[str, str]) -> list[str]:
     return ["--data.demo_dir", env["demo_dir"], "--data.tokenizer_dir", env["tokenizer_dir"]]
 

@@ -6,7 +6,7 @@ import soundfile as sf
 from PIL import Image
 
 from mot_lightning.cli import main as mot
-from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_fit
+from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")
 
@@ -16,7 +16,7 @@ def checkpoint(demo_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("generate_run")
     run_fit(["--config", SPEECH, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
              "--data.train_batches_per_epoch", "2"], demo_env, root)
-    ckpt = root / "speech" / "mot" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir(root / "speech" / "mot") / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     return ckpt
 

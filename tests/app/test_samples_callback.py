@@ -1,11 +1,9 @@
 """SampleLogger in a real short `mot fit`: TensorBoard holds the image, audio and text samples."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.app.conftest import CONFIGS, run_fit
+from tests.app.conftest import CONFIGS, run_dir, run_fit
 
 SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
            "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
@@ -15,8 +13,8 @@ SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
 def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), *SAMPLES, "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"], demo_env, tmp_path)
-    run_dir = max(Path(tmp_path / "speech" / "mot").glob("version_*"))
-    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "audio": 0, "tensors": 0})
+    version = max(run_dir(tmp_path / "speech" / "mot").glob("version_*"))
+    acc = EventAccumulator(str(version), size_guidance={"images": 0, "audio": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     assert {"samples/caption_to_image", "samples/image_reconstructions"} <= set(tags["images"]), tags

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.app.conftest import CONFIGS, run_fit, run_fit_subprocess
+from tests.app.conftest import CONFIGS, run_dir, run_fit, run_fit_subprocess
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
 SHORT = ["--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
@@ -27,7 +27,7 @@ def only_version(root: Path) -> Path:
 def test_tensorboard_holds_every_contract_tag(demo_env, tmp_path):
     run_fit([*SPEECH, *SHORT, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
              "--data.seq_len", "256", "--data.val_batch_size", "8"], demo_env, tmp_path)
-    tags = scalars(only_version(tmp_path / "speech" / "mot"))
+    tags = scalars(only_version(run_dir(tmp_path / "speech" / "mot")))
     assert any(t.startswith("lr-AdamW") for t in tags), sorted(tags)
     expected = {"train/loss", "val/loss", "train/tokens_per_s", "train/total_flops"}
     for m in ("text", "image", "speech"):
@@ -45,11 +45,12 @@ def test_resume_from_last_reaches_the_same_losses(epoch_len, demo_env, tmp_path)
     """Stop at step N, resume with --ckpt_path last: steps N..2N-1 match an unbroken run (|diff| <= 1e-5)."""
     n = 3
     common = [*SPEECH, *SHORT, "--data.train_batches_per_epoch", str(epoch_len), "--trainer.limit_val_batches", "0"]
+    common += ["--model.scheduler.init_args.max_steps", str(2 * n)]  # one schedule: the split run is stopped early
     run_fit([*common, "--trainer.max_steps", str(2 * n)], demo_env, tmp_path / "full")
     run_fit([*common, "--trainer.max_steps", str(n)], demo_env, tmp_path / "split")
     run_fit([*common, "--trainer.max_steps", str(2 * n), "--ckpt_path", "last"], demo_env, tmp_path / "split")
-    full = dict(scalars(only_version(tmp_path / "full" / "speech" / "mot"))["train/loss"])
-    resumed = dict(scalars(only_version(tmp_path / "split" / "speech" / "mot"))["train/loss"])
+    full = dict(scalars(only_version(run_dir(tmp_path / "full" / "speech" / "mot")))["train/loss"])
+    resumed = dict(scalars(only_version(run_dir(tmp_path / "split" / "speech" / "mot")))["train/loss"])
     assert sorted(resumed) == list(range(n, 2 * n))  # the resumed run starts at step N
     for step in range(n, 2 * n):
         assert resumed[step] == pytest.approx(full[step], abs=1e-5), step
@@ -71,8 +72,9 @@ def _global_step(ckpt: Path) -> int:
 def test_two_process_training_saves_and_resumes(strategy, extra, demo_env, tmp_path):
     args = [*SPEECH, "--config", str(CONFIGS / f"trainer/{strategy}.yaml"), *extra,
             "--data.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "1"]
+    args += ["--model.scheduler.init_args.max_steps", "4"]  # one schedule for both launches
     run_fit_subprocess([*args, "--trainer.max_steps", "2"], demo_env, tmp_path)
-    last = tmp_path / "speech" / "mot" / "checkpoints" / "last.ckpt"
+    last = run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt"
     assert last.exists()
     assert _global_step(last) == 2
     out = run_fit_subprocess([*args, "--trainer.max_steps", "4", "--ckpt_path", "last"], demo_env, tmp_path)
@@ -102,7 +104,7 @@ def test_modality_without_tokenizer_is_named(demo_env, tmp_path):
 def test_checkpoint_with_another_vocabulary_is_refused(demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "chameleon/mot.yaml"), "--trainer.max_steps", "1",
              "--trainer.limit_val_batches", "0"], demo_env, tmp_path)
-    ckpt = tmp_path / "chameleon" / "mot" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir(tmp_path / "chameleon" / "mot") / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="vocabulary differs"):
         run_fit([*SPEECH, "--trainer.max_steps", "2", "--ckpt_path", str(ckpt)], demo_env, tmp_path / "b")
 
@@ -111,7 +113,7 @@ def test_checkpoint_with_another_vocabulary_is_refused(demo_env, tmp_path):
 def test_moe_routing_statistics_are_logged(demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "ablations/moe4x_token_choice.yaml"), *SHORT, "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "0"], demo_env, tmp_path)
-    tags = scalars(only_version(tmp_path / "ablations" / "moe4x_token_choice"))
+    tags = scalars(only_version(run_dir(tmp_path / "ablations" / "moe4x_token_choice")))
     for tag in ("train/moe_max_expert_load", "train/moe_dropped_fraction", "train/moe_aux_loss"):
         assert tag in tags, sorted(tags)
     assert all(0.25 - 1e-6 <= v <= 1.0 for _, v in tags["train/moe_max_expert_load"])

@@ -12,7 +12,7 @@ from mot_lightning import sampling
 from mot_lightning.compare.cli import main as compare_main
 from mot_lightning.generate import build, load_weights
 from mot_lightning.generate import main as generate_main
-from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_fit
+from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit
 
 STEPS = 40
 TRAIN = [*TRANSFUSION, "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "20",
@@ -39,7 +39,7 @@ def pair(transfusion_env, tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["dense", "mot"])
 def test_both_losses_fall_and_images_are_the_diffusion_loss(pair, variant):
-    s = _scalars(max((pair / "transfusion" / variant).glob("version_*")))
+    s = _scalars(max(run_dir(pair / "transfusion" / variant).glob("version_*")))
     for tag in ("train/loss_text", "train/loss_image"):
         values = [v for _, v in s[tag]]
         assert len(values) >= 8, tag
@@ -60,13 +60,13 @@ def test_both_losses_fall_and_images_are_the_diffusion_loss(pair, variant):
 @pytest.mark.slow
 def test_validation_noise_is_fixed_so_runs_are_comparable(pair, transfusion_env, tmp_path):
     """`mot validate` of the same checkpoint twice gives the same diffusion loss to the last digit."""
-    ckpt = pair / "transfusion" / "mot" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir(pair / "transfusion" / "mot") / "checkpoints" / "last.ckpt"
     values = []
     for i in range(2):
         run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--ckpt_path", str(ckpt),
                  "--trainer.limit_val_batches", "2"], transfusion_env, tmp_path / str(i), command="validate")
-        run_dir = max((tmp_path / str(i) / "transfusion" / "mot").glob("version_*"))
-        values.append(_scalars(run_dir)["val/loss_image"])
+        validated = run_dir(tmp_path / str(i) / "transfusion" / "mot") / "validate" / "version_0"
+        values.append(_scalars(validated)["val/loss_image"])
     assert values[0] == values[1]
 
 
@@ -76,8 +76,8 @@ def test_mot_compare_reports_the_image_step_matching_fraction(pair, tmp_path, ca
     compare_main([str(pair / "transfusion" / "dense"), str(pair / "transfusion" / "mot"), "--out", str(out)])
     rows = {r["key"]: r for r in csv.DictReader((out / "table.csv").open())}
     image = rows["train/loss_image"]
-    assert image["run"] == "transfusion/mot"
-    assert image["s_steps"] != "" or image["note"] == "not reached"
+    assert image["group"] == "transfusion/mot"
+    assert image["s_steps"] != "" or image["s_steps_reached"] == "0/1"
     assert float(image["baseline_final"]) > 0 and "val/loss_image" in rows
     assert (out / "loss_vs_steps.png").stat().st_size > 5000
 
@@ -86,7 +86,7 @@ def test_mot_compare_reports_the_image_step_matching_fraction(pair, tmp_path, ca
 def trained(pair, transfusion_env):
     """The MoT run's model (weights loaded, eval) and data module, as `mot generate` builds them."""
     model, dm = build([str(CONFIGS / "transfusion/mot.yaml")], [*TINY_MODEL, *data_args(transfusion_env)])
-    load_weights(model, str(pair / "transfusion" / "mot" / "checkpoints" / "last.ckpt"), "cpu")
+    load_weights(model, str(run_dir(pair / "transfusion" / "mot") / "checkpoints" / "last.ckpt"), "cpu")
     return model, dm
 
 
@@ -143,7 +143,7 @@ def test_sample_logger_shows_generated_images_in_tensorboard(transfusion_env, tm
              "--trainer.callbacks.diffusion_steps", "4", "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"],
             transfusion_env, tmp_path)
-    acc = EventAccumulator(str(max((tmp_path / "transfusion" / "mot").glob("version_*"))),
+    acc = EventAccumulator(str(max(run_dir(tmp_path / "transfusion" / "mot").glob("version_*"))),
                            size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
@@ -157,7 +157,7 @@ def test_sample_logger_shows_generated_images_in_tensorboard(transfusion_env, tm
 @pytest.mark.slow
 def test_mot_generate_writes_guided_samples(pair, transfusion_env, tmp_path, capsys):
     out = tmp_path / "gen"
-    generate_main(["--ckpt", str(pair / "transfusion" / "mot" / "checkpoints" / "last.ckpt"),
+    generate_main(["--ckpt", str(run_dir(pair / "transfusion" / "mot") / "checkpoints" / "last.ckpt"),
                    "--config", str(CONFIGS / "transfusion/mot.yaml"), "--out", str(out), "--steps", "4",
                    "--prompt", "a red circle", "--prompt", "two blue squares", "--device", "cpu",
                    "--model.backbone.dim", "32", "--model.backbone.n_layers", "2",
@@ -188,11 +188,11 @@ def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
              "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
              "--trainer.val_check_interval", "3", "--data.train_batches_per_epoch", "3"],
             transfusion_env, tmp_path)
-    s = _scalars(max((tmp_path / "transfusion" / "mot").glob("version_*")))
+    s = _scalars(max(run_dir(tmp_path / "transfusion" / "mot").glob("version_*")))
     assert "val/loss_image" in s
     model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
                       [*TINY_MODEL, *flow, *data_args(transfusion_env)])
-    load_weights(model, str(tmp_path / "transfusion" / "mot" / "checkpoints" / "last.ckpt"), "cpu")
+    load_weights(model, str(run_dir(tmp_path / "transfusion" / "mot") / "checkpoints" / "last.ckpt"), "cpu")
     images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"],
                                               dm.tokenizers["image"], ["a red circle"], model.objective,
                                               sampler="flow", steps=3,
@@ -207,11 +207,12 @@ def test_resume_is_exact_with_diffusion_noise(transfusion_env, tmp_path):
     common = ["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
               "--data.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0",
               "--trainer.log_every_n_steps", "1"]
+    common += ["--model.scheduler.init_args.max_steps", "6"]  # one schedule: the split run is stopped early
     run_fit([*common, "--trainer.max_steps", "6"], transfusion_env, tmp_path / "full")
     run_fit([*common, "--trainer.max_steps", "3"], transfusion_env, tmp_path / "split")
     run_fit([*common, "--trainer.max_steps", "6", "--ckpt_path", "last"], transfusion_env, tmp_path / "split")
-    full = _scalars(max((tmp_path / "full" / "transfusion" / "mot").glob("version_*")))
-    resumed = _scalars(max((tmp_path / "split" / "transfusion" / "mot").glob("version_*")))
+    full = _scalars(max(run_dir(tmp_path / "full" / "transfusion" / "mot").glob("version_*")))
+    resumed = _scalars(max(run_dir(tmp_path / "split" / "transfusion" / "mot").glob("version_*")))
     for tag in ("train/loss_image", "train/loss_text"):
         a, b = dict(full[tag]), dict(resumed[tag])
         assert sorted(b) == [3, 4, 5], tag

@@ -1,0 +1,175 @@
+"""``mot sweep --config sweep.yaml``: a grid of ``mot fit`` runs (variants x grid x seeds) from one YAML.
+
+Runs go sequentially on this machine (each ``mot fit`` in its own process), or ``--print`` /
+``--write jobs.txt`` emit one command per run for a cluster scheduler. The sweep YAML::
+
+    name: speech_dense_vs_mot          # runs land in <save_dir>/<name>/<variant>[/<grid point>]/s<seed>-<hash>
+    save_dir: runs                     # default runs
+    variants:                          # name -> config file(s), optionally with overrides
+      dense: configs/speech/dense.yaml
+      mot: {config: [configs/speech/mot.yaml], args: {model.backbone.tower_init: copy}}
+    seeds: [0, 1, 2]                   # each sets every key in seed_keys
+    seed_keys: [seed_everything, data.seed]   # default: model init and data order
+    grid:                              # optional: every combination of these values
+      model.backbone.dim: [64, 128]
+    args:                              # optional: overrides for every run
+      trainer.max_steps: 600
+
+Precedence (later wins): config files, ``args``, the variant's ``args``, the grid point, the
+seed, then anything after ``--`` on the ``mot sweep`` command line. Each variant (and grid
+point) is one group for ``mot compare``; the sweep prints the command at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DEFAULT_SEED_KEYS = ("seed_everything", "data.seed")
+SWEEP_KEYS = {"name", "save_dir", "variants", "seeds", "seed_keys", "grid", "args"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``mot fit`` run of the sweep."""
+
+    group: str  # <name>/<variant>[/<grid point>]: the logger name, one compare group
+    seed: int
+    args: tuple[str, ...]  # the arguments after `mot fit`
+
+    def command(self) -> str:
+        return shlex.join(["mot", "fit", *self.args])
+
+
+def cli_value(value) -> str:
+    """A YAML value as jsonargparse reads it on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _overrides(mapping: dict | None) -> list[str]:
+    return [a for k, v in (mapping or {}).items() for a in (f"--{k}", cli_value(v))]
+
+
+def _variant(name: str, spec) -> tuple[list[str], dict]:
+    if isinstance(spec, str):
+        spec = {"config": [spec]}
+    if isinstance(spec, list):
+        spec = {"config": spec}
+    if not isinstance(spec, dict) or not spec.get("config"):
+        raise ValueError(f"sweep variant {name!r}: give a config file, a list of them, or "
+                         "{config: [...], args: {key: value}}")
+    configs = [spec["config"]] if isinstance(spec["config"], str) else list(spec["config"])
+    unknown = set(spec) - {"config", "args"}
+    if unknown:
+        raise ValueError(f"sweep variant {name!r}: unknown keys {sorted(unknown)}; use config and args")
+    return configs, spec.get("args") or {}
+
+
+def _grid_points(grid: dict | None) -> list[tuple[str, dict]]:
+    """(label, {key: value}) for every combination; the label names each key by its last part."""
+    if not grid:
+        return [("", {})]
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], list) or not grid[k]:
+            raise ValueError(f"sweep grid: {k} needs a non-empty list of values")
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    names = short if len(set(short)) == len(short) else keys
+    return [(",".join(f"{n}={cli_value(v)}" for n, v in zip(names, values)), dict(zip(keys, values)))
+            for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def plan(sweep: dict, name: str, save_dir: str | None = None, extra: list[str] | None = None) -> list[Job]:
+    """The sweep's jobs, in order: variant, grid point, seed."""
+    unknown = set(sweep) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"sweep YAML: unknown keys {sorted(unknown)}; known: {sorted(SWEEP_KEYS)}")
+    if not sweep.get("variants"):
+        raise ValueError("sweep YAML: `variants` is missing (name -> config file(s))")
+    seeds = sweep.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"sweep YAML: `seeds` must be a list of integers, got {seeds!r}")
+    seed_keys = sweep.get("seed_keys", list(DEFAULT_SEED_KEYS))
+    save_dir = save_dir or sweep.get("save_dir", "runs")
+    jobs = []
+    for variant, spec in sweep["variants"].items():
+        configs, variant_args = _variant(variant, spec)
+        for label, point in _grid_points(sweep.get("grid")):
+            group = "/".join(p for p in (name, variant, label) if p)
+            for seed in seeds:
+                args = [a for c in configs for a in ("--config", str(c))]
+                args += _overrides(sweep.get("args")) + _overrides(variant_args) + _overrides(point)
+                args += ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", group]
+                args += [a for k in seed_keys for a in (f"--{k}", str(seed))]
+                jobs.append(Job(group, seed, tuple(args + list(extra or []))))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], keep_going: bool) -> list[Job]:
+    """Run each job as ``mot fit`` in a child process, in order; return the ones that failed."""
+    failed = []
+    for i, job in enumerate(jobs, 1):
+        print(f"\n[mot sweep {i}/{len(jobs)}] {job.group} seed {job.seed}: {job.command()}", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "mot_lightning.cli", "fit", *job.args], check=False)
+        if proc.returncode != 0:
+            failed.append(job)
+            if not keep_going:
+                raise SystemExit(f"mot sweep: run {i}/{len(jobs)} ({job.group}, seed {job.seed}) failed with exit "
+                                 f"code {proc.returncode}; rerun it alone with:\n  {job.command()}")
+    return failed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot sweep", description=__doc__.split("\n\n")[0],
+                                epilog="Arguments after `--` go to every `mot fit` (e.g. -- --trainer.max_steps 50).")
+    p.add_argument("--config", required=True, type=Path, help="the sweep YAML (see configs/sweeps/)")
+    p.add_argument("--save_dir", help="override the YAML's save_dir (default runs)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--print", action="store_true", help="print one `mot fit` command per run; run nothing")
+    out.add_argument("--write", type=Path, metavar="FILE", help="write the commands to FILE, one per line; run nothing")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining jobs when one fails")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    if not args.config.is_file():
+        raise SystemExit(f"mot sweep: {args.config}: no such file (see configs/sweeps/ for an example)")
+    sweep = yaml.safe_load(args.config.read_text()) or {}
+    try:
+        jobs = plan(sweep, str(sweep.get("name") or args.config.stem), args.save_dir, extra)
+    except ValueError as err:
+        raise SystemExit(f"mot sweep: {args.config}: {err}") from None
+    commands = "\n".join(j.command() for j in jobs) + "\n"
+    if args.print:
+        print(commands, end="")
+        return
+    if args.write:
+        args.write.write_text(commands)
+        print(f"mot sweep: wrote {len(jobs)} commands to {args.write}")
+        return
+    failed = run_jobs(jobs, args.keep_going)
+    save_dir = args.save_dir or sweep.get("save_dir", "runs")
+    groups = list(dict.fromkeys(j.group for j in jobs))
+    print(f"\nmot sweep: {len(jobs) - len(failed)}/{len(jobs)} runs done. Compare them with:\n  "
+          + shlex.join(["mot", "compare", *(f"{save_dir}/{g}" for g in groups[1:]),
+                        "--baseline", f"{save_dir}/{groups[0]}"]))
+    if failed:
+        raise SystemExit(f"mot sweep: {len(failed)} runs failed: " + ", ".join(f"{j.group} seed {j.seed}" for j in failed))
