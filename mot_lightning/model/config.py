@@ -29,6 +29,7 @@ MoERouter = Literal["expert_choice", "token_choice"]
 MoEEvalMode = Literal["batch", "causal"]
 AttnBackend = Literal["auto", "sdpa", "flex"]
 TowerInit = Literal["independent", "copy"]
+GroupedGemm = Literal["loop", "grouped_mm", "auto"]
 
 COMPONENTS: tuple[str, ...] = ("attn", "ffn", "norm")
 
@@ -54,6 +55,11 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
     attn_backend: AttnBackend = "auto"  # auto: FlexAttention on CUDA, SDPA elsewhere
+    # Kernel of the untied (per-tower) projections: "loop" = one matmul per tower (anywhere, any dtype);
+    # "grouped_mm" = one torch._grouped_mm over all towers (CPU; CUDA sm90+ in bf16; compiled: bf16 only);
+    # "auto" = grouped_mm on CUDA sm90+ when the compute dtype is bf16, loop elsewhere. Same weights and
+    # results either way; benchmarks/gpu_check.sh measures which is faster on a GPU.
+    grouped_gemm: GroupedGemm = "loop"
     tower_init: TowerInit = "independent"
     init_std: float = 0.02
     # ---- MoE feed-forward (sparsity="moe", or the towers in `moe_towers`); see model/moe.py
@@ -108,6 +114,8 @@ class TransformerConfig:
             raise ValueError(f"attn_backend must be 'auto', 'sdpa' or 'flex', got {self.attn_backend!r}")
         if self.tower_init not in ("independent", "copy"):
             raise ValueError(f"tower_init must be 'independent' or 'copy', got {self.tower_init!r}")
+        if self.grouped_gemm not in ("loop", "grouped_mm", "auto"):
+            raise ValueError(f"grouped_gemm must be 'loop', 'grouped_mm' or 'auto', got {self.grouped_gemm!r}")
 
     def _resolve_towers(self) -> list[int]:
         if self.sparsity in ("dense", "moe"):

@@ -155,7 +155,7 @@ class MoEFeedForward(nn.Module):
         if assigned is None:  # expert choice: tokens that no expert picked
             load = counts / counts.sum().clamp(min=1)
             picked = torch.zeros(n_tokens, dtype=torch.bool, device=d.tokens.device).index_fill(0, d.tokens, True)
-            dropped = 1.0 - picked.float().mean() if n_tokens else counts.new_zeros(())
+            dropped = (n_tokens - picked.float().sum()) / max(n_tokens, 1)  # 0 without tokens; no branch
         else:
             load = assigned.float() / assigned.sum().clamp(min=1)
             dropped = 1.0 - counts.sum() / assigned.sum().clamp(min=1)

@@ -20,7 +20,7 @@ from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.masks import AttentionMask
 from mot_lightning.model.moe import MoEFeedForward, MoEStats
 from mot_lightning.model.rope import RotaryEmbedding
-from mot_lightning.model.untied import Routing, UntiedRMSNorm
+from mot_lightning.model.untied import Routing, UntiedRMSNorm, compile_friendly_counts
 
 
 class Transformer(nn.Module):
@@ -38,19 +38,39 @@ class Transformer(nn.Module):
             return "flex" if device.type == "cuda" else "sdpa"
         return self.cfg.attn_backend
 
+    def gemm_kernel(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The untied linears' kernel for inputs of ``dtype`` on ``device`` (autocast's dtype wins):
+        ``cfg.grouped_gemm`` with ``"auto"`` resolved to grouped_mm on CUDA sm90+ in bf16, else the loop."""
+        if self.cfg.grouped_gemm != "auto":
+            return self.cfg.grouped_gemm
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+        return "grouped_mm" if hopper and dtype == torch.bfloat16 else "loop"
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """``torch.compile`` every block (what ``model.compile: true`` does), with the per-batch tower sizes
+        compiled as symbolic sizes so batches with other modality counts reuse the same graph."""
+        compile_friendly_counts()
+        for block in self.layers:
+            block.compile(**compile_kwargs)
+
     def context(self, modality: Tensor, *, positions: Tensor | None = None, doc_ids: Tensor | None = None,
-                span_ids: Tensor | None = None, causal: bool = True, cache: KVCache | None = None) -> BatchContext:
+                span_ids: Tensor | None = None, causal: bool = True, cache: KVCache | None = None,
+                dtype: torch.dtype = torch.float32) -> BatchContext:
         """Routing, mask and rotary angles for a ``(B, T)`` batch of ids; computed once per forward.
 
         With ``cache`` (decoding) the ids are the new tokens': they sit at absolute indices
         ``L..L+T-1`` after the ``L = cache.length`` cached ones and attend causally to all keys.
+        ``dtype`` is the activations' dtype (it picks the untied linears' kernel, see ``gemm_kernel``).
         """
         B, T = modality.shape
         device = modality.device
         for name, ids in (("positions", positions), ("doc_ids", doc_ids), ("span_ids", span_ids)):
             if ids is not None and ids.shape != (B, T):
                 raise ValueError(f"{name} must have shape {(B, T)} like modality, got {tuple(ids.shape)}")
-        routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers)
+        gemm = self.gemm_kernel(device, dtype)
+        routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers, gemm)
         if cache is None:
             start = 0
             mask = AttentionMask.build(B, T, device, backend=self.attention_backend(device), causal_=causal,
@@ -90,7 +110,7 @@ class Transformer(nn.Module):
         if modality.shape != x.shape[:2]:
             raise ValueError(f"modality must have shape {tuple(x.shape[:2])}, got {tuple(modality.shape)}")
         ctx = self.context(modality, positions=positions, doc_ids=doc_ids, span_ids=span_ids, causal=causal,
-                           cache=cache)
+                           cache=cache, dtype=x.dtype)
         B, T, D = x.shape
         h = ctx.routing.to_sorted(x.reshape(B * T, D))  # (N, D) tower-sorted
         if cache is None:

@@ -11,9 +11,17 @@ computes on another tower's tokens.
 Every tower's matmul runs even when its slice is empty, so its parameters
 always take part in the graph (gradient exactly zero). DDP therefore never sees
 an unused parameter when a batch lacks a modality.
+
+Kernels (``Routing.gemm``, resolved once per batch from ``TransformerConfig.grouped_gemm``):
+``"loop"`` runs one matmul per tower; ``"grouped_mm"`` runs all towers in one
+``torch._grouped_mm`` driven by the offsets tensor, so no shape depends on the
+tower sizes. Under ``torch.compile`` the loop takes its traceable form (the
+``reference`` twin with size hints) and the tower sizes are unbacked symbolic
+ints (``compile_friendly_counts``): one graph serves every batch.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -36,13 +44,15 @@ class Routing:
     counts: tuple[int, ...]
     order: Tensor | None = None  # long[N]
     inverse: Tensor | None = None  # long[N]
+    offsets: Tensor | None = None  # int32[n_towers]: cumulative counts (grouped_mm's group ends), on device
+    gemm: str = "loop"  # kernel of the untied linears: "loop" or "grouped_mm"
 
     @property
     def n_towers(self) -> int:
         return len(self.counts)
 
     @classmethod
-    def build(cls, modality: Tensor, towers: list[int], n_towers: int) -> "Routing":
+    def build(cls, modality: Tensor, towers: list[int], n_towers: int, gemm: str = "loop") -> Routing:
         """Route ``modality: long[B, T]`` (values ``0..len(towers)-1``) to ``n_towers`` towers."""
         flat = modality.reshape(-1)
         n_modalities = len(towers)
@@ -56,7 +66,14 @@ class Routing:
         order = torch.argsort(tower_of, stable=True)  # stable: keeps sequence order within a tower
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return cls(counts=tuple(counts), order=order, inverse=inverse)
+        offsets = torch.tensor(list(itertools.accumulate(counts)), dtype=torch.int32).to(flat.device)
+        return cls(counts=tuple(counts), order=order, inverse=inverse, offsets=offsets, gemm=gemm)
+
+    def group_offsets(self, device: torch.device) -> Tensor:
+        """int32[n_towers] group ends for ``torch._grouped_mm`` (built here if the routing has none)."""
+        if self.offsets is not None:
+            return self.offsets
+        return torch.tensor(list(itertools.accumulate(self.counts)), dtype=torch.int32, device=device)
 
     def to_sorted(self, x: Tensor) -> Tensor:
         """(N, ...) in sequence order -> (N, ...) in tower-sorted order."""
@@ -68,7 +85,29 @@ class Routing:
 
     def split(self, x: Tensor) -> tuple[Tensor, ...]:
         """Tower-sorted (N, ...) -> one contiguous slice per tower."""
+        if torch.compiler.is_compiling():  # unbacked tower sizes: tell the compiler they tile the rows
+            for c in self.counts:
+                torch._check(c >= 0)
+            torch._check(sum(self.counts) == x.shape[0])
         return torch.split(x, self.counts, dim=0)
+
+
+# Source names of the per-batch tower sizes as the compiled blocks see them (``ctx.routing.counts[k]``,
+# also behind wrappers such as activation checkpointing's ``args[1]``); a regex for torch.compiler.config.
+ROUTING_COUNTS_SOURCE = r".*\.routing\.counts\[\d+\]$"
+
+
+def compile_friendly_counts() -> None:
+    """Compile the tower sizes as unbacked symbolic ints, from the first compilation on.
+
+    Left alone, dynamo bakes each batch's ``counts`` into the graph (a recompile per batch until its
+    automatic-dynamic kicks in), then specialises sizes 0 and 1 (more recompiles when a batch lacks a
+    modality). Unbacked sizes give one graph for every split. Only sources named ``*.routing.counts[k]``
+    are affected; calling this again changes nothing.
+    """
+    current = torch.compiler.config.unbacked_sources
+    if ROUTING_COUNTS_SOURCE not in current.split(","):
+        torch.compiler.config.unbacked_sources = ",".join(s for s in (current, ROUTING_COUNTS_SOURCE) if s)
 
 
 class _Permute(torch.autograd.Function):
@@ -193,19 +232,25 @@ class UntiedLinear(nn.Module):
                 nn.init.normal_(self.weight, std=self.std)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
-        """x: (N, in) tower-sorted -> (N, out) tower-sorted."""
+        """x: (N, in) tower-sorted -> (N, out) tower-sorted, in the autocast dtype under autocast
+        (as ``F.linear`` would be), else in ``x``'s dtype."""
         if self.n_weights == 1:
             return F.linear(x, self.weight[0])
         _check_towers(self.n_weights, routing)
         weight, dtype = self.weight, _autocast_dtype(x)
-        if dtype is not None:  # the out= matmuls inside are not autocast: cast as F.linear would
+        if dtype is not None:  # the kernels below are not autocast ops: cast as F.linear would
             x, weight = x.to(dtype), weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
+            if routing.gemm == "grouped_mm":
+                return grouped_mm_linear(x, weight, routing.group_offsets(x.device))
+            if torch.compiler.is_compiling():  # the out= matmuls do not trace: the compiler fuses the cat
+                return self.reference(x, routing, weight)
             return _GroupedLinear.apply(x.contiguous(), weight, routing.counts)
 
-    def reference(self, x: Tensor, routing: Routing) -> Tensor:
+    def reference(self, x: Tensor, routing: Routing, weight: Tensor | None = None) -> Tensor:
         """The simple twin of ``forward``: one ``F.linear`` per tower slice, then ``cat``."""
-        return torch.cat([F.linear(xs, w) for xs, w in zip(routing.split(x), self.weight)], dim=0)
+        weight = self.weight if weight is None else weight
+        return torch.cat([F.linear(xs, w) for xs, w in zip(routing.split(x), weight)], dim=0)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, n_weights={self.n_weights}"
@@ -227,11 +272,14 @@ class UntiedRMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
-        if self.n_weights == 1:
-            return F.rms_norm(x, (self.dim,), self.weight[0], self.eps)
+        if self.n_weights == 1:  # weight in x's dtype, as the untied scale below (and the fused kernel) needs
+            return F.rms_norm(x, (self.dim,), self.weight[0].to(x.dtype), self.eps)
         _check_towers(self.n_weights, routing)
         normed = F.rms_norm(x, (self.dim,), None, self.eps)  # (N, ..., dim), no weight yet
-        return _GroupedScale.apply(normed.contiguous(), self.weight.to(normed.dtype), routing.counts)
+        weight = self.weight.to(normed.dtype)
+        if torch.compiler.is_compiling():  # traceable form; the compiler fuses it into the norm
+            return torch.cat([xs * w for xs, w in zip(routing.split(normed), weight)], dim=0)
+        return _GroupedScale.apply(normed.contiguous(), weight, routing.counts)
 
     def reference(self, x: Tensor, routing: Routing) -> Tensor:
         """The simple twin of ``forward``: one weighted ``rms_norm`` per tower slice, then ``cat``."""
@@ -240,6 +288,15 @@ class UntiedRMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, n_weights={self.n_weights}, eps={self.eps}"
+
+
+def grouped_mm_linear(x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:
+    """One grouped GEMM: ``y[group k] = x[group k] @ weight[k]^T``; x: (N, in), weight: (K, out, in),
+    offsets: int32[K] group ends. Same result as the per-tower loop (``UntiedLinear.reference``)."""
+    if x.is_cuda and x.dtype != torch.bfloat16:  # (compiled, torch itself refuses other dtypes on any device)
+        raise ValueError(f"grouped_gemm='grouped_mm' runs in bf16 on CUDA, got {x.dtype}: train with trainer."
+                         "precision bf16-mixed, or set model.backbone.grouped_gemm to 'loop' or 'auto'")
+    return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets)  # (N, out)
 
 
 def _check_towers(n_weights: int, routing: Routing) -> None:
