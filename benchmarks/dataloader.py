@@ -23,9 +23,10 @@ from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.datamodule import MultiModalDataModule
 from mot_lightning.data.demo import DemoConfig, generate, is_complete
 from mot_lightning.data.documents import BadSample, parse_sample
-from mot_lightning.data.read import shard_samples
-from mot_lightning.data.sources import expand
+from mot_lightning.data.options import DemoCorpus, LoaderConfig
 from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import shard_samples
+from mot_lightning.shards.urls import expand
 from mot_lightning.tokenizers.image_kmeans import KMeansImageConfig, KMeansImageTokenizer
 from mot_lightning.tokenizers.speech import SpeechUnitConfig, SpeechUnitTokenizer
 from mot_lightning.tokenizers.text import ByteTokenizer
@@ -34,7 +35,7 @@ from mot_lightning.tokenizers.text import ByteTokenizer
 def fit_tokenizers(demo_dir: str, image_size: int) -> tuple[KMeansImageTokenizer, SpeechUnitTokenizer, float]:
     start = time.perf_counter()
     images, waves = [], []
-    urls = expand(os.path.join(demo_dir, "train", "*.tar"), "demo")
+    urls = expand(os.path.join(demo_dir, "train", "*.tar"), "the demo corpus")
     for sample in shard_samples(urls, StreamCounters()):
         try:
             doc = parse_sample(sample, frozenset(Modality), image_size)
@@ -100,12 +101,11 @@ def main() -> None:
             ByteTokenizer(),
             image,
             speech,
-            demo_dir=demo_dir,
             seq_len=args.seq_len,
             batch_size=args.batch_size,
-            image_size=args.image_size,
-            num_workers=args.workers,
-            train_batches_per_epoch=args.batches + 1,
+            loader=LoaderConfig(num_workers=args.workers, train_batches_per_epoch=args.batches + 1,
+                                image_size=args.image_size),
+            demo=DemoCorpus(demo_dir),
         )
         result = measure(dm, args.batches)
     result.update(

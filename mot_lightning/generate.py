@@ -2,11 +2,11 @@
 
     mot generate --ckpt runs/speech/mot/checkpoints/last.ckpt --config configs/speech/mot.yaml --out samples/
         [--task caption_to_image|image_to_caption|text_to_speech ...] [--prompt "a red circle" ...]
-        [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_dir DIR ...]
+        [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_files.dir DIR]
         [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50]     (Transfusion: continuous images)
 
 The data module and model are built from the same YAML as training (any further
-``--key value`` goes to that config, e.g. ``--data.tokenizer_dir``); the fitted
+``--key value`` goes to that config, e.g. ``--data.tokenizer_files.dir``); the fitted
 tokenizer files must exist (they are loaded, never refitted: a refitted
 tokenizer would not match the checkpoint). Writes, per task:
 
@@ -101,8 +101,8 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     model, dm = build(args.config, overrides)
     # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
-    have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m.label) is not None}
-    latent = isinstance(dm.tokenizers.get("image"), ContinuousTokenizer)
+    have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
+    latent = isinstance(dm.tokenizers.get(Modality.IMAGE), ContinuousTokenizer)
     tasks = args.task or [t for t, need in TASKS.items() if need <= have]
     missing = [t for t in tasks if not TASKS[t] <= have]
     if missing:
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     net, vocab, toks = model.net, dm.vocab, dm.tokenizers
+    text_tok, image_tok, speech_tok = toks[Modality.TEXT], toks[Modality.IMAGE], toks[Modality.SPEECH]
     prompts = args.prompt or list(sampling.DEMO_CAPTIONS)
     kw = {"temperature": args.temperature, "top_k": args.top_k}
     written: list[Path] = []
@@ -120,38 +121,38 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
 
     if "caption_to_image" in tasks:
         if latent:
-            images = sampling.caption_to_latent_image(net, vocab, toks["text"], toks["image"], prompts,
+            images = sampling.caption_to_latent_image(net, vocab, text_tok, image_tok, prompts,
                                                       model.objective, sampler=args.sampler, steps=args.steps,
                                                       guidance=args.guidance, generator=gen())
         else:
-            images = sampling.caption_to_image(net, vocab, toks["text"], toks["image"], prompts, generator=gen(),
+            images = sampling.caption_to_image(net, vocab, text_tok, image_tok, prompts, generator=gen(),
                                                **kw)
         for i, image in enumerate(images):
             written.append(out / f"caption_to_image_{i:02d}.png")
             _save_png(image, written[-1])
         _write_lines(out / "caption_to_image.txt", prompts)
     if "image_to_caption" in tasks:
-        images, references = sampling.read_image_text_pairs(dm, args.n)
+        images, references = dm.image_text_pairs(args.n)
         if not len(images):
             raise SystemExit("mot generate: image_to_caption needs validation images: set data.val_sets")
-        encoded = toks["image"].encode(images)  # codes long[N, n], or latents float[N, n, D]
+        encoded = image_tok.encode(images)  # codes long[N, n], or latents float[N, n, D]
         if latent:
-            captions = sampling.latent_image_to_caption(net, vocab, toks["text"], encoded, model.objective,
+            captions = sampling.latent_image_to_caption(net, vocab, text_tok, encoded, model.objective,
                                                         max_tokens=args.max_caption_tokens, generator=gen(), **kw)
         else:
-            captions = sampling.image_to_caption(net, vocab, toks["text"], encoded,
+            captions = sampling.image_to_caption(net, vocab, text_tok, encoded,
                                                  max_tokens=args.max_caption_tokens, generator=gen(), **kw)
         for i, image in enumerate(images):
             written.append(out / f"image_to_caption_{i:02d}.png")
             _save_png(image, written[-1])
         _write_lines(out / "image_to_caption.txt", [f"{c!r} (reference: {r!r})" for c, r in zip(captions, references)])
     if "text_to_speech" in tasks:
-        waves = sampling.text_to_speech(net, vocab, toks["text"], toks["speech"], prompts,
+        waves = sampling.text_to_speech(net, vocab, text_tok, speech_tok, prompts,
                                         max_units=args.max_speech_units, generator=gen(), **kw)
         for i, wave in enumerate(waves):
             written.append(out / f"text_to_speech_{i:02d}.wav")
             sf.write(written[-1], np.asarray(wave.float().clamp(-1, 1).cpu()),
-                     getattr(toks["speech"], "sample_rate", 16000))
+                     getattr(speech_tok, "sample_rate", 16000))
         _write_lines(out / "text_to_speech.txt", prompts)
     return written
 

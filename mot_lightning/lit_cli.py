@@ -12,6 +12,7 @@ Always present (configurable under their own keys): ``checkpoint``
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from mot_lightning.callbacks import FlopsThroughput
 from mot_lightning.data.datamodule import MultiModalDataModule
+from mot_lightning.data.options import moved_data_keys
 from mot_lightning.lit_module import MultiModalLM
 from mot_lightning.run_identity import (
     DEFAULT_NAME,
@@ -59,6 +61,14 @@ class MotCLI(LightningCLI):
         parser.add_argument("--run_id", type=str | None, default=None,
                             help="name the run dir <save_dir>/<name>/<run_id> yourself instead of s<seed>-<hash> "
                                  "(refused if that dir holds another experiment)")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Name old flat ``data.*`` keys (CLI or ``--config`` YAML) with their new place before parsing."""
+        argv = sys.argv[1:] if args is None else args
+        moved = moved_data_keys(argv) if isinstance(argv, list) else None  # dict/Namespace args: not argv
+        if moved:
+            parser.error(moved)
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Fill the schedule's length from ``trainer.max_steps`` and place the run in its own dir

@@ -22,8 +22,8 @@ caption dropout trains), then decodes the latents with the VAE.
 its caption, recomputing the sequence each step (the bidirectional image span
 rules out the causal KV cache).
 
-``read_image_text_pairs`` reads raw validation images (and their text) for the
-image->caption prompts and for tokenizer reconstructions.
+Validation images for the image->caption prompts come from the data module
+(``MultiModalDataModule.image_text_pairs``).
 
 Sampling with a cache assumes token-local routing: an expert-choice MoE that
 routes over the whole batch (``moe_eval_mode="batch"``) sees one token at a
@@ -36,9 +36,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mot_lightning.data.counters import StreamCounters
-from mot_lightning.data.documents import BadSample, parse_sample
-from mot_lightning.data.read import shard_samples
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model.kv_cache import KVCache
@@ -267,26 +264,3 @@ def text_to_speech(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer,
         ids = until_stop(out[0, prompt.shape[1]:], [vocab.eos_speech_id])
         waves.append(speech_tok.decode(vocab.to_local(ids, Modality.SPEECH).cpu()))
     return waves
-
-
-def read_image_text_pairs(dm, n: int) -> tuple[torch.Tensor, list[str]]:
-    """Up to ``n`` images float[N, 3, R, R] and their documents' text, read from the raw shards of the
-    data module's first validation set (after ``setup``); float[0, 3, 1, 1] and [] without one."""
-    streams = list(getattr(dm, "val_streams", {}).values())
-    images, texts = [], []
-    if streams:
-        stream = streams[0]
-        keep = frozenset({Modality.TEXT, Modality.IMAGE})
-        urls = [url for source in stream.sources for url in source.urls]
-        for sample in shard_samples(urls, StreamCounters()):
-            try:
-                doc = parse_sample(sample, keep, stream.config.image_size)
-            except BadSample:
-                continue
-            segs = {seg.modality: seg.value for seg in doc.segments}
-            if Modality.IMAGE in segs:
-                images.append(segs[Modality.IMAGE])
-                texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
-            if len(images) == n:
-                break
-    return (torch.stack(images) if images else torch.zeros(0, 3, 1, 1)), texts

@@ -30,7 +30,7 @@ from torchvision.utils import make_grid
 
 from mot_lightning import sampling
 from mot_lightning.modality import Modality
-from mot_lightning.sampling import DEMO_CAPTIONS, read_image_text_pairs
+from mot_lightning.sampling import DEMO_CAPTIONS
 from mot_lightning.tokenizers.base import ContinuousTokenizer
 
 SILENCE_S = 0.25  # between concatenated speech samples
@@ -85,9 +85,9 @@ class SampleLogger(pl.Callback):
         was_training = net.training
         net.eval()
         try:
-            if Modality.IMAGE in have and dm.tokenizers.get("image") is not None:
+            if Modality.IMAGE in have and dm.tokenizers.get(Modality.IMAGE) is not None:
                 self._images(writer, dm, pl_module, step)
-            if Modality.SPEECH in have and dm.tokenizers.get("speech") is not None:
+            if Modality.SPEECH in have and dm.tokenizers.get(Modality.SPEECH) is not None:
                 self._speech(writer, dm, net, step)
         finally:
             net.train(was_training)
@@ -100,7 +100,7 @@ class SampleLogger(pl.Callback):
 
     def _images(self, writer, dm, pl_module, step: int) -> None:
         net = pl_module.net
-        text_tok, image_tok = dm.tokenizers["text"], dm.tokenizers["image"]
+        text_tok, image_tok = dm.tokenizers[Modality.TEXT], dm.tokenizers[Modality.IMAGE]
         captions = self.captions[: self.n_samples]
         latent = isinstance(image_tok, ContinuousTokenizer)
         if latent:
@@ -128,9 +128,9 @@ class SampleLogger(pl.Callback):
         writer.add_text("samples/image_to_caption", _numbered(lines), step)
 
     def _speech(self, writer, dm, net, step: int) -> None:
-        speech_tok = dm.tokenizers["speech"]
+        speech_tok = dm.tokenizers[Modality.SPEECH]
         texts = self.captions[: self.n_samples]
-        waves = sampling.text_to_speech(net, dm.vocab, dm.tokenizers["text"], speech_tok, texts,
+        waves = sampling.text_to_speech(net, dm.vocab, dm.tokenizers[Modality.TEXT], speech_tok, texts,
                                         max_units=self.max_speech_units, **self._kw(net))
         rate = getattr(speech_tok, "sample_rate", 16000)
         gap = torch.zeros(int(SILENCE_S * rate))
@@ -141,7 +141,7 @@ class SampleLogger(pl.Callback):
     def _validation_images(self, dm) -> tuple[torch.Tensor, list[str]]:
         """float[N, 3, R, R] images and their text from the first validation set's shards (read once)."""
         if self._val_pairs is None:
-            self._val_pairs = read_image_text_pairs(dm, self.n_samples)
+            self._val_pairs = dm.image_text_pairs(self.n_samples)
         return self._val_pairs
 
 

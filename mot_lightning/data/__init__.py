@@ -1,8 +1,10 @@
 """Data layer: WebDataset shards -> decoded documents -> joint token ids -> packed ``MultiModalBatch``.
 
 Read in this order: ``batch.py`` (the contract), ``vocab.py`` (joint ids),
-``packing.py``, ``stream.py``, ``datamodule.py``. ``demo.py`` builds the demo
-corpus, ``convert.py`` and ``cli.py`` the ``mot data`` commands.
+``packing.py``, ``stream.py``, ``options.py`` (the grouped arguments),
+``datamodule.py``. ``demo.py`` writes the demo corpus (from ``mot_lightning/world``),
+``fitted_tokenizers.py`` keeps fit-once tokenizer files, ``convert.py`` and
+``cli.py`` are the ``mot data`` commands. Shards are read by ``mot_lightning/shards``.
 
 Exports are imported lazily so ``mot data demo`` does not pay for importing Lightning.
 """
@@ -16,6 +18,9 @@ _EXPORTS = {
     "MultiModalBatch": "mot_lightning.data.batch",
     "JointVocab": "mot_lightning.data.vocab",
     "MultiModalDataModule": "mot_lightning.data.datamodule",
+    "LoaderConfig": "mot_lightning.data.options",
+    "DemoCorpus": "mot_lightning.data.options",
+    "TokenizerFiles": "mot_lightning.data.options",
     "SourceConfig": "mot_lightning.data.sources",
 }
 __all__ = list(_EXPORTS)

@@ -107,10 +107,10 @@ def _convert(args) -> None:
 def _inspect(args) -> None:
     from mot_lightning.data.counters import StreamCounters
     from mot_lightning.data.documents import BadSample, parse_sample
-    from mot_lightning.data.read import shard_samples
-    from mot_lightning.data.sources import expand
+    from mot_lightning.shards.reader import shard_samples
+    from mot_lightning.shards.urls import expand
 
-    urls = [u for pattern in args.urls for u in expand(pattern, "inspect")]
+    urls = [u for pattern in args.urls for u in expand(pattern, "mot data inspect")]
     counters, kinds = StreamCounters(), Counter()
     for sample in shard_samples(urls, counters):
         try:

@@ -29,8 +29,8 @@ SKIP_REASONS = (
     "unknown_layout",  # a sample matching none of the layouts in DESIGN.md "Shards"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")
-    "unreadable_shard",  # truncated/corrupt tar or unreadable file: once per shard (read.py)
-    "duplicate_member",  # the same member name twice in one sample (second copy ignored)
+    "unreadable_shard",  # truncated/corrupt tar or unreadable file: once per shard (shards/reader.py)
+    "duplicate_member",  # the same member name twice in one sample (second copy ignored, shards/reader.py)
 )
 # Bookkeeping of what was packed.
 STATS = (
@@ -48,6 +48,8 @@ _WARN_FIRST = 5  # log the first few occurrences of each skip reason per worker
 
 
 class StreamCounters:
+    """Per-worker counts of ``FIELDS``; the shard reader's ``Counts`` (``add(name, n, detail)``)."""
+
     def __init__(self, slots: int = 1) -> None:
         self.table = torch.zeros(max(slots, 1), len(FIELDS), dtype=torch.long).share_memory_()
         self._warned: dict[str, int] = {}
@@ -104,14 +106,3 @@ def _slot() -> int:
     info = get_worker_info()
     return 0 if info is None else info.id
 
-
-class CountingHandler:
-    """WebDataset ``handler=``: count the exception as ``reason`` and continue (picklable)."""
-
-    def __init__(self, counters: StreamCounters, reason: str = "unreadable_shard") -> None:
-        self.counters = counters
-        self.reason = reason
-
-    def __call__(self, exn: Exception) -> bool:
-        self.counters.add(self.reason, detail=f"{type(exn).__name__}: {exn}")
-        return True

@@ -1,8 +1,7 @@
-"""The demo corpus: a small deterministic world of coloured shapes, in every shard layout.
+"""The demo corpus: the demo world (``mot_lightning/world``) written in every shard layout.
 
-A *scene* is ``count`` (1-3) shapes of one kind, colour and size in one region
-of the picture. From scenes the generator writes (``data/README.md`` shows the
-files):
+From scenes (``world/scenes.py``) and spoken captions (``world/speech.py``) the
+generator writes (``data/README.md`` shows the files):
 
 - ``train/image_caption-*.tar``  image-caption pairs (img2dataset layout);
 - ``train/speech_caption-*.tar`` spoken caption + transcript pairs;
@@ -19,7 +18,6 @@ is written last; its presence marks a complete corpus.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -27,30 +25,11 @@ import shutil
 from dataclasses import asdict, dataclass
 
 import webdataset as wds
-from PIL import Image, ImageDraw
 
-from mot_lightning.data import synth
 from mot_lightning.data.sources import SourceConfig
+from mot_lightning.world import speech
+from mot_lightning.world.scenes import Scene, description, random_scene, render
 
-SHAPES = ("circle", "square", "triangle", "diamond")
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (50, 90, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "orange": (245, 140, 30),
-}
-SIZES = {"small": 0.12, "large": 0.2}  # radius as a fraction of the image side
-REGIONS = {
-    "left": (0.27, 0.5),
-    "right": (0.73, 0.5),
-    "top": (0.5, 0.27),
-    "bottom": (0.5, 0.73),
-    "middle": (0.5, 0.5),
-}
-COUNTS = ("one", "two", "three")
-HELD_OUT = frozenset({("purple", "triangle"), ("orange", "circle"), ("green", "square")})
 TRAIN_KINDS = {"image_caption": 0.3, "speech_caption": 0.2, "interleaved": 0.35, "text": 0.15}
 VAL_SETS = ("val_seen", "val_heldout")
 GENERATOR = "mot_lightning demo v1"
@@ -68,64 +47,6 @@ class DemoConfig:
     speech: str = "builtin"  # "builtin" synthesizer or "espeak" (needs espeak-ng installed)
 
 
-@dataclass(frozen=True)
-class Scene:
-    shape: str
-    colour: str
-    size: str
-    region: str
-    count: int
-
-    def caption(self, rng: random.Random) -> str:
-        noun = self.shape + ("s" if self.count > 1 else "")
-        where = (
-            "in the middle"
-            if self.region == "middle"
-            else (f"at the {self.region}" if self.region in ("top", "bottom") else f"on the {self.region}")
-        )
-        phrase = f"{COUNTS[self.count - 1]} {self.size} {self.colour} {noun} {where}"
-        template = rng.choice(("{}.", "a picture of {}.", "there {} {}.", "this image shows {}."))
-        if template.startswith("there"):
-            return template.format("is" if self.count == 1 else "are", phrase)
-        return template.format(phrase)
-
-
-def random_scene(rng: random.Random, held_out: bool) -> Scene:
-    while True:
-        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-        if ((colour, shape) in HELD_OUT) == held_out:
-            return Scene(shape, colour, rng.choice(list(SIZES)), rng.choice(list(REGIONS)), rng.randint(1, 3))
-
-
-def render(scene: Scene, size: int) -> bytes:
-    """PNG bytes of the scene (``size x size`` RGB)."""
-    img = Image.new("RGB", (size, size), (24, 24, 28))
-    draw = ImageDraw.Draw(img)
-    cx, cy = REGIONS[scene.region]
-    radius = SIZES[scene.size] * size * (1.0, 0.8, 0.6)[scene.count - 1]  # keep objects apart
-    spread = [0.0] if scene.count == 1 else [-0.2, 0.2] if scene.count == 2 else [-0.3, 0.0, 0.3]
-    vertical = scene.region in ("left", "right")  # objects line up along the free axis
-    for offset in spread:
-        x = (cx + (0 if vertical else offset)) * size
-        y = (cy + (offset if vertical else 0)) * size
-        _draw_shape(draw, scene.shape, x, y, radius, COLOURS[scene.colour])
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
-    box = (x - r, y - r, x + r, y + r)
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
-    else:
-        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
-
-
 # --- documents ----------------------------------------------------------------
 class _Maker:
     """Builds one sample dict per call; all randomness from one seeded ``random.Random``."""
@@ -137,8 +58,8 @@ class _Maker:
         return random_scene(self.rng, self.held_out)
 
     def speak(self, text: str) -> bytes:
-        wave = synth.espeak(text) if self.cfg.speech == "espeak" else synth.synthesize(text)
-        return synth.wav_bytes(wave)
+        wave = speech.espeak(text) if self.cfg.speech == "espeak" else speech.synthesize(text)
+        return speech.wav_bytes(wave)
 
     def image_caption(self, key: str) -> dict:
         scene = self.scene()
@@ -153,15 +74,7 @@ class _Maker:
         return {"__key__": key, "wav": self.speak(caption), "txt": _utf8(caption)}
 
     def text(self, key: str) -> dict:
-        scenes = [self.scene() for _ in range(self.rng.randint(1, 3))]
-        lines = [s.caption(self.rng) for s in scenes]
-        s = self.rng.choice(scenes)
-        noun = s.shape + ("s" if s.count > 1 else "")
-        lines.append(
-            f"question: what colour {'is' if s.count == 1 else 'are'} the {noun} "
-            f"{'in the middle' if s.region == 'middle' else 'on the ' + s.region}? answer: {s.colour}."
-        )
-        return {"__key__": key, "txt": _utf8(" ".join(lines))}
+        return {"__key__": key, "txt": _utf8(description(self.rng, self.held_out))}
 
     def interleaved(self, key: str) -> dict:
         kind = self.rng.choice(("caption_image", "image_caption", "text_speech", "all_three", "story"))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import tarfile
 from dataclasses import dataclass, field
 
-import webdataset as wds
-
 from mot_lightning.data.stream import ResolvedSource
 from mot_lightning.modality import Modality
+from mot_lightning.shards.urls import expand, is_local, local_path
 
 ALL_MODALITIES = [m.label for m in Modality]
 
@@ -36,7 +34,7 @@ def resolve(config: SourceConfig, allowed: frozenset[Modality], check_local: boo
     """Expand URLs, check local shards exist and are not all empty, intersect the modality filter."""
     if config.weight <= 0:
         raise ValueError(f"source {config.name!r}: weight must be > 0, got {config.weight}")
-    urls = expand(config.urls, config.name)
+    urls = expand(config.urls, f"source {config.name!r}")
     if check_local:
         _check_local(urls, config.name)
     keep = frozenset(Modality.parse(m) for m in config.modalities) & allowed
@@ -45,34 +43,8 @@ def resolve(config: SourceConfig, allowed: frozenset[Modality], check_local: boo
     return ResolvedSource(config.name, tuple(urls), float(config.weight), keep)
 
 
-def expand(urls: str | list[str], name: str) -> list[str]:
-    """Brace patterns (``a-{000..009}.tar``), ``::``-joined lists and local globs -> URL list."""
-    items = [urls] if isinstance(urls, str) else list(urls)
-    out: list[str] = []
-    for item in items:
-        for url in wds.shardlists.expand_urls(item):
-            if _is_local(url) and any(ch in url for ch in "*?["):
-                matches = sorted(glob.glob(_local_path(url)))
-                if not matches:
-                    raise FileNotFoundError(f"source {name!r}: no shard matches {url!r}")
-                out += matches
-            else:
-                out.append(url)
-    if not out:
-        raise ValueError(f"source {name!r} lists no shard URLs; give `urls` a path, pattern or list")
-    return out
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:") or url.startswith("file:")
-
-
-def _local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url.removeprefix("file:")
-
-
 def _check_local(urls: list[str], name: str) -> None:
-    local = [_local_path(u) for u in urls if _is_local(u)]
+    local = [local_path(u) for u in urls if is_local(u)]
     missing = [p for p in local if not os.path.isfile(p)]
     if missing:
         hint = " (run `mot data demo` to create the demo corpus)" if "demo" in missing[0] else ""

@@ -36,8 +36,8 @@ from mot_lightning.data.counters import NullCounters, StreamCounters
 from mot_lightning.data.documents import BadSample, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import Packer, collate_rows
-from mot_lightning.data.read import shard_samples
 from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import shard_samples
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Tokenizers: raw text / images / speech <-> what the backbone consumes (see base.py).
 
 Files: base (interface) · files (weights-only file format) · media (image/audio conversion)
-· sources (folders and tar shards) · fitting (FitData, TrainConfig) · text (bytes, BPE)
-· image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE)
-· pretrained (diffusers VQ / KL autoencoders from a local folder) · registry
-(load_tokenizer) · synthetic (demo data) · cli (`mot tokenizer`).
+· fit_inputs (folders, globs and tar shards to fit on) · fitting (FitData, TrainConfig)
+· text (bytes, BPE) · image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE)
+· pretrained (diffusers VQ / KL autoencoders from a local folder)
+· registry (load_tokenizer) · cli (`mot tokenizer`). Demo data to fit on comes from
+``mot_lightning/world`` (``mot tokenizer demo-data``).
 
 Names are imported lazily (PEP 562) so that ``import mot_lightning.tokenizers`` and the text
 tokenizers stay cheap in dataloader workers; Lightning loads only with the VQ-VAE / KL-VAE, diffusers

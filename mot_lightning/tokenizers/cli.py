@@ -1,6 +1,6 @@
 """``mot tokenizer``: fit tokenizers, inspect tokenizer files, round-trip a file, write demo data.
 
-    mot tokenizer demo-data --out data/demo/tokenizers          # synthetic images/audio/text (seconds)
+    mot tokenizer demo-data --out data/demo/tokenizers          # demo-world images/audio/text (seconds)
     mot tokenizer fit --config configs/tokenizers/vqvae_image.yaml [--train.max_steps 100 ...]
     mot tokenizer info runs/tokenizers/vqvae_image.pt
     mot tokenizer roundtrip runs/tokenizers/vqvae_image.pt some.png --out recon.png
@@ -48,14 +48,16 @@ def build_parser() -> ArgumentParser:
     rt.add_argument("--out", type=str, default=None, help="where to write the reconstruction")
     commands.add_subcommand("roundtrip", rt, help="round-trip one file through a tokenizer")
 
-    demo = ArgumentParser(description="Write synthetic images (PNG), speech-like audio (WAV) and text.")
+    demo = ArgumentParser(description="Write demo-world renders (PNG), spoken captions (WAV) and "
+                                      "descriptions (TXT): the world the demo corpus shows.")
     demo.add_argument("--out", type=str, default="data/demo/tokenizers")
     demo.add_argument("--images", type=int, default=1000)
     demo.add_argument("--audio", type=int, default=60)
     demo.add_argument("--texts", type=int, default=300)
     demo.add_argument("--image_size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
-    commands.add_subcommand("demo-data", demo, help="write synthetic demo data to fit on")
+    demo.add_argument("--voice", type=str, default="builtin", help="builtin synthesizer or espeak")
+    commands.add_subcommand("demo-data", demo, help="write demo-world media folders to fit on")
     return parser
 
 
@@ -71,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     elif cfg.command == "roundtrip":
         print(json.dumps(roundtrip(sub.path, sub.input, sub.out), indent=2))
     elif cfg.command == "demo-data":
-        from mot_lightning.tokenizers.synthetic import write_demo_data
+        from mot_lightning.world.folders import write_media_folders
 
-        write_demo_data(sub.out, sub.images, sub.audio, sub.texts, sub.image_size, seed=sub.seed)
+        write_media_folders(sub.out, sub.images, sub.audio, sub.texts, sub.image_size, sub.seed, sub.voice)
 
 
 def run_fit(cfg) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import Any
 class FitData:
     """Training inputs of a tokenizer fit."""
 
-    path: str  # folder / file / glob of media files, or WebDataset .tar shards (see sources.py)
+    path: str  # folder / file / glob of media files, or WebDataset .tar shards (see fit_inputs.py)
     held_out: float = 0.1  # fraction of items (chosen by key hash) kept out of fitting, for the metrics
     max_items: int | None = None  # read at most this many items (None: all)
     seed: int = 0  # seeds the held-out split

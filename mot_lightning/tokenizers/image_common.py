@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mot_lightning.tokenizers import sources
+from mot_lightning.tokenizers import fit_inputs
 from mot_lightning.tokenizers.fitting import FitData
 from mot_lightning.tokenizers.media import IMAGE_EXTS, prepare_image
 
@@ -25,11 +25,12 @@ def load_images(data: FitData | Sequence[Any], resolution: int) -> tuple[torch.T
         return _stack([prepare_image(x, resolution) for x in data], resolution), _stack([], resolution)
     t0 = time.perf_counter()
     keyed = []
-    for key, img in sources.iter_items(data.path, IMAGE_EXTS, lambda s: prepare_image(s, resolution), data.max_items):
+    items = fit_inputs.iter_items(data.path, IMAGE_EXTS, lambda s: prepare_image(s, resolution), data.max_items)
+    for key, img in items:
         keyed.append((key, _to_uint8(img)))
         if len(keyed) % 2000 == 0:
             log.info("read %d images (%.0fs)", len(keyed), time.perf_counter() - t0)
-    train, held = sources.split(keyed, data.held_out, data.seed)
+    train, held = fit_inputs.split(keyed, data.held_out, data.seed)
     log.info("images: %d for fitting, %d held out, %dx%d", len(train), len(held), resolution, resolution)
     return torch.stack(train), _stack(held, resolution)
 

@@ -21,7 +21,7 @@ import torch
 import torchaudio.transforms as AT
 
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers import sources
+from mot_lightning.tokenizers import fit_inputs
 from mot_lightning.tokenizers.base import DiscreteTokenizer
 from mot_lightning.tokenizers.files import (
     config_from_payload,
@@ -110,12 +110,15 @@ class SpeechUnitTokenizer(DiscreteTokenizer, FittableTokenizer):
         return logmel.view(c.n_mels, -1, c.frames_per_unit).mean(-1).T  # (U, n_mels)
 
     # ---------------------------------------------------------------- fitting
+    def _featurize(self, raw: Any) -> torch.Tensor:
+        return self.features(self.prepare(raw))
+
     def fit(self, data: FitData | Sequence[Any], train: TrainConfig | None = None) -> dict[str, float]:
         """Fit on audio files (``FitData``) or a sequence of 16 kHz mono waves."""
         c, t0 = self.config, time.perf_counter()
         if isinstance(data, FitData):
-            keyed = list(sources.iter_items(data.path, AUDIO_EXTS, lambda s: self.features(self.prepare(s)), data.max_items))
-            train_feats, held_feats = sources.split(keyed, data.held_out, data.seed)
+            keyed = list(fit_inputs.iter_items(data.path, AUDIO_EXTS, self._featurize, data.max_items))
+            train_feats, held_feats = fit_inputs.split(keyed, data.held_out, data.seed)
         else:
             train_feats, held_feats = [self.features(self.prepare(w)) for w in data], []
         x = torch.cat(train_feats)  # (N, n_mels)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers import sources
+from mot_lightning.tokenizers import fit_inputs
 from mot_lightning.tokenizers.base import DiscreteTokenizer, TokenizerFileError
 from mot_lightning.tokenizers.files import config_from_payload, read_tokenizer_file, save_tokenizer_file
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
@@ -108,8 +108,8 @@ class BPETokenizer(DiscreteTokenizer, FittableTokenizer):
     def fit(self, data: FitData | Iterable[str], train: TrainConfig | None = None) -> dict[str, float]:
         """Train on text files (``FitData``) or an iterable of strings; returns held-out stats."""
         if isinstance(data, FitData):
-            keyed = list(sources.iter_items(data.path, TEXT_EXTS, _read_text, data.max_items))
-            texts, held = sources.split(keyed, data.held_out, data.seed)
+            keyed = list(fit_inputs.iter_items(data.path, TEXT_EXTS, _read_text, data.max_items))
+            texts, held = fit_inputs.split(keyed, data.held_out, data.seed)
         else:
             texts, held = [_check_text(t) for t in data], []
         self._tok = _train_bpe(texts, self.config, show_progress=log.isEnabledFor(logging.INFO))

@@ -16,7 +16,7 @@ CONFIGS = ROOT / "configs"
 # tiny model and data sizes: every test run takes seconds
 TINY_MODEL = ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4"]
 TINY = [
-    "--data.seq_len", "128", "--data.batch_size", "2", "--data.num_workers", "0",
+    "--data.seq_len", "128", "--data.batch_size", "2", "--data.loader.num_workers", "0",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
 ]
 
@@ -31,7 +31,7 @@ def demo_env(tmp_path_factory) -> dict[str, str]:
 
 
 # the Transfusion configs with a KL-VAE fitted in seconds (the YAML's 600 steps take minutes)
-TRANSFUSION = ["--data.tokenizer_train.max_steps", "30", "--data.tokenizer_train.val_every_n_steps", "1000"]
+TRANSFUSION = ["--data.tokenizer_files.train.max_steps", "30", "--data.tokenizer_files.train.val_every_n_steps", "1000"]
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def run_dir(group: Path) -> Path:
 
 
 def data_args(env: dict[str, str]) -> list[str]:
-    return ["--data.demo_dir", env["demo_dir"], "--data.tokenizer_dir", env["tokenizer_dir"]]
+    return ["--data.demo.dir", env["demo_dir"], "--data.tokenizer_files.dir", env["tokenizer_dir"]]
 
 
 def _ordered(args: list[str], tiny_model: bool) -> list[str]:

@@ -79,3 +79,23 @@ def test_mot_command_dispatch_and_clear_errors(capsys):
         main(["predict"])
     with pytest.raises(SystemExit, match="unknown command 'fitt'"):
         main(["fitt"])
+
+
+def test_old_flat_data_keys_fail_naming_the_new_key(tmp_path, capsys):
+    """`--data.num_workers` or `data: {num_workers: ...}` (the layout before the grouped arguments)
+    stops `mot` with the key's new place, on the command line and in a YAML alike."""
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text("data:\n  demo_dir: data/demo\n  tokenizer_train: {max_steps: 5}\n")
+    speech = ["--config", str(CONFIGS / "speech/mot.yaml")]
+    for args, expected in ((["--data.num_workers", "0"], "data.num_workers -> data.loader.num_workers"),
+                           (["--config", str(old_yaml)], "data.tokenizer_train -> data.tokenizer_files.train")):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["fit", *speech, *args, "--print_config"])
+        assert exit_.value.code == 2
+        assert expected in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the new keys parse
+        cli_main(["fit", *speech, "--data.loader.num_workers", "0", "--data.demo.dir", "d", "--print_config"])
+    assert exit_.value.code in (0, None)
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["loader"]["num_workers"] == 0 and data["demo"]["dir"] == "d"
+    assert data["tokenizer_files"]["dir"] == "data/tokenizers"

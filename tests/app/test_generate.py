@@ -15,7 +15,7 @@ SPEECH = str(CONFIGS / "speech/mot.yaml")
 def checkpoint(demo_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("generate_run")
     run_fit(["--config", SPEECH, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
-             "--data.train_batches_per_epoch", "2"], demo_env, root)
+             "--data.loader.train_batches_per_epoch", "2"], demo_env, root)
     ckpt = run_dir(root / "speech" / "mot") / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     return ckpt

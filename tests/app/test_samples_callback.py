@@ -12,7 +12,7 @@ SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
 
 def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), *SAMPLES, "--trainer.max_steps", "2",
-             "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"], demo_env, tmp_path)
+             "--trainer.limit_val_batches", "0", "--data.loader.train_batches_per_epoch", "2"], demo_env, tmp_path)
     version = max(run_dir(tmp_path / "speech" / "mot").glob("version_*"))
     acc = EventAccumulator(str(version), size_guidance={"images": 0, "audio": 0, "tensors": 0})
     acc.Reload()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mot_lightning.modality import Modality
 from tests.app.conftest import CONFIGS, run_dir, run_fit, run_fit_subprocess
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
@@ -26,7 +27,7 @@ def only_version(root: Path) -> Path:
 @pytest.mark.slow
 def test_tensorboard_holds_every_contract_tag(demo_env, tmp_path):
     run_fit([*SPEECH, *SHORT, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
-             "--data.seq_len", "256", "--data.val_batch_size", "8"], demo_env, tmp_path)
+             "--data.seq_len", "256", "--data.loader.val_batch_size", "8"], demo_env, tmp_path)
     tags = scalars(only_version(run_dir(tmp_path / "speech" / "mot")))
     assert any(t.startswith("lr-AdamW") for t in tags), sorted(tags)
     expected = {"train/loss", "val/loss", "train/tokens_per_s", "train/total_flops"}
@@ -44,7 +45,7 @@ def test_tensorboard_holds_every_contract_tag(demo_env, tmp_path):
 def test_resume_from_last_reaches_the_same_losses(epoch_len, demo_env, tmp_path):
     """Stop at step N, resume with --ckpt_path last: steps N..2N-1 match an unbroken run (|diff| <= 1e-5)."""
     n = 3
-    common = [*SPEECH, *SHORT, "--data.train_batches_per_epoch", str(epoch_len), "--trainer.limit_val_batches", "0"]
+    common = [*SPEECH, *SHORT, "--data.loader.train_batches_per_epoch", str(epoch_len), "--trainer.limit_val_batches", "0"]
     common += ["--model.scheduler.init_args.max_steps", str(2 * n)]  # one schedule: the split run is stopped early
     run_fit([*common, "--trainer.max_steps", str(2 * n)], demo_env, tmp_path / "full")
     run_fit([*common, "--trainer.max_steps", str(n)], demo_env, tmp_path / "split")
@@ -71,7 +72,7 @@ def _global_step(ckpt: Path) -> int:
 ])
 def test_two_process_training_saves_and_resumes(strategy, extra, demo_env, tmp_path):
     args = [*SPEECH, "--config", str(CONFIGS / f"trainer/{strategy}.yaml"), *extra,
-            "--data.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "1"]
+            "--data.loader.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "1"]
     args += ["--model.scheduler.init_args.max_steps", "4"]  # one schedule for both launches
     run_fit_subprocess([*args, "--trainer.max_steps", "2"], demo_env, tmp_path)
     last = run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt"
@@ -123,6 +124,7 @@ def test_explicit_tokenizer_files_are_loaded_not_refitted(demo_env, tmp_path):
     import shutil
 
     from mot_lightning.data.datamodule import MultiModalDataModule
+    from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles
     from mot_lightning.tokenizers.image_kmeans import KMeansImageConfig, KMeansImageTokenizer
     from mot_lightning.tokenizers.text import ByteTokenizer
 
@@ -131,15 +133,16 @@ def test_explicit_tokenizer_files_are_loaded_not_refitted(demo_env, tmp_path):
     image = KMeansImageTokenizer(KMeansImageConfig(resolution=32, patch_size=4, codebook_size=512))
 
     def make(files):
-        return MultiModalDataModule(ByteTokenizer(), image, demo_dir=demo_env["demo_dir"],
-                                    tokenizer_dir=str(tmp_path / "empty"), tokenizer_files=files, num_workers=0)
+        return MultiModalDataModule(ByteTokenizer(), image, demo=DemoCorpus(demo_env["demo_dir"]),
+                                    loader=LoaderConfig(num_workers=0),
+                                    tokenizer_files=TokenizerFiles(str(tmp_path / "empty"), files=files))
 
     dm = make({"image": str(tmp_path / "my_image_tokenizer.pt")})
     dm.prepare_data()  # nothing to fit: the explicit file exists
     assert not (tmp_path / "empty").exists()
     dm.setup("validate")
-    assert dm.tokenizers["image"].is_fitted and not image.is_fitted
-    with pytest.raises(FileNotFoundError, match="tokenizer_files names"):
+    assert dm.tokenizers[Modality.IMAGE].is_fitted and not image.is_fitted
+    with pytest.raises(FileNotFoundError, match="tokenizer_files.files names"):
         make({"image": str(tmp_path / "missing.pt")}).prepare_data()
-    with pytest.raises(ValueError, match="text/image/speech"):
+    with pytest.raises(ValueError, match="unknown modality 'video'; expected one of: text, image, speech"):
         make({"video": "x.pt"})

@@ -12,11 +12,12 @@ from mot_lightning import sampling
 from mot_lightning.compare.cli import main as compare_main
 from mot_lightning.generate import build, load_weights
 from mot_lightning.generate import main as generate_main
+from mot_lightning.modality import Modality
 from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit
 
 STEPS = 40
 TRAIN = [*TRANSFUSION, "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "20",
-         "--trainer.limit_val_batches", "2", "--data.train_batches_per_epoch", "20",
+         "--trainer.limit_val_batches", "2", "--data.loader.train_batches_per_epoch", "20",
          "--trainer.log_every_n_steps", "4", "--model.scheduler.init_args.max_steps", str(STEPS),
          "--model.scheduler.init_args.warmup_steps", "5"]
 
@@ -93,15 +94,15 @@ def trained(pair, transfusion_env):
 def _sample(trained, seed: int, **kw) -> torch.Tensor:
     model, dm = trained
     captions = list(sampling.DEMO_CAPTIONS[:3])
-    return sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"],
-                                            dm.tokenizers["image"], captions, model.objective,
+    return sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers[Modality.TEXT],
+                                            dm.tokenizers[Modality.IMAGE], captions, model.objective,
                                             generator=torch.Generator().manual_seed(seed), **kw)
 
 
 @pytest.mark.slow
 def test_guided_sampler_shape_range_and_seed(trained):
     images = _sample(trained, 0, steps=8, guidance=3.0)
-    res = trained[1].tokenizers["image"].config.resolution
+    res = trained[1].tokenizers[Modality.IMAGE].config.resolution
     assert images.shape == (3, 3, res, res) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0.01
     assert torch.equal(images, _sample(trained, 0, steps=8, guidance=3.0))  # a seed fixes the images
@@ -116,11 +117,11 @@ def test_guided_sampler_shape_range_and_seed(trained):
 @pytest.mark.slow
 def test_captioning_reads_the_clean_latents(trained):
     model, dm = trained
-    images, _ = sampling.read_image_text_pairs(dm, 3)
-    latents = dm.tokenizers["image"].encode(images)  # (3, n, D)
+    images, _ = dm.image_text_pairs(3)
+    latents = dm.tokenizers[Modality.IMAGE].encode(images)  # (3, n, D)
 
     def caption(lat, seed=0, **kw):
-        return sampling.latent_image_to_caption(model.net, dm.vocab, dm.tokenizers["text"], lat,
+        return sampling.latent_image_to_caption(model.net, dm.vocab, dm.tokenizers[Modality.TEXT], lat,
                                                 model.objective, max_tokens=12,
                                                 generator=torch.Generator().manual_seed(seed), **kw)
 
@@ -141,7 +142,7 @@ def test_sample_logger_shows_generated_images_in_tensorboard(transfusion_env, tm
              "--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
              "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
              "--trainer.callbacks.diffusion_steps", "4", "--trainer.max_steps", "2",
-             "--trainer.limit_val_batches", "0", "--data.train_batches_per_epoch", "2"],
+             "--trainer.limit_val_batches", "0", "--data.loader.train_batches_per_epoch", "2"],
             transfusion_env, tmp_path)
     acc = EventAccumulator(str(max(run_dir(tmp_path / "transfusion" / "mot").glob("version_*"))),
                            size_guidance={"images": 0, "tensors": 0})
@@ -186,15 +187,15 @@ def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
             "logit_normal"]
     run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, *flow,
              "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
-             "--trainer.val_check_interval", "3", "--data.train_batches_per_epoch", "3"],
+             "--trainer.val_check_interval", "3", "--data.loader.train_batches_per_epoch", "3"],
             transfusion_env, tmp_path)
     s = _scalars(max(run_dir(tmp_path / "transfusion" / "mot").glob("version_*")))
     assert "val/loss_image" in s
     model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
                       [*TINY_MODEL, *flow, *data_args(transfusion_env)])
     load_weights(model, str(run_dir(tmp_path / "transfusion" / "mot") / "checkpoints" / "last.ckpt"), "cpu")
-    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers["text"],
-                                              dm.tokenizers["image"], ["a red circle"], model.objective,
+    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers[Modality.TEXT],
+                                              dm.tokenizers[Modality.IMAGE], ["a red circle"], model.objective,
                                               sampler="flow", steps=3,
                                               generator=torch.Generator().manual_seed(0))
     assert images.shape[:2] == (1, 3) and 0 <= images.min() and images.max() <= 1
@@ -205,7 +206,7 @@ def test_resume_is_exact_with_diffusion_noise(transfusion_env, tmp_path):
     """Training noise and times are seeded per (step, batch, rank): stop at step 3 mid-epoch, resume with
     --ckpt_path last, and steps 3..5 match an unbroken run, image loss included (|diff| <= 1e-5)."""
     common = ["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
-              "--data.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0",
+              "--data.loader.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0",
               "--trainer.log_every_n_steps", "1"]
     common += ["--model.scheduler.init_args.max_steps", "6"]  # one schedule: the split run is stopped early
     run_fit([*common, "--trainer.max_steps", "6"], transfusion_env, tmp_path / "full")

@@ -191,23 +191,16 @@ def text_of(doc: torch.Tensor, vocab) -> str:
 
 
 def make_datamodule(tmp_path, sources, val_sets=None, **kw):
+    """The data module with tiny tokenizers; ``kw`` are its top-level arguments, tokenizers, or
+    ``LoaderConfig`` fields (sorted into ``loader=`` here so each test names only what it varies)."""
     from mot_lightning.data.datamodule import MultiModalDataModule
+    from mot_lightning.data.options import DemoCorpus, LoaderConfig
 
-    args = {
-        "seq_len": 128,
-        "batch_size": 4,
-        "num_workers": 2,
-        "shuffle_buffer": 0,
-        "train_batches_per_epoch": 5,
-    }
+    loader = {"num_workers": 2, "shuffle_buffer": 0, "train_batches_per_epoch": 5}
+    loader.update({k: kw.pop(k) for k in [*kw] if k in LoaderConfig.__dataclass_fields__})
+    args = {"seq_len": 128, "batch_size": 4, "demo": DemoCorpus(str(tmp_path / "demo")), **tiny_tokenizers()}
     args.update(kw)
-    tokenizers = tiny_tokenizers()
-    for name in ("image_tokenizer", "speech_tokenizer"):
-        if name in kw:
-            tokenizers[name] = args.pop(name)
-    return MultiModalDataModule(
-        **tokenizers, sources=sources, val_sets=val_sets, demo_dir=str(tmp_path / "demo"), **args
-    )
+    return MultiModalDataModule(sources=sources, val_sets=val_sets, loader=LoaderConfig(**loader), **args)
 
 
 def mixed_corpus(root, n: int = 24, shards: int = 4) -> list[dict]:

@@ -1,6 +1,9 @@
-"""The DataModule as LightningCLI sees it: jsonargparse builds it (tokenizers by class_path) from YAML."""
+"""The DataModule as LightningCLI sees it: jsonargparse builds it (tokenizers by class_path, grouped
+settings as typed dataclasses) from YAML; old flat keys are named with their new place."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import yaml
@@ -8,8 +11,10 @@ from jsonargparse import ArgumentParser
 
 from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.datamodule import MultiModalDataModule
-from mot_lightning.data.read import shard_samples
+from mot_lightning.data.options import MOVED_KEYS, LoaderConfig, TokenizerFiles, moved_data_keys
 from mot_lightning.data.sources import SourceConfig
+from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import shard_samples
 
 from .helpers import png_bytes, write_tar
 
@@ -29,18 +34,68 @@ data:
       urls: /shards/coco-val-000000.tar
   modalities: [text]
   seq_len: 64
+  loader:
+    num_workers: 0
+    overlong: truncate
+  demo:
+    dir: /tmp/elsewhere
+  tokenizer_files:
+    dir: /tmp/tokenizers
+    files: {image: /tmp/vq.pt, Speech: /tmp/units.pt}
+    train: {max_steps: 7}
 """
 
 
-def test_jsonargparse_builds_the_datamodule_from_yaml():
-    parser = ArgumentParser()
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(MultiModalDataModule, "data")
+    return parser
+
+
+def test_jsonargparse_builds_the_datamodule_from_yaml():
+    parser = _parser()
     cfg = parser.parse_object(yaml.safe_load(CONFIG))
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, MultiModalDataModule)
     assert dm.vocab_size == 256 + 7 and dm.seq_len == 64 and dm.n_modalities == 1
     assert dm.val_set_names == ["val_coco"]
     assert all(isinstance(s, SourceConfig) for s in dm.sources) and dm.sources[0].weight == 2.0
+    assert dm.loader == LoaderConfig(num_workers=0, overlong="truncate") and dm.demo.dir == "/tmp/elsewhere"
+    assert isinstance(dm.tokenizer_files, TokenizerFiles) and dm.tokenizer_files.train.max_steps == 7
+    assert dm.tokenizer_files.files == {Modality.IMAGE: "/tmp/vq.pt", Modality.SPEECH: "/tmp/units.pt"}
+    assert set(dm.tokenizers) == set(Modality) and dm.tokenizers[Modality.IMAGE] is None
+
+
+def test_grouped_keys_are_typed():
+    with pytest.raises(argparse.ArgumentError, match="data.loader.overlong"):
+        _parser().parse_args(["--data.text_tokenizer", "mot_lightning.tokenizers.text.ByteTokenizer",
+                              "--data.loader.overlong", "cut"])
+    with pytest.raises(ValueError, match="unknown modality 'smell'"):
+        TokenizerFiles(files={"smell": "x.pt"})
+    with pytest.raises(ValueError, match="caption_dropout"):
+        LoaderConfig(caption_dropout=1.0)
+
+
+def test_old_flat_keys_are_named_with_their_new_place(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  seq_len: 64\n  num_workers: 0\n  demo_dir: d\n"
+                   "  tokenizer_files: {image: x.pt}\n")
+    message = moved_data_keys(["fit", "--config", str(old), "--data.train_batches_per_epoch", "3",
+                               "--data.tokenizer_train.max_steps=5", "--data.loader.num_workers", "0"])
+    for line in ("data.num_workers -> data.loader.num_workers (" + str(old),
+                 "data.demo_dir -> data.demo.dir",
+                 "data.tokenizer_files.<modality> -> data.tokenizer_files.files.<modality>",
+                 "data.train_batches_per_epoch -> data.loader.train_batches_per_epoch (command line)",
+                 "data.tokenizer_train -> data.tokenizer_files.train (command line)"):
+        assert line in message
+    assert "data.loader.num_workers (command line)" not in message  # the new key is fine
+    assert moved_data_keys(["fit", "--data.loader.num_workers", "0", "--data.tokenizer_files.files",
+                            "{image: x.pt}"]) is None
+    # every old key has a new home that the data module accepts
+    parser = _parser()
+    for key, new in MOVED_KEYS.items():
+        group, field = new.split(".")
+        assert field in parser.get_defaults().data[group], (key, new)
 
 
 @pytest.mark.parametrize("cut", [700, 2000, 3100, 9000, 9800])

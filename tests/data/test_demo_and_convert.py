@@ -10,8 +10,10 @@ import numpy as np
 from PIL import Image
 
 from mot_lightning.data import cli
-from mot_lightning.data.demo import HELD_OUT, DemoConfig, generate
+from mot_lightning.data.demo import DemoConfig, generate
+from mot_lightning.data.options import DemoCorpus
 from mot_lightning.data.sources import SourceConfig
+from mot_lightning.world.scenes import HELD_OUT
 
 from .helpers import make_datamodule, png_bytes, text_of, unpack_checked, wav_bytes
 
@@ -37,7 +39,7 @@ def test_demo_is_deterministic(tmp_path):
 
 
 def test_prepare_data_generates_demo_and_it_reads_cleanly(tmp_path):
-    dm = make_datamodule(tmp_path, None, seq_len=512, demo_train_docs=400, demo_val_docs=48)
+    dm = make_datamodule(tmp_path, None, seq_len=512, demo=DemoCorpus(str(tmp_path / "demo"), 400, 48))
     assert not (tmp_path / "demo").exists()
     dm.prepare_data()
     assert (tmp_path / "demo" / "manifest.json").is_file()

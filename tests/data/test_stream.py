@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mot_lightning.data.documents import parse_sample
 from mot_lightning.data.sources import SourceConfig
@@ -141,7 +144,7 @@ def test_setup_errors_are_clear(tmp_path):
     empty = make_datamodule(tmp_path, [SourceConfig("empty", str(tmp_path / "empty.tar"))])
     with pytest.raises(ValueError, match="source 'empty': all 1 shards are empty"):
         empty.setup("fit")
-    with pytest.raises(FileNotFoundError, match="no shard matches"):
+    with pytest.raises(FileNotFoundError, match="source .glob.: no file matches"):
         make_datamodule(tmp_path, [SourceConfig("glob", str(tmp_path / "none-*.tar"))]).setup("fit")
     with pytest.raises(ValueError, match="need a tokenizer for: speech"):
         make_datamodule(tmp_path, None, modalities=["text", "speech"], speech_tokenizer=None)
@@ -196,3 +199,19 @@ def test_epoch_loader_resumes_mid_epoch_and_at_epoch_end(tmp_path):
         while len(got) + len(rest) < 9:
             rest += [b.tokens for b in resumed]
         assert all(torch.equal(a, b) for a, b in zip(got + rest, reference)), consumed
+
+
+def test_image_text_pairs_reads_the_first_validation_set(tmp_path):
+    """Raw validation images and their documents' text, in shard order, without tokenizers or setup."""
+    mixed_corpus(tmp_path, n=16, shards=4)  # shard 1 holds the image-caption pairs, shard 3 the interleaved
+    val = [SourceConfig("first", str(tmp_path / "mixed-{000000..000003}.tar")), SourceConfig("other", "x.tar")]
+    dm = make_datamodule(tmp_path, val[:1], val_sets=val)
+    images, texts = dm.image_text_pairs(6)
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
+    assert texts[:4] == [f"good-{i:03d} caption" for i in (1, 5, 9, 13)]
+    assert texts[4:] == ["good-003 and", "good-007 and"]  # interleaved: text segments joined
+    expected = np.asarray(Image.open(io.BytesIO(png_bytes(5))).convert("RGB"), dtype=np.float32) / 255
+    assert torch.allclose(images[1], torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
+    assert dm.image_text_pairs(100)[0].shape[0] == 8  # all there are
+    none = make_datamodule(tmp_path, val[:1], val_sets=[])
+    assert none.image_text_pairs(3)[0].shape == (0, 3, 32, 32) and none.image_text_pairs(3)[1] == []

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic demo data written as real PNG / WAV / TXT files, and fitted tokenizers."""
+"""Shared fixtures: demo-world media written as real PNG / WAV / TXT files, and fitted tokenizers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mot_lightning.tokenizers.fitting import FitData
-from mot_lightning.tokenizers.synthetic import write_demo_data
+from mot_lightning.world.folders import write_media_folders
 
 
 @pytest.fixture(autouse=True)
@@ -17,9 +17,9 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory):
-    """60 images (48x48 PNG), 8 utterances (16 kHz WAV), 40 texts."""
-    return write_demo_data(tmp_path_factory.mktemp("demo"), images=60, audio=8, texts=40, image_size=48,
-                           seconds=1.5, seed=1)
+    """60 scene renders (48x48 PNG), 8 spoken captions (16 kHz WAV, 2-4 s each), 40 descriptions."""
+    return write_media_folders(tmp_path_factory.mktemp("demo"), images=60, audio=8, texts=40, image_size=48,
+                               seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def test_fit_kmeans_from_yaml_then_info_and_roundtrip(demo_dirs, tmp_path, capsy
     tok = load_tokenizer(out)
     assert tok.vocab_size == 64
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
-    assert metrics["psnr"] > 18 and metrics["held_out_images"] > 0
+    assert metrics["psnr"] > 25 and metrics["held_out_images"] > 0  # 27.6 dB measured on the demo renders
     capsys.readouterr()
     main(["info", str(out)])
     assert json.loads(capsys.readouterr().out)["tokens_per_image"] == 64

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import io
 import pickle
+import random
 import tarfile
 
-import numpy as np
 import pytest
 
 from mot_lightning.tokenizers import FitData, KMeansImageConfig, KMeansImageTokenizer
+from mot_lightning.tokenizers.fit_inputs import iter_items, split
 from mot_lightning.tokenizers.media import IMAGE_EXTS, TEXT_EXTS, read_image
-from mot_lightning.tokenizers.sources import iter_items, split
-from mot_lightning.tokenizers.synthetic import shapes_image
+from mot_lightning.world.scenes import random_scene, render
 
 
 def _png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    shapes_image(np.random.default_rng(seed), 24).save(buf, format="PNG")
-    return buf.getvalue()
+    return render(random_scene(random.Random(seed), held_out=False), 24)
 
 
 def _write_tar(path, members: dict[str, bytes]) -> None:

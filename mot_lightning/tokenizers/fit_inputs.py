@@ -1,55 +1,57 @@
-"""Training inputs for tokenizer fitting: a folder (searched recursively), one file, a glob, or
-WebDataset tar shards (a ``.tar`` path, a folder of them, or a brace pattern ``shards-{000..009}.tar``).
+"""Training inputs of a tokenizer fit (``FitData.path``): a folder (searched recursively), one file,
+a glob, or WebDataset tar shards (a ``.tar`` path, a folder of them, or a brace pattern
+``shards-{000..009}.tar``). Patterns are expanded by ``shards/urls.py`` and shards read by
+``shards/reader.py``, the same code the training data goes through.
 
 Inside shards every member whose name ends in a wanted extension is one item (so
 ``<key>.jpg``, ``<key>.wav``, ``<key>.txt`` and interleaved ``<key>.img0.png`` all count).
 Members are handed over as raw bytes and decoded by the caller (PIL / soundfile / utf-8):
-nothing is unpickled.
+nothing is unpickled. Unreadable shards and undecodable items are skipped with a warning.
 """
 from __future__ import annotations
 
-import glob
+import os
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import webdataset as wds
-from braceexpand import braceexpand
+from mot_lightning.shards.reader import shard_samples
+from mot_lightning.shards.urls import expand, is_local, local_path
 
 T = TypeVar("T")
 
 
 def resolve(path: str, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     """-> (media files, tar shard urls), both sorted; raises if there is nothing usable."""
-    files: list[Path] = []
-    shards: list[str] = []
     p = Path(path)
-    if "{" in path and ".tar" in path:
-        shards = list(braceexpand(path))  # installed with webdataset
-        missing = [s for s in shards if not Path(s).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} shard(s) of {path!r} do not exist, e.g. {missing[0]!r}")
-    elif p.is_dir():
-        found = sorted(q for q in p.rglob("*") if q.is_file())
-        files = [q for q in found if q.suffix.lower() in exts]
-        shards = [str(q) for q in found if q.suffix.lower() == ".tar"]
-    elif p.is_file():
-        if p.suffix.lower() == ".tar":
-            shards = [str(p)]
-        else:
-            files = [p]
-    else:
-        matches = sorted(Path(m) for m in glob.glob(path, recursive=True))
-        files = [q for q in matches if q.suffix.lower() in exts]
-        shards = [str(q) for q in matches if q.suffix.lower() == ".tar"]
+    if p.is_file():  # one file is used whatever its extension
+        return ([], [path]) if p.suffix.lower() == ".tar" else ([p], [])
+    urls = [str(q) for q in sorted(p.rglob("*")) if q.is_file()] if p.is_dir() else _expand_pattern(path)
+    files = [Path(u) for u in urls if Path(u).suffix.lower() in exts]
+    shards = [u for u in urls if u.lower().endswith(".tar")]
     if not files and not shards:
         raise FileNotFoundError(
             f"no training data at {path!r}: expected a folder, file or glob of {'/'.join(exts)} files, or "
             f".tar WebDataset shards (make demo data with `mot tokenizer demo-data`)"
         )
     return files, shards
+
+
+def _expand_pattern(path: str) -> list[str]:
+    """A glob or brace pattern -> the existing local files it names (remote shard URLs kept)."""
+    try:
+        urls = expand(path, f"data.path {path!r}")
+    except FileNotFoundError:  # a glob that matches nothing: reported as "no training data"
+        return []
+    local = [local_path(u) for u in urls if is_local(u)]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if missing and len(missing) < len(urls):  # a partly missing shard list is a mistake, not "no data"
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(urls)} files of {path!r} do not exist, e.g. {missing[0]!r}; fix the path"
+        )
+    return [u for u in local if os.path.isfile(u)] + [u for u in urls if not is_local(u)]
 
 
 def iter_items(path: str, exts: tuple[str, ...], decode: Callable[[bytes | Path], T],
@@ -74,14 +76,17 @@ def _raw_items(files: list[Path], shards: list[str], exts: tuple[str, ...],
                root: Path | None) -> Iterator[tuple[str, bytes | Path]]:
     for f in files:  # keys relative to the data folder: the held-out split must not depend on where it lives
         yield (f.relative_to(root).as_posix() if root else f.name), f
-    if not shards:
-        return
-    dataset = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                             handler=wds.warn_and_continue, empty_check=False)
-    for sample in dataset:
+    for sample in shard_samples(shards, _Warn()):
         for member, data in sample.items():
             if not member.startswith("__") and ("." + member.lower()).endswith(exts):
                 yield f"{sample['__key__']}.{member}", data
+
+
+class _Warn:
+    """The shard reader's ``Counts``: warn about unreadable shards and duplicate members."""
+
+    def add(self, name: str, n: int = 1, detail: str = "") -> None:
+        warnings.warn(f"tokenizer data: {name}: {detail}", stacklevel=2)
 
 
 def is_held_out(key: str, fraction: float, seed: int = 0) -> bool:

@@ -1,8 +1,8 @@
-"""Fit-once tokenizer files for the data module.
+"""Fit-once tokenizer files for the data module (``data.tokenizer_files``).
 
 Learned tokenizers (k-means image patches, speech units, VQ-VAE, ...) are
 configured in YAML by class and config like any other; their weights live in
-``<tokenizer_dir>/<modality>-<Class>-<hash of its config>.pt``. ``prepare_data``
+``<dir>/<modality>-<Class>-<hash of its config>.pt``. ``prepare_data``
 (one process per node) fits every unfitted tokenizer whose file is missing on
 the training data and saves it; ``setup`` (every process) loads the file. A
 changed tokenizer config therefore gets a new file instead of silently reusing
@@ -15,24 +15,28 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.base import Tokenizer
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
+
+Tokenizers = dict[Modality, Tokenizer | None]
 
 
 def needs_file(tok: Tokenizer | None) -> bool:
     return isinstance(tok, FittableTokenizer) and not tok.is_fitted
 
 
-def tokenizer_path(directory: str, modality: str, tok: Tokenizer, explicit: dict[str, str] | None = None) -> Path:
+def tokenizer_path(directory: str, modality: Modality, tok: Tokenizer,
+                   explicit: dict[Modality, str] | None = None) -> Path:
     if explicit and modality in explicit:
         return Path(explicit[modality])
     config = repr(getattr(tok, "config", None))
     digest = hashlib.sha1(f"{type(tok).__name__}:{config}".encode()).hexdigest()[:10]
-    return Path(directory) / f"{modality}-{type(tok).__name__}-{digest}.pt"
+    return Path(directory) / f"{modality.label}-{type(tok).__name__}-{digest}.pt"
 
 
-def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_data: str | None,
-                explicit: dict[str, str] | None = None, train: TrainConfig | None = None) -> None:
+def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
+                explicit: dict[Modality, str] | None = None, train: TrainConfig | None = None) -> None:
     """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``).
 
     ``train`` sets the optimisation of neural tokenizers (VQ-VAE, KL-VAE); the others ignore it.
@@ -44,15 +48,16 @@ def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_dat
         if path.exists():
             continue
         if explicit and modality in explicit:
-            raise FileNotFoundError(f"data.tokenizer_files names {path} for {modality}, but it does not exist: "
-                                    "fit it with `mot tokenizer fit` or drop the entry to fit one here")
+            raise FileNotFoundError(
+                f"data.tokenizer_files.files names {path} for {modality.label}, but it does not exist: "
+                "fit it with `mot tokenizer fit` or drop the entry to fit one here")
         if fit_data is None:
             raise FileNotFoundError(
-                f"no fitted {modality} tokenizer at {path} and no data to fit one on: set "
-                "`data.tokenizer_fit_data` to shards/files of your data, or fit one with `mot tokenizer fit`"
-            )
-        print(f"fitting the {modality} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
-        run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<file stem>
+                f"no fitted {modality.label} tokenizer at {path} and no data to fit one on: set "
+                "`data.tokenizer_files.fit_data` to shards/files of your data, or fit one with "
+                "`mot tokenizer fit`")
+        print(f"fitting the {modality.label} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
+        run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<stem>
         metrics = tok.fit(FitData(path=fit_data), run)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -62,8 +67,8 @@ def fit_missing(tokenizers: dict[str, Tokenizer | None], directory: str, fit_dat
         print(f"  saved {path} ({shown})", flush=True)
 
 
-def load_fitted(tokenizers: dict[str, Tokenizer | None], directory: str,
-                explicit: dict[str, str] | None = None) -> dict[str, Tokenizer | None]:
+def load_fitted(tokenizers: Tokenizers, directory: str,
+                explicit: dict[Modality, str] | None = None) -> Tokenizers:
     """Replace each unfitted tokenizer by the one in its file (call from ``setup``)."""
     out = dict(tokenizers)
     for modality, tok in tokenizers.items():
@@ -71,10 +76,11 @@ def load_fitted(tokenizers: dict[str, Tokenizer | None], directory: str,
             continue
         path = tokenizer_path(directory, modality, tok, explicit)
         if not path.exists():
-            raise FileNotFoundError(f"fitted {modality} tokenizer {path} is missing: run `prepare_data` "
-                                    "(`mot fit` does) or fit it with `mot tokenizer fit`")
+            raise FileNotFoundError(f"fitted {modality.label} tokenizer {path} is missing: run "
+                                    "`prepare_data` (`mot fit` does) or fit it with `mot tokenizer fit`")
         loaded = type(tok).load(str(path))
         if getattr(loaded, "vocab_size", None) != getattr(tok, "vocab_size", None):
-            raise ValueError(f"{path} has vocab_size {loaded.vocab_size} but the config says {tok.vocab_size}")
+            raise ValueError(f"{path} has vocab_size {loaded.vocab_size} but the config says "
+                             f"{tok.vocab_size}: fit a new file or fix the tokenizer config")
         out[modality] = loaded
     return out

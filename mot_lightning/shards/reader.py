@@ -1,4 +1,4 @@
-"""Tar shards -> raw samples (``{"__key__": ..., "<ext>": bytes}``), counting unreadable shards.
+"""Tar shards -> raw samples (``{"__key__": ..., "<ext>": bytes}``), counting what cannot be read.
 
 Uses WebDataset's ``gopen`` (local paths, URLs, ``pipe:``) and ``group_by_keys``;
 the member loop is our own so that a damaged shard is one event: on the first
@@ -8,7 +8,12 @@ with the next shard. The sample that was being read is dropped: the one whose
 member data failed, or, when a member *header* failed (its name unknown), the
 last sample started (a tar stream cannot tell whether it was complete).
 Earlier samples are kept. A member name occurring twice in one sample is
-counted as ``duplicate_member`` and its second copy ignored.
+counted as ``duplicate_member`` and its second copy ignored. Metadata members
+(``__*__``) and non-files are skipped. Nothing is decoded or unpickled here.
+
+Counting goes through any object with ``add(name, n=1, detail="")`` (``Counts``):
+the data layer passes its shared-memory ``StreamCounters``, tokenizer fitting one
+that warns.
 """
 
 from __future__ import annotations
@@ -16,17 +21,25 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from mot_lightning.data.counters import CountingHandler, StreamCounters
+UNREADABLE_SHARD = "unreadable_shard"  # counted once per damaged shard
+DUPLICATE_MEMBER = "duplicate_member"  # counted once per repeated member name in a sample
 
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's convention for metadata members
 
 
-def shard_files(urls: Iterable[str], counters: StreamCounters) -> Iterator[dict]:
-    """File entries ``{"fname", "data", "__url__"}`` of every shard, an end-of-shard marker ``{}`` after each."""
+class Counts(Protocol):
+    """What the reader reports to: one event ``name`` (``n`` times), with a human-readable detail."""
+
+    def add(self, name: str, n: int = 1, detail: str = "") -> None: ...
+
+
+def shard_files(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
+    """File entries ``{"fname", "data", "__url__"}`` of each shard, then an end-of-shard marker ``{}``."""
     for url in urls:
         state = {"reading": None, "last": None}  # member whose data is being read / last member yielded
         try:
@@ -34,7 +47,7 @@ def shard_files(urls: Iterable[str], counters: StreamCounters) -> Iterator[dict]
                 for entry in _members(stream, state):
                     yield {**entry, "__url__": url}
         except Exception as exn:  # noqa: BLE001 - tarfile.ReadError, OSError, EOFError, ...
-            counters.add("unreadable_shard", detail=f"{url}: {type(exn).__name__}: {exn}")
+            counts.add(UNREADABLE_SHARD, detail=f"{url}: {type(exn).__name__}: {exn}")
             in_flight = state["reading"] or state["last"]
             if in_flight is not None:
                 key, _ = base_plus_ext(in_flight)
@@ -54,7 +67,17 @@ def _members(stream, state: dict) -> Iterator[dict]:
             tar.members = []  # stream mode: do not keep every header in memory
 
 
-def shard_samples(urls: Iterable[str], counters: StreamCounters) -> Iterator[dict]:
-    """Samples grouped by key; never merges samples across shards."""
-    handler = CountingHandler(counters, "duplicate_member")
-    return group_by_keys(shard_files(urls, counters), handler=handler)
+def shard_samples(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
+    """Samples grouped by key (member suffixes lower-cased); never merges samples across shards."""
+    return group_by_keys(shard_files(urls, counts), handler=_CountAs(counts, DUPLICATE_MEMBER))
+
+
+class _CountAs:
+    """WebDataset ``handler=``: count the exception as ``name`` and continue (picklable)."""
+
+    def __init__(self, counts: Counts, name: str) -> None:
+        self.counts, self.name = counts, name
+
+    def __call__(self, exn: Exception) -> bool:
+        self.counts.add(self.name, detail=f"{type(exn).__name__}: {exn}")
+        return True

@@ -1,4 +1,4 @@
-"""Speech for the demo corpus: a built-in deterministic synthesizer, or espeak-ng when asked.
+"""Speech of the demo world: a built-in deterministic synthesizer, or espeak-ng when asked.
 
 The built-in synthesizer is not meant to sound like a person; it gives every
 letter a fixed, distinguishable sound so that spoken captions carry the
