@@ -4,6 +4,7 @@
     python benchmarks/backbone.py --quick               # a 20-second smoke run
     python benchmarks/backbone.py --device cuda --dtype bf16 --preset chameleon-443m \
         --seq-len 4096 --batch 4                        # GPU variant
+    python benchmarks/backbone.py --cases dense,mot,mot_grouped_mm   # per-tower loop vs one grouped GEMM
 
 One *step* is forward + backward of ``out.pow(2).mean()`` on a batch whose
 sequences interleave text runs, fixed-size image runs and speech runs (like
@@ -74,6 +75,8 @@ def step(model, x, modality, routed: bool) -> None:
 VARIANTS = {
     "dense": dict(sparsity="dense"),
     "mot": dict(sparsity="mot"),
+    # the same MoT, each projection's towers in one torch._grouped_mm (CUDA sm90+ in bf16; CPU any dtype)
+    "mot_grouped_mm": dict(sparsity="mot", grouped_gemm="grouped_mm"),
     "mot_untie_ffn": dict(sparsity="mot", untie=["ffn"]),
     "mot_untie_ffn_attn": dict(sparsity="mot", untie=["ffn", "attn"]),
     "moe4x_ec": dict(sparsity="moe", moe_router="expert_choice"),

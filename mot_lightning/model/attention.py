@@ -37,8 +37,11 @@ _compiled_flex = None
 
 
 def _flex(q: Tensor, k: Tensor, v: Tensor, block_mask, enable_gqa: bool) -> Tensor:
-    """FlexAttention, compiled once per process on CUDA (eager elsewhere: forward-only on CPU)."""
+    """FlexAttention, compiled: inside a compiled block as part of the block's graph, else once per process
+    on CUDA; eager elsewhere (forward-only on CPU)."""
     global _compiled_flex
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
     if q.is_cuda:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)

@@ -131,3 +131,20 @@ def test_grouped_mm_compiles_once_in_bf16():
     torch.testing.assert_close(out, ref, atol=0, rtol=BF16_EPS)
     assert counter.frame_count == 1
 
+
+
+def test_flex_attention_compiles_inside_the_blocks():
+    """attn_backend flex: FlexAttention traced into each block's graph (forward; CPU has no flex backward),
+    block masks of other documents reuse it."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = Transformer(_tiny(attn_backend="flex"))
+    compiled = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled.compile_blocks(backend=counter)
+    with torch.no_grad():
+        for i, modality in enumerate(varying_batches(4)):
+            doc_ids = (torch.arange(T) >= 20 + 7 * i).long().expand(B, T)
+            x = torch.randn(B, T, DIM)
+            _close(compiled(x, modality, doc_ids=doc_ids), eager(x, modality, doc_ids=doc_ids), eager.cfg)
+    assert counter.frame_count == 1
