@@ -103,8 +103,11 @@ def _run_order(path: Path) -> tuple:
     """Runs named <setting>_<strategy>_<eager|compile>, listed by strategy, then compile, then setting."""
     setting, strategy, mode = (path.stem.split("_") + ["", "", ""])[:3]
     strategies, modes = ["single", "fsdp2", "fsdp1"], ["eager", "compile"]
-    return (strategies.index(strategy) if strategy in strategies else 9, modes.index(mode) if mode in modes else 9,
-            setting)
+
+    def rank(value: str, order: list[str]) -> int:
+        return order.index(value) if value in order else len(order)
+
+    return rank(strategy, strategies), rank(mode, modes), setting
 
 
 def _fit_rows(out: Path) -> list[dict]:
@@ -138,7 +141,8 @@ def _backbone_rows(out: Path) -> list[dict]:
     for case, r in report["results"].items():
         mem = r.get("peak_mb", r.get("saved_for_backward_mb"))
         rows.append({"name": f"backbone {case}", "status": "ok", "step_ms": r["median_ms"],
-                     "tokens_per_s": r["tokens_per_s"], "mfu": r["tokens_per_s"] * flops / peak if peak else None,
+                     "tokens_per_s": r["tokens_per_s"],
+                     "mfu": r["tokens_per_s"] * flops / peak if peak else None,
                      "peak_gb": mem / 1024 if mem is not None else None, "loss": None,
                      "ratio": r["ratio_vs_dense"]})
     return rows
@@ -157,20 +161,22 @@ def summarize(out: Path) -> str:
     rows = _fit_rows(out) + _backbone_rows(out)
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['name']:<28} | {r['status']:<26} | {_fmt(r.get('step_ms'), '9.1f')} | "
-                     f"{_fmt(r.get('tokens_per_s'), '10.0f')} | {mfu:>6} | {_fmt(r.get('peak_gb'), '8.2f')} | "
-                     f"{_fmt(r.get('loss'), '8.4f')} |")
+        cells = [f"{r['name']:<28}", f"{r['status']:<26}", _fmt(r.get("step_ms"), "9.1f"),
+                 _fmt(r.get("tokens_per_s"), "10.0f"), f"{mfu:>6}", _fmt(r.get("peak_gb"), "8.2f"),
+                 _fmt(r.get("loss"), "8.4f")]
+        lines.append("| " + " | ".join(cells) + " |")
     by_name = {r["name"]: r for r in rows}
     lines.append("")
     for mode in ("eager", "compile"):
         mot, dense = by_name.get(f"mot_single_{mode}"), by_name.get(f"dense_single_{mode}")
         if mot and dense and mot.get("step_ms") and dense.get("step_ms"):
-            lines.append(f"MoT / dense step time, single device, {mode}: {mot['step_ms'] / dense['step_ms']:.3f}")
+            ratio = mot["step_ms"] / dense["step_ms"]
+            lines.append(f"MoT / dense step time, single device, {mode}: {ratio:.3f}")
     for r in rows:
         if r["name"].startswith("backbone ") and "ratio" in r and r["name"] != "backbone dense":
             lines.append(f"{r['name']} / backbone dense step time: {r['ratio']:.3f}")
-    lines.append("MFU = tokens/s x training FLOPs per token (model accounting) / dense bf16 peak of the device "
-                 "(benchmarks/gpu_check.py table or PEAK_TFLOPS); '-' where the peak is unknown (CPU).")
+    lines.append("MFU = tokens/s x training FLOPs per token (model accounting) / dense bf16 peak of the "
+                 "device (table in benchmarks/gpu_check.py, or PEAK_TFLOPS); '-' where the peak is unknown.")
     return "\n".join(lines)
 
 
