@@ -14,8 +14,8 @@ image, -1 elsewhere). Every token may attend to itself, so no row is empty.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -82,7 +82,7 @@ class AttentionMask:
 
     @classmethod
     def build(cls, batch: int, seq_len: int, device: torch.device, *, backend: str, causal_: bool = True,
-              doc_ids: Tensor | None = None, span_ids: Tensor | None = None) -> "AttentionMask":
+              doc_ids: Tensor | None = None, span_ids: Tensor | None = None) -> AttentionMask:
         if backend not in ("sdpa", "flex"):
             raise ValueError(f"attention backend must be 'sdpa' or 'flex', got {backend!r}")
         if doc_ids is None and span_ids is None and backend == "sdpa":
