@@ -1,7 +1,8 @@
 """``mot generate``: write samples of a trained checkpoint to files.
 
     mot generate --ckpt runs/speech/mot/checkpoints/last.ckpt --config configs/speech/mot.yaml --out samples/
-        [--task caption_to_image|image_to_caption|text_to_speech ...] [--prompt "a red circle" ...]
+        [--task caption_to_image|image_to_caption|text_to_speech|speech_to_text ...]
+        [--prompt "a red circle" ...]
         [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_files.dir DIR]
         [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50]     (Transfusion: continuous images)
 
@@ -12,10 +13,12 @@ tokenizer would not match the checkpoint). Writes, per task:
 
 - ``caption_to_image_NN.png`` (+ ``caption_to_image.txt``: the prompts);
 - ``image_to_caption_NN.png`` (the validation image) + ``image_to_caption.txt``;
-- ``text_to_speech_NN.wav`` (16 kHz mono, soundfile) + ``text_to_speech.txt``.
+- ``text_to_speech_NN.wav`` (16 kHz mono, soundfile) + ``text_to_speech.txt``;
+- ``speech_to_text_NN.wav`` (the validation clip) + ``speech_to_text.txt`` (transcription, reference).
 
-Without ``--task``, every task the model's modalities allow. With a continuous
-image tokenizer (Transfusion setting) ``caption_to_image`` is guided diffusion
+Without ``--task``, every task the model's modalities allow. The tasks are
+``sampling.GenerationTasks`` (the same as SampleLogger's): with a continuous image
+tokenizer (Transfusion setting) ``caption_to_image`` is guided diffusion
 (``--guidance``, ``--sampler``, ``--steps``) and ``image_to_caption`` reads the
 clean latents.
 """
@@ -31,11 +34,11 @@ import torch
 from PIL import Image
 
 from mot_lightning import sampling
+from mot_lightning.data.documents import SAMPLE_RATE
 from mot_lightning.modality import Modality
-from mot_lightning.tokenizers.base import ContinuousTokenizer
 
 TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMAGE},
-         "text_to_speech": {Modality.SPEECH}}
+         "text_to_speech": {Modality.SPEECH}, "speech_to_text": {Modality.SPEECH}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the PNG/WAV/TXT files")
     p.add_argument("--task", action="append", choices=list(TASKS), help="repeatable; default: all the model can do")
     p.add_argument("--prompt", action="append", help="caption / text prompt (repeatable); default: demo captions")
-    p.add_argument("--n", type=int, default=4, help="validation images for image_to_caption")
+    p.add_argument("--n", type=int, default=4, help="validation images / speech clips for image_to_caption / "
+                   "speech_to_text")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_caption_tokens", type=int, default=64)
+    p.add_argument("--max_caption_tokens", type=int, default=64, help="longest caption / transcription")
     p.add_argument("--max_speech_units", type=int, default=100)
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
     p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
@@ -94,15 +98,23 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def _save_wav(wave: torch.Tensor, path: Path, rate: int) -> None:
+    """float[samples] -> 16-bit mono WAV (soundfile)."""
+    sf.write(path, np.asarray(wave.float().clamp(-1, 1).cpu()), rate)
+
+
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{i:02d}: {line}\n" for i, line in enumerate(lines)))
+
+
+def _with_references(generated: list[str], references: list[str]) -> list[str]:
+    return [f"{g!r} (reference: {r!r})" for g, r in zip(generated, references)]
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     model, dm = build(args.config, overrides)
     # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
     have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
-    latent = isinstance(dm.tokenizers.get(Modality.IMAGE), ContinuousTokenizer)
     tasks = args.task or [t for t, need in TASKS.items() if need <= have]
     missing = [t for t in tasks if not TASKS[t] <= have]
     if missing:
@@ -110,24 +122,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     load_weights(model, args.ckpt, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    net, vocab, toks = model.net, dm.vocab, dm.tokenizers
-    text_tok, image_tok, speech_tok = toks[Modality.TEXT], toks[Modality.IMAGE], toks[Modality.SPEECH]
+    settings = sampling.SamplingSettings(
+        temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
+        steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
+        max_speech_units=args.max_speech_units)
+    gen = sampling.GenerationTasks.of(model, dm, settings)  # every task starts from the seed: reruns agree
     prompts = args.prompt or list(sampling.DEMO_CAPTIONS)
-    kw = {"temperature": args.temperature, "top_k": args.top_k}
     written: list[Path] = []
-
-    def gen() -> torch.Generator:  # every task starts from the same seed: reruns give the same files
-        return torch.Generator(device=args.device).manual_seed(args.seed)
-
     if "caption_to_image" in tasks:
-        if latent:
-            images = sampling.caption_to_latent_image(net, vocab, text_tok, image_tok, prompts,
-                                                      model.objective, sampler=args.sampler, steps=args.steps,
-                                                      guidance=args.guidance, generator=gen())
-        else:
-            images = sampling.caption_to_image(net, vocab, text_tok, image_tok, prompts, generator=gen(),
-                                               **kw)
-        for i, image in enumerate(images):
+        for i, image in enumerate(gen.caption_to_image(prompts)):
             written.append(out / f"caption_to_image_{i:02d}.png")
             _save_png(image, written[-1])
         _write_lines(out / "caption_to_image.txt", prompts)
@@ -135,25 +138,26 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
         images, references = dm.image_text_pairs(args.n)
         if not len(images):
             raise SystemExit("mot generate: image_to_caption needs validation images: set data.val_sets")
-        encoded = image_tok.encode(images)  # codes long[N, n], or latents float[N, n, D]
-        if latent:
-            captions = sampling.latent_image_to_caption(net, vocab, text_tok, encoded, model.objective,
-                                                        max_tokens=args.max_caption_tokens, generator=gen(), **kw)
-        else:
-            captions = sampling.image_to_caption(net, vocab, text_tok, encoded,
-                                                 max_tokens=args.max_caption_tokens, generator=gen(), **kw)
+        captions = gen.image_to_caption(images)
         for i, image in enumerate(images):
             written.append(out / f"image_to_caption_{i:02d}.png")
             _save_png(image, written[-1])
-        _write_lines(out / "image_to_caption.txt", [f"{c!r} (reference: {r!r})" for c, r in zip(captions, references)])
+        _write_lines(out / "image_to_caption.txt", _with_references(captions, references))
     if "text_to_speech" in tasks:
-        waves = sampling.text_to_speech(net, vocab, text_tok, speech_tok, prompts,
-                                        max_units=args.max_speech_units, generator=gen(), **kw)
-        for i, wave in enumerate(waves):
+        rate = getattr(dm.tokenizers[Modality.SPEECH], "sample_rate", SAMPLE_RATE)
+        for i, wave in enumerate(gen.text_to_speech(prompts)):
             written.append(out / f"text_to_speech_{i:02d}.wav")
-            sf.write(written[-1], np.asarray(wave.float().clamp(-1, 1).cpu()),
-                     getattr(speech_tok, "sample_rate", 16000))
+            _save_wav(wave, written[-1], rate)
         _write_lines(out / "text_to_speech.txt", prompts)
+    if "speech_to_text" in tasks:
+        clips, references = dm.speech_text_pairs(args.n)
+        if not clips:
+            raise SystemExit("mot generate: speech_to_text needs validation speech: set data.val_sets")
+        texts = gen.speech_to_text(clips)
+        for i, clip in enumerate(clips):
+            written.append(out / f"speech_to_text_{i:02d}.wav")
+            _save_wav(clip, written[-1], SAMPLE_RATE)  # the rate the data layer decodes audio to
+        _write_lines(out / "speech_to_text.txt", _with_references(texts, references))
     return written
 
 

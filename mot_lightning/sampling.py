@@ -1,29 +1,33 @@
-"""Autoregressive sampling from a ``TokenLM``, and the app's three constrained tasks.
+"""Sampling from a ``TokenLM``: the decoding loop and the app's generation tasks.
 
-``generate`` is the one sampling loop: with ``use_cache`` it feeds the prompt
+``generate`` is the one token-by-token loop: with ``use_cache`` it feeds the prompt
 once and then one token per step through a ``KVCache``; without, it recomputes
 the whole sequence every step (the obviously-correct twin the tests compare
 against). Each new token's modality follows from its id (``JointVocab.modality_of``).
 
-The tasks build prompts exactly as ``data/encode.py`` lays documents out
-(``BOS text BOI image-codes EOI ...``, ``BOS_SPEECH units EOS_SPEECH``) and
-restrict every step to the id range the task needs:
+``GenerationTasks`` runs the app's tasks for one network, the data's
+``DocumentEncoder`` and one ``SamplingSettings`` (SampleLogger, ``mot generate``
+and evaluation all use it). A prompt is the start of a document as the data layer
+lays it out (``DocumentEncoder.encode_prompt``), batched by the data layer
+(``collate_prompts``); every step is restricted to the id range the task needs:
 
-- ``caption_to_image``: ``BOS caption BOI`` -> exactly ``tokens_per_image`` image codes;
-- ``image_to_caption``: ``BOS BOI codes EOI`` -> text ids until ``EOS``;
-- ``text_to_speech``:   ``BOS text BOS_SPEECH`` -> speech units until ``EOS_SPEECH``.
+- ``caption_to_image``: ``BOS caption BOI`` -> one image;
+- ``image_to_caption``: ``BOS BOI image EOI`` -> text until ``EOS``;
+- ``text_to_speech``:   ``BOS text BOS_SPEECH`` -> speech units until ``EOS_SPEECH``;
+- ``speech_to_text``:   ``BOS BOS_SPEECH units EOS_SPEECH`` -> text until ``EOS`` (transcription).
 
-Continuous images (Transfusion setting) are not sampled token by token:
-``caption_to_latent_image`` iterates the denoiser over the whole image span
-(``BOS caption BOI`` + latent patches, bidirectional inside the image) with
-classifier-free guidance against the unconditional prompt ``BOS BOI`` (what
-caption dropout trains), then decodes the latents with the VAE.
-``latent_image_to_caption`` reads a clean image (diffusion time 0) and samples
-its caption, recomputing the sequence each step (the bidirectional image span
-rules out the causal KV cache).
+The image representation is dispatched here, once. Discrete image codes are
+sampled token by token (``tokens_per_image`` of them). Continuous latents
+(Transfusion setting) are sampled by guided diffusion over the whole image span
+(bidirectional inside the image), with classifier-free guidance against the
+unconditional prompt ``BOS BOI`` (what caption dropout trains), and decoded by the
+VAE; captioning reads the clean latents (diffusion time 0) and recomputes the
+sequence each step (the bidirectional image span rules out the causal KV cache).
 
-Validation images for the image->caption prompts come from the data module
-(``MultiModalDataModule.image_text_pairs``).
+Prompts of one length decode as one batch (images: a fixed number of positions);
+captions, texts and speech clips decode one prompt at a time, because the KV cache
+holds one document per row and left padding would need document ids. Each task
+starts its own generator from ``settings.seed``: a seed fixes its samples.
 
 Sampling with a cache assumes token-local routing: an expert-choice MoE that
 routes over the whole batch (``moe_eval_mode="batch"``) sees one token at a
@@ -32,17 +36,22 @@ time when decoding, so cached and recomputed samples differ for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
+from mot_lightning.data.documents import Document, Segment
+from mot_lightning.data.encode import DocumentEncoder
+from mot_lightning.data.packing import Doc, collate_prompts
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.lm import TokenLM
+from mot_lightning.objectives.base import Objective
 from mot_lightning.objectives.diffusion import cfg_eps
-from mot_lightning.objectives.transfusion import Transfusion
-from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer
+from mot_lightning.objectives.transfusion import SAMPLERS, Transfusion
 
 DEMO_CAPTIONS = (  # prompts in the style of the demo corpus (data/demo.py)
     "two small red circles on the left",
@@ -76,7 +85,7 @@ def generate(net: TokenLM, prompt: Tensor, modality_of: Callable[[Tensor], Tenso
              temperature: float = 1.0, top_k: int | None = None, allowed: Allowed | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
              stop_ids: Sequence[int] = ()) -> Tensor:
-    """prompt long[B, T0] -> long[B, T0 + n], n <= max_new_tokens.
+    """prompt long[B, T0] (one document per row, no padding) -> long[B, T0 + n], n <= max_new_tokens.
 
     Stops early once every row has produced one of ``stop_ids`` (rows that stopped keep
     sampling until then: cut them with ``until_stop``). Call with the model in eval mode.
@@ -120,147 +129,205 @@ def id_mask(vocab: JointVocab, ranges: Sequence[tuple[int, int]], ids: Sequence[
     return mask
 
 
-def _text_ids(vocab: JointVocab, text_tok: DiscreteTokenizer, text: str) -> list[int]:
-    return vocab.to_joint(text_tok.encode(text).reshape(-1), Modality.TEXT).tolist()
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How every task samples (SampleLogger, ``mot generate`` and evaluation share the fields)."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None  # sample among the k most likely allowed ids; None = all
+    guidance: float = 3.0  # classifier-free guidance scale of diffusion images (1 = none)
+    sampler: str = "ddim"  # diffusion images: "ddim" (``steps``), "ddpm" (every step) or "flow"
+    steps: int = 50  # diffusion sampler steps (ddim, flow)
+    seed: int = 0  # every task starts its own generator from this seed
+    max_text_tokens: int = 64  # longest caption / transcription
+    max_speech_units: int = 100  # longest generated speech
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or (self.top_k is not None and self.top_k < 1):
+            raise ValueError(f"temperature must be >= 0 and top_k >= 1 or None, got {self}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if min(self.steps, self.max_text_tokens, self.max_speech_units) < 1:
+            raise ValueError(f"steps, max_text_tokens and max_speech_units must be >= 1, got {self}")
 
 
-def _device(net: TokenLM) -> torch.device:
-    return net.head.weight.device
+def _doc(*segments: tuple[Modality, str | Tensor]) -> Document:
+    return Document("prompt", [Segment(m, value) for m, value in segments])
 
 
-def caption_to_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_tok: DiscreteTokenizer,
-                     captions: Sequence[str], *, temperature: float = 1.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """-> float[N, 3, H, W] in [0, 1]: ``BOS caption BOI`` then exactly ``tokens_per_image`` image codes."""
-    n_codes = image_tok.num_tokens(None)  # fixed per image for discrete image tokenizers
-    device = _device(net)
-    allowed = id_mask(vocab, [vocab.range(Modality.IMAGE)], device=device)
-    images = []
-    for caption in captions:  # one row each: captions differ in length and rows are not padded
-        prompt = torch.tensor([[vocab.bos_id, *_text_ids(vocab, text_tok, caption), vocab.boi_id]], device=device)
-        out = generate(net, prompt, vocab.modality_of, n_codes, temperature, top_k,
-                       allowed=lambda step, toks: allowed, generator=generator)
-        codes = vocab.to_local(out[0, prompt.shape[1]:], Modality.IMAGE).cpu()
-        images.append(image_tok.decode(codes))
-    return torch.stack(images)
+class GenerationTasks:
+    """The app's generation tasks for one network and the data's encoder (tokenizers, vocabulary).
 
-
-@torch.no_grad()
-def caption_to_latent_image(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer,
-                            image_tok: ContinuousTokenizer, captions: Sequence[str], diffusion: Transfusion, *,
-                            sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
-                            generator: torch.Generator | None = None) -> Tensor:
-    """-> float[N, 3, H, W] in [0, 1]: one image per caption by guided diffusion over the image span.
-
-    Every denoiser call runs conditional rows ``BOS caption BOI x_t`` and unconditional rows
-    ``BOS BOI x_t`` in one batch (left-padded; the padding is its own document) and mixes the
-    two predictions as ``uncond + guidance * (cond - uncond)`` (``guidance`` 1 = no guidance).
-    ``sampler``: "ddim" (``steps`` steps, deterministic given the start noise), "ddpm" (every
-    step of the schedule) or, for flow matching, Euler steps. The start noise comes from
-    ``generator``, so a seed fixes the images. Call with the model in eval mode.
+    ``objective``: the model's objective; a ``Transfusion`` is needed with continuous (latent) images.
+    Call with the network in eval mode; every task runs without gradients.
     """
-    n_patches, device = image_tok.num_tokens(None), _device(net)
-    prompts = [[vocab.bos_id, *_text_ids(vocab, text_tok, c), vocab.boi_id] for c in captions]
-    prompts += [[vocab.bos_id, vocab.boi_id]] * (len(captions) if guidance != 1.0 else 0)
-    rows = _latent_rows(vocab, prompts, n_patches, device)
-    modality = vocab.modality_of(rows["tokens"])
-    n = len(captions)
-    # latent input rows: zero outside the image span (never read there), x_t written into the span each step
-    latents = torch.zeros(*rows["tokens"].shape, image_tok.latent_dim, device=device)
 
-    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:  # x_t (N, n_patches, D), t (N,)
-        latents[:, -n_patches:] = x_t.repeat(len(prompts) // n, 1, 1)  # the same x_t for the unconditional rows
-        times = diffusion.time_input(t.repeat(len(prompts) // n))[:, None].expand(rows["tokens"].shape)
-        _, pred = net(rows["tokens"], modality, positions=rows["positions"], doc_ids=rows["doc_ids"],
-                      span_ids=rows["span_ids"], latents=latents, timesteps=times)
-        pred = pred[:, -n_patches:].float()
-        return pred if len(prompts) == n else cfg_eps(pred[:n], pred[n:], guidance)
+    def __init__(self, net: TokenLM, encoder: DocumentEncoder,
+                 settings: SamplingSettings = SamplingSettings(), objective: Objective | None = None) -> None:
+        self.net, self.encoder, self.settings = net, encoder, settings
+        self.vocab: JointVocab = encoder.vocab
+        self.tokenizers = encoder.tokenizers
+        if self.vocab.image_latent and not isinstance(objective, Transfusion):
+            raise ValueError("continuous (latent) images are sampled by diffusion: the model's objective "
+                             f"must be mot_lightning.objectives.Transfusion, got {type(objective).__name__}")
+        self.diffusion = objective if self.vocab.image_latent else None
 
-    latents = diffusion.sample(eps_fn, (n, n_patches, image_tok.latent_dim), sampler=sampler, steps=steps,
-                               generator=generator, device=device)
-    return image_tok.decode(latents.cpu())  # a batch of latents -> float[N, 3, H, W]
+    @classmethod
+    def of(cls, model, dm, settings: SamplingSettings = SamplingSettings()) -> GenerationTasks:
+        """From a ``MultiModalLM`` (its ``net`` and ``objective``) and a data module after ``setup``."""
+        return cls(model.net, dm.encoder, settings, getattr(model, "objective", None))
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.head.weight.device
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.settings.seed)
+
+    def _text_or_eos(self) -> Tensor:
+        """bool[vocab]: what a caption / transcription may continue with."""
+        return id_mask(self.vocab, [(0, self.vocab.text_size)], [self.vocab.eos_id], device=self.device)
+
+    # --- the tasks ---------------------------------------------------------------------
+    @torch.no_grad()
+    def caption_to_image(self, captions: Sequence[str]) -> Tensor:
+        """-> float[N, 3, H, W] in [0, 1]: one image per caption."""
+        if not captions:
+            raise ValueError("caption_to_image needs at least one caption")
+        if self.vocab.image_latent:
+            return self._diffuse_images(captions)
+        image_tok, g = self.tokenizers[Modality.IMAGE], self._generator()
+        codes = id_mask(self.vocab, [self.vocab.range(Modality.IMAGE)], device=self.device)
+        images = []
+        for caption in captions:  # one row each: captions differ in length
+            prompt = self.encoder.encode_prompt(_doc((Modality.TEXT, caption)), then=Modality.IMAGE)
+            (ids,) = self._continue([prompt], image_tok.num_tokens(None), lambda step, toks: codes, g)
+            images.append(image_tok.decode(self.vocab.to_local(ids, Modality.IMAGE).cpu()))
+        return torch.stack(images)
+
+    @torch.no_grad()
+    def image_to_caption(self, images: Tensor | Sequence[Tensor]) -> list[str]:
+        """images float[N, 3, R, R] in [0, 1] -> N captions (text after ``BOS BOI image EOI``, to ``EOS``)."""
+        if isinstance(images, Tensor) and images.dim() != 4:
+            raise ValueError(f"images must be float[N, 3, R, R], got shape {tuple(images.shape)}")
+        prompts = [self.encoder.encode_prompt(_doc((Modality.IMAGE, image))) for image in images]
+        if not prompts:
+            return []
+        if self.vocab.image_latent:
+            return self._caption_latents(prompts)
+        text = self._text_or_eos()
+        rows = self._continue(prompts, self.settings.max_text_tokens, lambda step, toks: text,
+                              self._generator(), stop_ids=[self.vocab.eos_id])
+        return [self._text(ids) for ids in rows]
+
+    @torch.no_grad()
+    def text_to_speech(self, texts: Sequence[str]) -> list[Tensor]:
+        """-> one float[samples] waveform per text (the speech tokenizer's rate): units until ``EOS_SPEECH``
+        (at least one, at most ``max_speech_units``)."""
+        v, speech_tok, g = self.vocab, self.tokenizers[Modality.SPEECH], self._generator()
+        units = id_mask(v, [v.range(Modality.SPEECH)], device=self.device)
+        units_or_end = id_mask(v, [v.range(Modality.SPEECH)], [v.eos_speech_id], device=self.device)
+        waves = []
+        for text in texts:
+            prompt = self.encoder.encode_prompt(_doc((Modality.TEXT, text)), then=Modality.SPEECH)
+            (ids,) = self._continue([prompt], self.settings.max_speech_units,
+                                    lambda step, toks: units if step == 0 else units_or_end, g,
+                                    stop_ids=[v.eos_speech_id])
+            ids = until_stop(ids, [v.eos_speech_id])
+            waves.append(speech_tok.decode(v.to_local(ids, Modality.SPEECH).cpu()))
+        return waves
+
+    @torch.no_grad()
+    def speech_to_text(self, waves: Sequence[Tensor]) -> list[str]:
+        """waves float[samples] (16 kHz mono, lengths may differ) -> N transcriptions (text after
+        ``BOS BOS_SPEECH units EOS_SPEECH``, until ``EOS``)."""
+        g, text, texts = self._generator(), self._text_or_eos(), []
+        for wave in waves:  # one row each: clips differ in length
+            prompt = self.encoder.encode_prompt(_doc((Modality.SPEECH, wave)))
+            (ids,) = self._continue([prompt], self.settings.max_text_tokens, lambda step, toks: text, g,
+                                    stop_ids=[self.vocab.eos_id])
+            texts.append(self._text(ids))
+        return texts
+
+    # --- token by token (KV cache) -------------------------------------------------------
+    def _continue(self, prompts: list[Doc], max_new: int, allowed: Allowed, generator: torch.Generator,
+                  stop_ids: Sequence[int] = ()) -> list[Tensor]:
+        """Prompts of one length, decoded as one batch -> each row's new ids long[n]."""
+        batch = collate_prompts(prompts, self.vocab)
+        if bool((batch.doc_ids != 0).any()):
+            raise ValueError("prompts decoded together must have one length: the KV cache holds one "
+                             "document per row (decode prompts of other lengths one at a time)")
+        prompt = batch.tokens.to(self.device)
+        s = self.settings
+        out = generate(self.net, prompt, self.vocab.modality_of, max_new, s.temperature, s.top_k,
+                       allowed=allowed, generator=generator, stop_ids=stop_ids)
+        return list(out[:, prompt.shape[1]:])
+
+    def _text(self, ids: Tensor) -> str:
+        return self.tokenizers[Modality.TEXT].decode(until_stop(ids, [self.vocab.eos_id]).cpu())
+
+    # --- continuous images (diffusion) ---------------------------------------------------
+    def _diffuse_images(self, captions: Sequence[str]) -> Tensor:
+        """Guided diffusion over the image span of ``BOS caption BOI [latents]``.
+
+        Every denoiser call runs the conditional rows and the unconditional rows ``BOS BOI [latents]`` in
+        one left-padded batch and mixes the two predictions as ``uncond + guidance * (cond - uncond)``.
+        The start noise comes from the task's generator, so a seed fixes the images.
+        """
+        s, image_tok, n = self.settings, self.tokenizers[Modality.IMAGE], len(captions)
+        docs = [_doc((Modality.TEXT, c)) for c in captions]
+        docs += [_doc()] * (n if s.guidance != 1.0 else 0)  # BOS BOI: what caption dropout trains
+        prompts = [self.encoder.encode_prompt(d, then=Modality.IMAGE) for d in docs]
+        batch = collate_prompts(prompts, self.vocab).to(self.device)
+        n_patches, copies = image_tok.num_tokens(None), len(docs) // n
+        latents = batch.latents.clone()  # every row ends with the image span: x_t goes into its last columns
+
+        def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:  # x_t (N, n_patches, D), t (N,)
+            latents[:, -n_patches:] = x_t.repeat(copies, 1, 1)  # the same x_t for the unconditional rows
+            times = self.diffusion.time_input(t.repeat(copies))[:, None].expand(batch.tokens.shape)
+            _, pred = self.net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids,
+                               span_ids=batch.span_ids, latents=latents, timesteps=times)
+            pred = pred[:, -n_patches:].float()
+            return pred if copies == 1 else cfg_eps(pred[:n], pred[n:], s.guidance)
+
+        x0 = self.diffusion.sample(eps_fn, (n, n_patches, image_tok.latent_dim), sampler=s.sampler,
+                                   steps=s.steps, generator=self._generator(), device=self.device)
+        return image_tok.decode(x0.cpu())  # a batch of latents -> float[N, 3, H, W]
+
+    def _caption_latents(self, prompts: list[Doc]) -> list[str]:
+        """``BOS BOI latents EOI`` with the image clean (time 0), then text until ``EOS``, recomputing the
+        whole sequence each step."""
+        s, eos, g, text = self.settings, self.vocab.eos_id, self._generator(), self._text_or_eos()
+        batch = collate_prompts(prompts, self.vocab).to(self.device)
+        start = batch.seq_len
+        done = torch.zeros(batch.batch_size, dtype=torch.bool, device=self.device)
+        for _ in range(s.max_text_tokens):
+            times = self.diffusion.time_input(torch.zeros(batch.tokens.shape, device=self.device))
+            logits, _ = self.net(batch.tokens, batch.modality, positions=batch.positions,
+                                 doc_ids=batch.doc_ids, span_ids=batch.span_ids, latents=batch.latents,
+                                 timesteps=times)
+            nxt = sample_next(logits[:, -1], s.temperature, s.top_k, text, g)  # (N,)
+            batch = _append(batch, nxt, self.vocab)
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+        return [self._text(row[start:]) for row in batch.tokens]
 
 
-def _latent_rows(vocab: JointVocab, prompts: list[list[int]], n_patches: int,
-                 device: torch.device) -> dict[str, Tensor]:
-    """Prompts + ``n_patches`` latent placeholders, left-padded to one length (padding = document 0)."""
-    length = max(len(p) for p in prompts) + n_patches
-    tokens, doc_ids, positions, span_ids = [], [], [], []
-    for p in prompts:
-        pad, used = length - len(p) - n_patches, len(p) + n_patches
-        tokens.append([vocab.pad_id] * pad + p + [vocab.latent_id] * n_patches)
-        doc_ids.append([0] * pad + [1] * used)
-        positions.append(list(range(pad)) + list(range(used)))
-        span_ids.append([-1] * (length - n_patches) + [0] * n_patches)
-    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in
-            (("tokens", tokens), ("doc_ids", doc_ids), ("positions", positions), ("span_ids", span_ids))}
-
-
-@torch.no_grad()
-def latent_image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, latents: Tensor,
-                            diffusion: Transfusion, *, max_tokens: int = 64, temperature: float = 1.0,
-                            top_k: int | None = None, generator: torch.Generator | None = None) -> list[str]:
-    """latents float[N, n, D] (clean, from the latent tokenizer) -> N captions:
-    ``BOS BOI latents EOI`` with the image at diffusion time 0, then text until ``EOS``."""
-    if latents.dim() != 3:
-        raise ValueError(f"latents must be float[N, n_patches, latent_dim], got shape {tuple(latents.shape)}")
-    device = _device(net)
-    N, n, D = latents.shape
-    prefix = [vocab.bos_id, vocab.boi_id, *[vocab.latent_id] * n, vocab.eoi_id]
-    tokens = torch.tensor([prefix] * N, device=device)
-    allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
-    # built once for the longest sequence, sliced to the current length each step
-    longest = len(prefix) + max_tokens
-    span_ids = torch.full((N, longest), -1, dtype=torch.long, device=device)
-    span_ids[:, 2:2 + n] = 0
-    x = torch.zeros(N, longest, D, device=device)
-    x[:, 2:2 + n] = latents.to(device)
-    times = diffusion.time_input(torch.zeros(N, longest, device=device))  # the image is clean: time 0
-    for _ in range(max_tokens):
-        T = tokens.shape[1]
-        logits, _ = net(tokens, vocab.modality_of(tokens), span_ids=span_ids[:, :T], latents=x[:, :T],
-                        timesteps=times[:, :T])
-        nxt = sample_next(logits[:, -1], temperature, top_k, allowed, generator)  # (N,)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        done |= nxt == vocab.eos_id
-        if bool(done.all()):
-            break
-    return [text_tok.decode(until_stop(row[len(prefix):], [vocab.eos_id]).cpu()) for row in tokens]
-
-
-def image_to_caption(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, image_codes: Tensor, *,
-                     max_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None) -> list[str]:
-    """image_codes long[N, n] (image tokenizer's own ids) -> N captions: ``BOS BOI codes EOI`` then text until EOS."""
-    if image_codes.dim() != 2:
-        raise ValueError(f"image_codes must be long[N, tokens_per_image], got shape {tuple(image_codes.shape)}")
-    device = _device(net)
-    codes = vocab.to_joint(image_codes.to(device), Modality.IMAGE)  # (N, n)
-    n = codes.shape[0]
-    bos_boi = torch.tensor([vocab.bos_id, vocab.boi_id], device=device).expand(n, 2)
-    prompt = torch.cat([bos_boi, codes, torch.full((n, 1), vocab.eoi_id, device=device)], dim=1)
-    allowed = id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id], device=device)
-    out = generate(net, prompt, vocab.modality_of, max_tokens, temperature, top_k,
-                   allowed=lambda step, toks: allowed, generator=generator, stop_ids=[vocab.eos_id])
-    return [text_tok.decode(until_stop(row[prompt.shape[1]:], [vocab.eos_id]).cpu()) for row in out]
-
-
-def text_to_speech(net: TokenLM, vocab: JointVocab, text_tok: DiscreteTokenizer, speech_tok: DiscreteTokenizer,
-                   texts: Sequence[str], *, max_units: int = 100, temperature: float = 1.0,
-                   top_k: int | None = None, generator: torch.Generator | None = None) -> list[Tensor]:
-    """-> one float[samples] waveform per text (the speech tokenizer's rate): ``BOS text BOS_SPEECH`` then
-    speech units until ``EOS_SPEECH`` (at least one unit, at most ``max_units``)."""
-    device = _device(net)
-    units = id_mask(vocab, [vocab.range(Modality.SPEECH)], device=device)
-    units_or_end = id_mask(vocab, [vocab.range(Modality.SPEECH)], [vocab.eos_speech_id], device=device)
-    waves = []
-    for text in texts:
-        prompt = torch.tensor([[vocab.bos_id, *_text_ids(vocab, text_tok, text), vocab.bos_speech_id]],
-                              device=device)
-        out = generate(net, prompt, vocab.modality_of, max_units, temperature, top_k,
-                       allowed=lambda step, toks: units if step == 0 else units_or_end,
-                       generator=generator, stop_ids=[vocab.eos_speech_id])
-        ids = until_stop(out[0, prompt.shape[1]:], [vocab.eos_speech_id])
-        waves.append(speech_tok.decode(vocab.to_local(ids, Modality.SPEECH).cpu()))
-    return waves
+def _append(batch: MultiModalBatch, nxt: Tensor, vocab: JointVocab) -> MultiModalBatch:
+    """``batch`` with the token ``nxt`` long[B] appended to every row, continuing the row's last document."""
+    col = nxt[:, None]  # (B, 1)
+    tokens = torch.cat([batch.tokens, col], dim=1)  # (B, T + 1)
+    latents = span_ids = None
+    if batch.latents is not None:
+        latents = torch.cat([batch.latents, batch.latents.new_zeros(len(col), 1, batch.latents.shape[-1])], 1)
+        span_ids = torch.cat([batch.span_ids, torch.full_like(col, -1)], dim=1)
+    return MultiModalBatch(
+        tokens=tokens,
+        modality=vocab.modality_of(tokens),
+        doc_ids=torch.cat([batch.doc_ids, batch.doc_ids[:, -1:]], dim=1),
+        positions=torch.cat([batch.positions, batch.positions[:, -1:] + 1], dim=1),
+        targets=torch.cat([batch.targets[:, :-1], col, torch.full_like(col, IGNORE_INDEX)], dim=1),
+        latents=latents,
+        span_ids=span_ids,
+    )

@@ -6,16 +6,19 @@ Tags (each only when the model has the modalities it needs):
   ``samples/caption_to_image_prompts``  the captions (text);
 - ``samples/image_to_caption``          captions generated for validation images (text, with the reference);
 - ``samples/text_to_speech``            speech generated from the captions (audio, one clip, 16 kHz);
+- ``samples/speech_to_text``            transcriptions of validation speech (text, with the reference);
 - ``samples/image_reconstructions``     validation images (top row) and their image-tokenizer
   reconstructions (bottom row): the ceiling for generated image quality.
 
-With a continuous image tokenizer (Transfusion setting) ``caption_to_image`` is
-guided diffusion over the image span (``sampling.caption_to_latent_image``:
-``diffusion_sampler``, ``diffusion_steps``, ``guidance``) decoded by the VAE.
+The tasks are ``sampling.GenerationTasks`` (the same as ``mot generate``): with a
+continuous image tokenizer (Transfusion setting) ``caption_to_image`` is guided
+diffusion over the image span (``guidance``, ``diffusion_sampler``,
+``diffusion_steps``) decoded by the VAE.
 
-Validation images come from the raw shards of the first validation set, read
-once. Sampling uses its own seeded generator, so it never moves the training
-RNG, and the same seed at every logging step makes samples comparable over time.
+Validation images and speech come from the first validation set
+(``image_text_pairs`` / ``speech_text_pairs`` of the data module), read once.
+Sampling uses its own seeded generator, so it never moves the training RNG, and
+the same seed at every logging step makes samples comparable over time.
 """
 from __future__ import annotations
 
@@ -28,10 +31,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.distributed.tensor import DTensor
 from torchvision.utils import make_grid
 
-from mot_lightning import sampling
 from mot_lightning.modality import Modality
-from mot_lightning.sampling import DEMO_CAPTIONS
-from mot_lightning.tokenizers.base import ContinuousTokenizer
+from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings
 
 SILENCE_S = 0.25  # between concatenated speech samples
 
@@ -47,7 +48,8 @@ class SampleLogger(pl.Callback):
             n_samples: images / captions / speech clips per task.
             temperature / top_k: sampling settings (temperature 0 = greedy).
             captions: prompts for caption->image and text->speech; default: demo-style captions.
-            max_caption_tokens / max_speech_units: length limits of generated captions / speech.
+            max_caption_tokens / max_speech_units: length limits of generated captions and transcriptions /
+                speech.
             seed: seed of the sampling generator (the same at every logging step).
             guidance / diffusion_sampler / diffusion_steps: classifier-free guidance scale (1 = none), sampler
                 ("ddim", "ddpm", "flow") and its steps for continuous (diffusion) images.
@@ -55,12 +57,14 @@ class SampleLogger(pl.Callback):
         if every_n_steps < 1 or n_samples < 1:
             raise ValueError(f"every_n_steps and n_samples must be >= 1, got {every_n_steps}, {n_samples}")
         self.every_n_steps, self.n_samples = every_n_steps, n_samples
-        self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.captions = list(captions or DEMO_CAPTIONS)
-        self.max_caption_tokens, self.max_speech_units = max_caption_tokens, max_speech_units
-        self.guidance, self.diffusion_sampler, self.diffusion_steps = guidance, diffusion_sampler, diffusion_steps
+        self.settings = SamplingSettings(
+            temperature=temperature, top_k=top_k, guidance=guidance, sampler=diffusion_sampler,
+            steps=diffusion_steps, seed=seed, max_text_tokens=max_caption_tokens,
+            max_speech_units=max_speech_units)
         self._last_step = -1
-        self._val_pairs: tuple[torch.Tensor, list[str]] | None = None
+        self._val_images: tuple[torch.Tensor, list[str]] | None = None
+        self._val_speech: tuple[list[torch.Tensor], list[str]] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -82,67 +86,57 @@ class SampleLogger(pl.Callback):
             return
         dm, step = trainer.datamodule, trainer.global_step
         have = set(pl_module.modalities) & set(getattr(dm, "modalities", []))  # in the model and trained on
+        media = [m for m in (Modality.IMAGE, Modality.SPEECH)
+                 if m in have and dm.tokenizers.get(m) is not None]
+        if not media:
+            return
+        tasks = GenerationTasks.of(pl_module, dm, self.settings)
         was_training = net.training
         net.eval()
         try:
-            if Modality.IMAGE in have and dm.tokenizers.get(Modality.IMAGE) is not None:
-                self._images(writer, dm, pl_module, step)
-            if Modality.SPEECH in have and dm.tokenizers.get(Modality.SPEECH) is not None:
-                self._speech(writer, dm, net, step)
+            if Modality.IMAGE in media:
+                self._images(writer, dm, tasks, step)
+            if Modality.SPEECH in media:
+                self._speech(writer, dm, tasks, step)
         finally:
             net.train(was_training)
 
-    def _generator(self, net) -> torch.Generator:
-        return torch.Generator(device=net.head.weight.device).manual_seed(self.seed)
-
-    def _kw(self, net) -> dict:
-        return {"temperature": self.temperature, "top_k": self.top_k, "generator": self._generator(net)}
-
-    def _images(self, writer, dm, pl_module, step: int) -> None:
-        net = pl_module.net
-        text_tok, image_tok = dm.tokenizers[Modality.TEXT], dm.tokenizers[Modality.IMAGE]
+    def _images(self, writer, dm, tasks: GenerationTasks, step: int) -> None:
         captions = self.captions[: self.n_samples]
-        latent = isinstance(image_tok, ContinuousTokenizer)
-        if latent:
-            images = sampling.caption_to_latent_image(
-                net, dm.vocab, text_tok, image_tok, captions, pl_module.objective, sampler=self.diffusion_sampler,
-                steps=self.diffusion_steps, guidance=self.guidance, generator=self._generator(net))
-        else:
-            images = sampling.caption_to_image(net, dm.vocab, text_tok, image_tok, captions, **self._kw(net))
+        images = tasks.caption_to_image(captions)
         writer.add_image("samples/caption_to_image", make_grid(images, nrow=len(images)), step)
         writer.add_text("samples/caption_to_image_prompts", _numbered(captions), step)
-        originals, references = self._validation_images(dm)
+        if self._val_images is None:
+            self._val_images = dm.image_text_pairs(self.n_samples)
+        originals, references = self._val_images
         if not len(originals):
             return
-        codes = image_tok.encode(originals)  # (N, n) the tokenizer's own ids, or (N, n, D) latents
-        recon = image_tok.decode(codes)  # (N, 3, R, R)
+        image_tok = dm.tokenizers[Modality.IMAGE]
+        recon = image_tok.decode(image_tok.encode(originals))  # (N, 3, R, R)
         grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
         writer.add_image("samples/image_reconstructions", grid, step)
-        if latent:
-            generated = sampling.latent_image_to_caption(net, dm.vocab, text_tok, codes, pl_module.objective,
-                                                         max_tokens=self.max_caption_tokens, **self._kw(net))
-        else:
-            generated = sampling.image_to_caption(net, dm.vocab, text_tok, codes,
-                                                  max_tokens=self.max_caption_tokens, **self._kw(net))
-        lines = [f"{gen!r} (reference: {ref!r})" for gen, ref in zip(generated, references)]
-        writer.add_text("samples/image_to_caption", _numbered(lines), step)
+        captions = tasks.image_to_caption(originals)
+        writer.add_text("samples/image_to_caption", _numbered(_with_references(captions, references)), step)
 
-    def _speech(self, writer, dm, net, step: int) -> None:
+    def _speech(self, writer, dm, tasks: GenerationTasks, step: int) -> None:
         speech_tok = dm.tokenizers[Modality.SPEECH]
         texts = self.captions[: self.n_samples]
-        waves = sampling.text_to_speech(net, dm.vocab, dm.tokenizers[Modality.TEXT], speech_tok, texts,
-                                        max_units=self.max_speech_units, **self._kw(net))
+        waves = tasks.text_to_speech(texts)
         rate = getattr(speech_tok, "sample_rate", 16000)
         gap = torch.zeros(int(SILENCE_S * rate))
         clip = torch.cat([piece for w in waves for piece in (w.float().clamp(-1, 1), gap)])
         writer.add_audio("samples/text_to_speech", clip[None], step, sample_rate=rate)
         writer.add_text("samples/text_to_speech_prompts", _numbered(texts), step)
+        if self._val_speech is None:
+            self._val_speech = dm.speech_text_pairs(self.n_samples)
+        clips, references = self._val_speech
+        if clips:
+            texts = tasks.speech_to_text(clips)
+            writer.add_text("samples/speech_to_text", _numbered(_with_references(texts, references)), step)
 
-    def _validation_images(self, dm) -> tuple[torch.Tensor, list[str]]:
-        """float[N, 3, R, R] images and their text from the first validation set's shards (read once)."""
-        if self._val_pairs is None:
-            self._val_pairs = dm.image_text_pairs(self.n_samples)
-        return self._val_pairs
+
+def _with_references(generated: list[str], references: list[str]) -> list[str]:
+    return [f"{gen!r} (reference: {ref!r})" for gen, ref in zip(generated, references)]
 
 
 def _numbered(lines: Sequence[str]) -> str:

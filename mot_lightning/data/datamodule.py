@@ -18,7 +18,8 @@ batches on every rank (an infinite stream split by rank and worker, see
 ``stream.py``); validation is one DataLoader per named set (``val_set_names``
 gives the names in ``dataloader_idx`` order); ``test`` reuses the validation
 sets. Rank and world size come from the attached trainer (else RANK/WORLD_SIZE).
-``image_text_pairs`` reads raw validation images and their text (sampling, evaluation).
+``image_text_pairs`` / ``speech_text_pairs`` read raw validation images / speech and their text
+(sampling, evaluation).
 
 Counters: ``skip_counts()`` (skips by reason) and ``stream_stats()`` (every
 counter per stream) read shared-memory tables that the worker processes
@@ -240,34 +241,44 @@ class MultiModalDataModule(pl.LightningDataModule):
         """``mot test`` evaluates on the named validation sets (same names, same order)."""
         return self.val_dataloader()
 
-    # --- raw validation images -------------------------------------------------------
+    # --- raw validation media ----------------------------------------------------------
     def image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
         """Up to ``n`` images float[N, 3, R, R] in [0, 1] (R = ``image_size``) and the text of their
         documents, in shard order from the first validation set (image->caption prompts, reconstructions).
 
         Reads the raw shards (no tokenizer involved); float[0, 3, R, R] and [] without a validation set.
         Damaged shards are skipped here and counted by the validation stream itself.
+        A document's last image is taken (two-scene stories hold two).
         """
-        images: list[torch.Tensor] = []
+        images, texts = self._media_text_pairs(n, Modality.IMAGE)
+        side = self.image_size
+        return (torch.stack(images) if images else torch.zeros(0, 3, side, side)), texts
+
+    def speech_text_pairs(self, n: int) -> tuple[list[torch.Tensor], list[str]]:
+        """Up to ``n`` speech clips (float[samples] mono at 16 kHz, lengths differ) and the text of their
+        documents (the transcript of a speech-transcript pair), in shard order from the first validation
+        set (speech->text prompts, word error rate). ``[], []`` without a validation set."""
+        return self._media_text_pairs(n, Modality.SPEECH)
+
+    def _media_text_pairs(self, n: int, modality: Modality) -> tuple[list[torch.Tensor], list[str]]:
+        """Each document's last ``modality`` segment and its text segments joined by spaces."""
+        media: list[torch.Tensor] = []
         texts: list[str] = []
         configs = self._val_configs()
         if configs and n > 0:
-            keep = frozenset({Modality.TEXT, Modality.IMAGE})
-            source = resolve(configs[0], keep)
+            source = resolve(configs[0], frozenset({Modality.TEXT, modality}))
             for sample in shard_samples(source.urls, NullCounters()):
                 try:
                     doc = parse_sample(sample, source.keep, self.image_size)
                 except BadSample:
                     continue
-                # a document's last image (two-scene stories hold two)
-                image = next((s.value for s in reversed(doc.segments) if s.modality == Modality.IMAGE), None)
-                if image is not None:
-                    images.append(image)
+                value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
+                if value is not None:
+                    media.append(value)
                     texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
-                if len(images) == n:
+                if len(media) == n:
                     break
-        side = self.image_size
-        return (torch.stack(images) if images else torch.zeros(0, 3, side, side)), texts
+        return media, texts
 
     # --- counters ------------------------------------------------------------------
     def skip_counts(self) -> dict[str, int]:

@@ -12,6 +12,11 @@ carrying the latent patches beside the ids (Transfusion setting).
 image EOI EOS`` for a caption-image pair): classifier-free guidance trains the
 unconditional model on exactly the prompt it samples from (``BOS BOI``).
 
+``encode_prompt`` lays out the start of a document for generation the same way:
+its segments, then the opening of the segment to generate (``BOS caption BOI``,
+``BOS BOI codes EOI``, ``BOS text BOS_SPEECH``, ``BOS BOS_SPEECH units EOS_SPEECH``),
+so a prompt is always a prefix of a training document.
+
 Runs inside the DataLoader workers, so this
 object and the tokenizers it holds must be picklable.
 """
@@ -61,25 +66,61 @@ class DocumentEncoder:
     def encode(self, doc: Document, drop_text: bool = False) -> Doc:
         """Joint ids of the whole document, ``BOS ... EOS``: ``long[n]``, or a ``LatentDoc`` with latent images."""
         segments = [s for s in doc.segments if not (drop_text and s.modality == Modality.TEXT)]
-        pieces = [p for p in (self._segment(seg) for seg in segments) if len(p[0])]
+        pieces = self._pieces(segments)
         if not pieces:
             raise BadSample(
                 "empty_doc", f"{doc.key}: no tokens after filtering ({doc.dropped} segments dropped)"
             )
-        v = self.vocab
-        ids = torch.cat([torch.tensor([v.bos_id]), *(p[0] for p in pieces), torch.tensor([v.eos_id])])
-        if not v.image_latent:
+        return self._join([self._marker(self.vocab.bos_id), *pieces, self._marker(self.vocab.eos_id)])
+
+    def encode_prompt(self, doc: Document, then: Modality = Modality.TEXT) -> Doc:
+        """The start of a document for the model to continue: ``BOS``, every segment of ``doc`` laid out as
+        ``encode`` does, then the opening of a ``then`` segment; no ``EOS``. ``long[n]``, or a ``LatentDoc``.
+
+        ``then``: ``TEXT`` adds nothing (text needs no opening token: ``BOS BOI codes EOI`` -> a caption);
+        ``SPEECH`` adds ``BOS_SPEECH``; ``IMAGE`` adds ``BOI``, and with latent images also the image's
+        ``num_tokens`` latent placeholders (zero latents): the span a diffusion sampler fills as a whole.
+        ``doc`` may hold no segment: ``BOS BOI`` is the unconditional prompt of classifier-free guidance.
+        """
+        pieces = [self._marker(self.vocab.bos_id), *self._pieces(doc.segments)]
+        then = Modality(then)
+        if then != Modality.TEXT:
+            tokenizer = self._tokenizer(then)
+            opening = self._bounds[then][0]
+            if isinstance(tokenizer, ContinuousTokenizer):  # the whole span: BOI + placeholders
+                n = tokenizer.num_tokens(None)
+                ids = torch.tensor([*opening, *[self.vocab.latent_id] * n], dtype=torch.long)
+                pieces.append((ids, torch.zeros(len(ids), tokenizer.latent_dim)))
+            else:
+                pieces.append((torch.tensor(opening, dtype=torch.long), None))
+        return self._join(pieces)
+
+    def _pieces(self, segments: list[Segment]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each segment's ids (with boundary tokens) and latents; segments without tokens left out."""
+        return [p for p in (self._segment(seg) for seg in segments) if len(p[0])]
+
+    @staticmethod
+    def _marker(token: int) -> tuple[torch.Tensor, None]:
+        return torch.tensor([token]), None
+
+    def _join(self, pieces: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Doc:
+        """Concatenated pieces: ``long[n]`` ids, or a ``LatentDoc`` (zero latents outside latent images)."""
+        ids = torch.cat([p[0] for p in pieces])
+        if not self.vocab.image_latent:
             return ids
         width = self.latent_dim
-        latents = [torch.zeros(1, width), *(p[1] if p[1] is not None else torch.zeros(len(p[0]), width)
-                                           for p in pieces), torch.zeros(1, width)]
+        latents = [lat if lat is not None else torch.zeros(len(i), width) for i, lat in pieces]
         return LatentDoc(ids, torch.cat(latents))
+
+    def _tokenizer(self, modality: Modality) -> Tokenizer:
+        tokenizer = self.tokenizers[modality]
+        if tokenizer is None:
+            raise ValueError(f"no {modality.label} tokenizer configured; drop the modality or add one")
+        return tokenizer
 
     def _segment(self, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(joint ids long[n] with boundary tokens, latents float[n, D] for a latent image else None)."""
-        tokenizer = self.tokenizers[seg.modality]
-        if tokenizer is None:
-            raise ValueError(f"no {seg.modality.label} tokenizer configured; drop the modality or add one")
+        tokenizer = self._tokenizer(seg.modality)
         before, after = self._bounds[seg.modality]
         if isinstance(tokenizer, ContinuousTokenizer):
             patches = tokenizer.encode(seg.value).float()  # (n, D)

@@ -9,11 +9,15 @@ document's tokens are split and none can attend to another's (each gets its
 own ``doc_ids`` value). A document longer than ``seq_len`` is skipped
 (``overlong="skip"``, counted ``too_long``) or cut to ``seq_len`` tokens
 (``overlong="truncate"``, the cut tokens counted as ``truncated_tokens``).
+
+``collate_prompts`` builds generation prompts (``DocumentEncoder.encode_prompt``)
+into a batch with the same row code, padded on the left so that every prompt
+ends in the last column, where generation continues.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,14 +130,31 @@ def collate_rows(rows: list[list[Doc]], seq_len: int, vocab: JointVocab) -> Mult
     positions), and a latent position is never a next-token target: images are
     trained by the diffusion loss (the ``EOI`` after an image stays a text target).
     """
+    return _collate(rows, seq_len, vocab, pad_left=False)
+
+
+def collate_prompts(prompts: Sequence[Doc], vocab: JointVocab) -> MultiModalBatch:
+    """Prompts (one document each) -> a ``MultiModalBatch`` of shape ``[len(prompts), longest prompt]``.
+
+    Rows are built as ``collate_rows`` builds them, but the padding comes first, so every prompt ends in
+    the last column: the padding is its own document (id 0, the prompt then id 1), positions restart at
+    the prompt, and latent images get their ``latents`` and ``span_ids``. A row without padding is
+    exactly ``collate_rows([[prompt]], len(prompt), vocab)``.
+    """
+    if not prompts:
+        raise ValueError("collate_prompts needs at least one prompt")
+    return _collate([[p] for p in prompts], max(len(p) for p in prompts), vocab, pad_left=True)
+
+
+def _collate(rows: list[list[Doc]], seq_len: int, vocab: JointVocab, pad_left: bool) -> MultiModalBatch:
     id_rows = [[d.ids if isinstance(d, LatentDoc) else d for d in row] for row in rows]
-    parts = [_row_tensors(row, seq_len, vocab.pad_id) for row in id_rows]
+    parts = [_row_tensors(row, seq_len, vocab.pad_id, pad_left) for row in id_rows]
     tokens, doc_ids, positions, targets = (torch.stack(field) for field in zip(*parts))  # each (B, T)
     latents = span_ids = None
     if vocab.image_latent:
         is_latent = tokens == vocab.latent_id  # (B, T)
         targets = targets.masked_fill(targets == vocab.latent_id, IGNORE_INDEX)
-        latents = torch.stack([_row_latents(row, seq_len) for row in rows])  # (B, T, D)
+        latents = torch.stack([_row_latents(row, seq_len, pad_left) for row in rows])  # (B, T, D)
         starts = is_latent & ~torch.nn.functional.pad(is_latent, (1, 0))[:, :-1]  # first patch of each image
         span_ids = torch.where(is_latent, starts.long().cumsum(dim=1) - 1, -1)
     return MultiModalBatch(
@@ -147,22 +168,28 @@ def collate_rows(rows: list[list[Doc]], seq_len: int, vocab: JointVocab) -> Mult
     )
 
 
-def _row_latents(row: list[Doc], seq_len: int) -> torch.Tensor:
+def _row_latents(row: list[Doc], seq_len: int, pad_left: bool) -> torch.Tensor:
     if not all(isinstance(d, LatentDoc) for d in row):
         raise TypeError("a latent-image vocabulary needs every document as a LatentDoc (DocumentEncoder makes them)")
     lat = torch.cat([d.latents.float() for d in row])  # (used, D)
-    return torch.nn.functional.pad(lat, (0, 0, 0, seq_len - len(lat)))
+    pad = seq_len - len(lat)
+    return torch.nn.functional.pad(lat, (0, 0, pad, 0) if pad_left else (0, 0, 0, pad))
 
 
-def _row_tensors(row: list[torch.Tensor], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+def _row_tensors(row: list[torch.Tensor], seq_len: int, pad_id: int,
+                 pad_left: bool) -> tuple[torch.Tensor, ...]:
     pad = seq_len - sum(len(d) for d in row)
     if pad < 0:
         raise ValueError(f"row holds {seq_len - pad} tokens > seq_len {seq_len}")
-    spans = [len(d) for d in row] + ([pad] if pad else [])
-    tokens = torch.cat([*row, torch.full((pad,), pad_id, dtype=torch.long)])  # (T,)
-    doc_ids = torch.repeat_interleave(torch.arange(len(spans)), torch.tensor(spans))  # (T,) padding = own id
+    padding = [torch.full((pad,), pad_id, dtype=torch.long)] if pad else []  # its own document
+    docs = [*padding, *row] if pad_left else [*row, *padding]
+    spans = [len(d) for d in docs]
+    tokens = torch.cat(docs)  # (T,)
+    doc_ids = torch.repeat_interleave(torch.arange(len(spans)), torch.tensor(spans))  # (T,)
     positions = torch.cat([torch.arange(n) for n in spans])  # (T,) restart per document
-    targets = torch.cat([_doc_targets(d) for d in row] + [torch.full((pad,), IGNORE_INDEX)])  # (T,)
+    no_targets = [torch.full((pad,), IGNORE_INDEX)] if pad else []
+    doc_targets = [_doc_targets(d) for d in row]
+    targets = torch.cat([*no_targets, *doc_targets] if pad_left else [*doc_targets, *no_targets])  # (T,)
     return tokens, doc_ids, positions, targets.long()
 
 

@@ -19,8 +19,8 @@ def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     tags = acc.Tags()
     assert {"samples/caption_to_image", "samples/image_reconstructions"} <= set(tags["images"]), tags
     assert "samples/text_to_speech" in tags["audio"], tags
-    text = {f"samples/{t}/text_summary" for t in ("caption_to_image_prompts", "image_to_caption",
-                                                   "text_to_speech_prompts")}  # add_text's tag suffix
+    text = {f"samples/{t}/text_summary"  # add_text's tag suffix
+            for t in ("caption_to_image_prompts", "image_to_caption", "text_to_speech_prompts", "speech_to_text")}
     assert text <= set(tags["tensors"]), tags
 
     grid = acc.Images("samples/caption_to_image")[0]
@@ -33,3 +33,5 @@ def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
     assert "two small red circles on the left" in prompts
     captions = acc.Tensors("samples/image_to_caption/text_summary")[0].tensor_proto.string_val[0].decode()
     assert captions.count("reference") == 2, captions
+    transcripts = acc.Tensors("samples/speech_to_text/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert transcripts.count("reference") == 2, transcripts

@@ -1,17 +1,26 @@
-"""KV-cache decoding vs full recompute, seeded sampling, and the constrained sampling tasks."""
+"""KV-cache decoding vs full recompute, seeded sampling, and the generation tasks (discrete and latent images,
+speech both ways) on prompts the data layer builds."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 from torch.testing import assert_close
 
 from mot_lightning import sampling
+from mot_lightning.data.documents import Document, Segment
+from mot_lightning.data.encode import DocumentEncoder
+from mot_lightning.data.packing import collate_prompts
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.kv_cache import KVCache
 from mot_lightning.model.lm import TokenLM
+from mot_lightning.objectives.transfusion import Transfusion
+from mot_lightning.tokenizers import KLVAEConfig, LatentImageTokenizer
 from mot_lightning.tokenizers.image_kmeans import KMeansImageConfig, KMeansImageTokenizer
+from mot_lightning.tokenizers.latent import KLVAE
 from mot_lightning.tokenizers.speech import SpeechUnitConfig, SpeechUnitTokenizer
 from mot_lightning.tokenizers.text import ByteTokenizer
 from tests import numerics
@@ -124,9 +133,17 @@ def _tokenizers():
     return text, image, speech, JointVocab.from_tokenizers(text, image, speech)
 
 
+def _tasks(**settings) -> tuple[sampling.GenerationTasks, DocumentEncoder]:
+    """Generation tasks of a tiny random model over text, discrete images and speech units."""
+    text, image, speech, vocab = _tokenizers()
+    encoder = DocumentEncoder(text, image, speech)
+    settings = sampling.SamplingSettings(**settings)
+    return sampling.GenerationTasks(tiny_lm(vocab.size), encoder, settings), encoder
+
+
 def test_caption_to_image_yields_exactly_one_image_of_image_codes(monkeypatch):
-    text, image, _, vocab = _tokenizers()
-    net = tiny_lm(vocab.size)
+    tasks, encoder = _tasks()
+    vocab, image = encoder.vocab, encoder.tokenizers[Modality.IMAGE]
     seen, real_generate = [], sampling.generate
 
     def recording_generate(*args, **kwargs):
@@ -134,27 +151,114 @@ def test_caption_to_image_yields_exactly_one_image_of_image_codes(monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(sampling, "generate", recording_generate)  # to see the raw ids behind each image
-    g = torch.Generator().manual_seed(0)
-    images = sampling.caption_to_image(net, vocab, text, image, ["a red circle", "two blue squares"], generator=g)
+    images = tasks.caption_to_image(["a red circle", "two blue squares"])
     assert images.shape == (2, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
     for caption, out in zip(["a red circle", "two blue squares"], seen):
-        prompt_len = 2 + len(caption)  # BOS caption BOI
-        assert out[0, prompt_len - 1] == vocab.boi_id
-        codes = out[0, prompt_len:]
+        assert out[0, : len(caption) + 2].tolist() == [vocab.bos_id, *caption.encode(), vocab.boi_id]
+        codes = out[0, len(caption) + 2:]
         assert codes.numel() == image.num_tokens(None) == 4
         lo, hi = vocab.range(Modality.IMAGE)
         assert bool(((codes >= lo) & (codes < hi)).all())
+    assert torch.equal(images, tasks.caption_to_image(["a red circle", "two blue squares"]))  # seed fixes them
 
 
 def test_image_to_caption_and_text_to_speech_decode():
-    text, _, speech, vocab = _tokenizers()
-    net = tiny_lm(vocab.size)
-    g = torch.Generator().manual_seed(0)
-    captions = sampling.image_to_caption(net, vocab, text, torch.randint(0, 16, (3, 4)), max_tokens=6, generator=g)
+    tasks, encoder = _tasks(max_text_tokens=6, max_speech_units=3)
+    captions = tasks.image_to_caption(torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
-    waves = sampling.text_to_speech(net, vocab, text, speech, ["hello"], max_units=3, generator=g)
-    per_unit = speech.config.samples_per_unit
+    assert tasks.image_to_caption(torch.zeros(0, 3, 8, 8)) == []
+    with pytest.raises(ValueError, match="images must be"):
+        tasks.image_to_caption(torch.rand(3, 8, 8))
+    waves = tasks.text_to_speech(["hello"])
+    per_unit = encoder.tokenizers[Modality.SPEECH].config.samples_per_unit
     assert len(waves) == 1 and waves[0].dim() == 1 and per_unit <= waves[0].numel() <= 3 * per_unit
+
+
+def test_batched_captions_equal_captions_one_image_at_a_time():
+    tasks, _ = _tasks(temperature=0.0, max_text_tokens=8)  # greedy: the generator's order does not matter
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert tasks.image_to_caption(images) == [tasks.image_to_caption(images[i:i + 1])[0] for i in range(3)]
+
+
+def test_speech_to_text_is_the_cached_twin_of_a_recomputed_transcription():
+    """Greedy transcription through the task (data-layer prompt, KV cache) equals a full recompute of
+    ``BOS BOS_SPEECH units EOS_SPEECH`` written out by hand, decoded until ``EOS``."""
+    tasks, encoder = _tasks(temperature=0.0, max_text_tokens=10)
+    vocab, speech = encoder.vocab, encoder.tokenizers[Modality.SPEECH]
+    waves = [torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1 for n in (1600, 2400)]
+    text_or_eos, expected = sampling.id_mask(vocab, [(0, vocab.text_size)], [vocab.eos_id]), []
+    for wave in waves:
+        units = vocab.to_joint(speech.encode(wave), Modality.SPEECH).tolist()
+        prompt = torch.tensor([[vocab.bos_id, vocab.bos_speech_id, *units, vocab.eos_speech_id]])
+        out = sampling.generate(tasks.net, prompt, vocab.modality_of, 10, temperature=0.0, use_cache=False,
+                                allowed=lambda step, toks: text_or_eos, stop_ids=[vocab.eos_id])
+        ids = sampling.until_stop(out[0, prompt.shape[1]:], [vocab.eos_id])
+        expected.append(encoder.tokenizers[Modality.TEXT].decode(ids))
+    assert tasks.speech_to_text(waves) == expected
+    sampled = _tasks(max_text_tokens=10)[0]
+    assert sampled.speech_to_text(waves) == sampled.speech_to_text(waves)  # the seed fixes them
+
+
+def _latent_tasks(**settings) -> sampling.GenerationTasks:
+    """Tiny random Transfusion model over text and KL-VAE latents (random VAE weights)."""
+    tok = LatentImageTokenizer(KLVAEConfig(resolution=16, downsample=4, channels=8, res_blocks=0,
+                                           latent_channels=2, patch_size=2))
+    tok.model = KLVAE(tok.config).eval()
+    encoder = DocumentEncoder(ByteTokenizer(), tok)
+    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=3, init_std=0.2)
+    net = TokenLM(cfg, encoder.vocab.size, latent_dim=encoder.latent_dim).eval()
+    torch.nn.init.normal_(net.latent_out.weight, std=0.2)  # zero at init: predictions would not show anything
+    return sampling.GenerationTasks(net, encoder, sampling.SamplingSettings(**settings), Transfusion())
+
+
+def test_left_padding_leaves_a_latent_prompts_prediction_unchanged():
+    """The guided sampler runs prompts of different lengths in one left-padded batch: the padding is its own
+    document with positions from 0, so each row predicts what it predicts alone (up to rounding)."""
+    tasks = _latent_tasks()
+    enc, net = tasks.encoder, tasks.net
+    prompts = [enc.encode_prompt(Document("p", [Segment(Modality.TEXT, "hi")]), then=Modality.IMAGE),
+               enc.encode_prompt(Document("p", [Segment(Modality.TEXT, "a much longer caption")]),
+                                 then=Modality.IMAGE)]
+    n = enc.tokenizers[Modality.IMAGE].num_tokens(None)
+    x_t = torch.randn(1, n, enc.latent_dim, generator=torch.Generator().manual_seed(0))
+
+    def predict(batch):
+        latents = batch.latents.clone()
+        latents[:, -n:] = x_t
+        times = torch.full(batch.tokens.shape, 500.0)
+        with torch.no_grad():
+            _, pred = net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids,
+                          span_ids=batch.span_ids, latents=latents, timesteps=times)
+        return pred[:, -n:]  # (B, n, D)
+
+    padded, alone = collate_prompts(prompts, enc.vocab), collate_prompts(prompts[:1], enc.vocab)
+    assert (padded.tokens[0] == enc.vocab.pad_id).sum() == len(prompts[1]) - len(prompts[0])
+    reduction = numerics.transformer_reduction(n_layers=2, dim=32, ffn_hidden=128, seq_len=padded.seq_len)
+    numerics.assert_close(predict(padded)[0], predict(alone)[0], reduction=reduction)
+    # the twin can fail: padding in the prompt's document shifts the prediction far beyond rounding
+    leaky = replace(padded, doc_ids=torch.zeros_like(padded.doc_ids))
+    assert numerics.changed(predict(leaky)[0], predict(alone)[0], reduction=reduction)
+
+
+def test_latent_images_and_captions_from_the_one_task_object():
+    tasks = _latent_tasks(steps=2, max_text_tokens=5)
+    images = tasks.caption_to_image(["a red circle", "two blue squares and more"])
+    assert images.shape == (2, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, tasks.caption_to_image(["a red circle", "two blue squares and more"]))
+    unguided = replace(tasks.settings, guidance=1.0)
+    other = sampling.GenerationTasks(tasks.net, tasks.encoder, unguided, tasks.diffusion)
+    assert not torch.allclose(images, other.caption_to_image(["a red circle", "two blue squares and more"]))
+    captions = tasks.image_to_caption(images)
+    assert len(captions) == 2 and captions == tasks.image_to_caption(images)
+    with pytest.raises(ValueError, match="Transfusion"):
+        sampling.GenerationTasks(tasks.net, tasks.encoder, tasks.settings, objective=None)
+
+
+def test_sampling_settings_name_a_wrong_value():
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sampling.SamplingSettings(sampler="euler")
+    with pytest.raises(ValueError, match="temperature"):
+        sampling.SamplingSettings(temperature=-1.0)
 
 
 @pytest.mark.gpu

@@ -93,10 +93,8 @@ def trained(pair, transfusion_env):
 
 def _sample(trained, seed: int, **kw) -> torch.Tensor:
     model, dm = trained
-    captions = list(sampling.DEMO_CAPTIONS[:3])
-    return sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers[Modality.TEXT],
-                                            dm.tokenizers[Modality.IMAGE], captions, model.objective,
-                                            generator=torch.Generator().manual_seed(seed), **kw)
+    settings = sampling.SamplingSettings(seed=seed, **kw)
+    return sampling.GenerationTasks.of(model, dm, settings).caption_to_image(list(sampling.DEMO_CAPTIONS[:3]))
 
 
 @pytest.mark.slow
@@ -117,23 +115,21 @@ def test_guided_sampler_shape_range_and_seed(trained):
 @pytest.mark.slow
 def test_captioning_reads_the_clean_latents(trained):
     model, dm = trained
-    images, _ = dm.image_text_pairs(3)
-    latents = dm.tokenizers[Modality.IMAGE].encode(images)  # (3, n, D)
+    images, _ = dm.image_text_pairs(3)  # encoded to clean latents by the data layer's prompt encoder
 
-    def caption(lat, seed=0, **kw):
-        return sampling.latent_image_to_caption(model.net, dm.vocab, dm.tokenizers[Modality.TEXT], lat,
-                                                model.objective, max_tokens=12,
-                                                generator=torch.Generator().manual_seed(seed), **kw)
+    def caption(img, seed=0, **kw):
+        settings = sampling.SamplingSettings(seed=seed, max_text_tokens=12, **kw)
+        return sampling.GenerationTasks.of(model, dm, settings).image_to_caption(img)
 
-    first = caption(latents)
+    first = caption(images)
     assert len(first) == 3 and all(isinstance(c, str) for c in first)
-    assert first == caption(latents)  # a seed fixes the captions
-    greedy = caption(latents, temperature=0.0)
-    assert greedy == caption(latents, seed=5, temperature=0.0)
-    # the caption depends on the image: greedy captions of very different latents differ somewhere
-    assert greedy != caption(torch.randn_like(latents) * 3, temperature=0.0)
-    with pytest.raises(ValueError, match="latents must be"):
-        caption(latents[0])
+    assert first == caption(images)  # a seed fixes the captions
+    greedy = caption(images, temperature=0.0)
+    assert greedy == caption(images, seed=5, temperature=0.0)
+    # the caption depends on the image: greedy captions of very different (inverted) images differ somewhere
+    assert greedy != caption(1 - images, temperature=0.0)
+    with pytest.raises(ValueError, match="images must be"):
+        caption(images[0])
 
 
 @pytest.mark.slow
@@ -194,10 +190,8 @@ def test_flow_matching_option_trains_and_samples(transfusion_env, tmp_path):
     model, dm = build([str(CONFIGS / "transfusion/mot.yaml")],
                       [*TINY_MODEL, *flow, *data_args(transfusion_env)])
     load_weights(model, str(run_dir(tmp_path / "transfusion" / "mot") / "checkpoints" / "last.ckpt"), "cpu")
-    images = sampling.caption_to_latent_image(model.net, dm.vocab, dm.tokenizers[Modality.TEXT],
-                                              dm.tokenizers[Modality.IMAGE], ["a red circle"], model.objective,
-                                              sampler="flow", steps=3,
-                                              generator=torch.Generator().manual_seed(0))
+    settings = sampling.SamplingSettings(sampler="flow", steps=3)
+    images = sampling.GenerationTasks.of(model, dm, settings).caption_to_image(["a red circle"])
     assert images.shape[:2] == (1, 3) and 0 <= images.min() and images.max() <= 1
 
 
