@@ -5,6 +5,7 @@
         [--prompt "a red circle" ...]
         [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_files.dir DIR]
         [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50]     (Transfusion: continuous images)
+    mot generate --export DIR --out samples/ [...]    (a folder written by `mot export`: carries its config)
 
 The data module and model are built from the same YAML as training (any further
 ``--key value`` goes to that config, e.g. ``--data.tokenizer_files.dir``); the fitted
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from mot_lightning import sampling
+from mot_lightning.checkpoints.weights import WeightsSource, weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
 from mot_lightning.modality import Modality
 
@@ -44,8 +46,9 @@ TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMA
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 epilog="any other --key value is passed to the training config (LightningCLI)")
-    p.add_argument("--ckpt", required=True, help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt)")
-    p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
+    p.add_argument("--ckpt", help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt) or an export folder")
+    p.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
+    p.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with --ckpt")
     p.add_argument("--out", required=True, help="directory for the PNG/WAV/TXT files")
     p.add_argument("--task", action="append", choices=list(TASKS), help="repeatable; default: all the model can do")
     p.add_argument("--prompt", action="append", help="caption / text prompt (repeatable); default: demo captions")
@@ -63,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build(configs: list[str], overrides: list[str]):
-    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet."""
+def build_cli(configs: list[str], overrides: list[str]):
+    """The ``MotCLI`` of the training YAML, not run: model built (``configure_model``), data module after
+    ``setup`` (fitted tokenizers loaded, validation shards found); weights not loaded yet."""
     from mot_lightning.data.datamodule import MultiModalDataModule  # heavy imports only when used
     from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI
     from mot_lightning.lit_module import MultiModalLM
@@ -76,20 +80,19 @@ def build(configs: list[str], overrides: list[str]):
                      save_config_callback=None, auto_configure_optimizers=False)
     cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
     cli.model.configure_model()
+    return cli
+
+
+def build(configs: list[str], overrides: list[str]):
+    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet."""
+    cli = build_cli(configs, overrides)
     return cli.model, cli.datamodule
 
 
 def load_weights(model, ckpt: str, device: str) -> None:
-    """Checkpoint weights into ``model``, moved to ``device``, eval mode."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"{ckpt} is not a checkpoint file (a sharded FSDP2 checkpoint directory must be "
-                                "consolidated first, e.g. with torch.distributed.checkpoint.format_utils)")
-    # a Lightning checkpoint holds pickled hyperparameters: load only checkpoints you trust (as --ckpt_path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model.on_load_checkpoint(checkpoint)  # names mismatched shapes (e.g. other tokenizers)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.to(device).eval()
+    """Checkpoint weights into ``model``, moved to ``device``, eval mode (loaded weights-only; a checkpoint
+    of another model config is refused, naming the differences)."""
+    WeightsSource(Path(ckpt), [], []).load_into(model, device)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -112,14 +115,15 @@ def _with_references(generated: list[str], references: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
-    model, dm = build(args.config, overrides)
+    source = weights_source(args.ckpt, args.export, args.config, overrides)  # inputs checked before building
+    model, dm = build(source.configs, source.overrides)
     # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
     have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
     tasks = args.task or [t for t, need in TASKS.items() if need <= have]
     missing = [t for t in tasks if not TASKS[t] <= have]
     if missing:
         raise SystemExit(f"mot generate: this model cannot do {missing}: it has {sorted(m.label for m in have)}")
-    load_weights(model, args.ckpt, args.device)
+    source.load_into(model, args.device)  # weights-only; a checkpoint of another model config is refused
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = sampling.SamplingSettings(

@@ -23,6 +23,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from mot_lightning.callbacks import FlopsThroughput
+from mot_lightning.checkpoints import use_atomic_io
+from mot_lightning.checkpoints.model_config import ckpt_model_config
 from mot_lightning.data.datamodule import MultiModalDataModule
 from mot_lightning.data.options import moved_data_keys
 from mot_lightning.lit_module import MultiModalLM
@@ -61,6 +63,9 @@ class MotCLI(LightningCLI):
         parser.add_argument("--run_id", type=str | None, default=None,
                             help="name the run dir <save_dir>/<name>/<run_id> yourself instead of s<seed>-<hash> "
                                  "(refused if that dir holds another experiment)")
+        parser.add_argument("--model_from_ckpt", type=bool, default=False,
+                            help="with --ckpt_path <file>: build the model from the checkpoint's model config "
+                                 "instead of refusing one that differs from this config")
 
     def parse_arguments(self, parser, args) -> None:
         """Name old flat ``data.*`` keys (CLI or ``--config`` YAML) with their new place before parsing."""
@@ -69,6 +74,15 @@ class MotCLI(LightningCLI):
         if moved:
             parser.error(moved)
         super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path <file or sharded dir>``: refuse a checkpoint of another model config before anything
+        is built, or (``--model_from_ckpt true``) take its model config, as Lightning otherwise would silently
+        (``checkpoints/model_config.py``)."""
+        ckpt_model_config(self)
+
+    def after_instantiate_classes(self) -> None:
+        use_atomic_io(self.trainer)  # checkpoint files written beside the target, fsynced, renamed
 
     def before_instantiate_classes(self) -> None:
         """Fill the schedule's length from ``trainer.max_steps`` and place the run in its own dir

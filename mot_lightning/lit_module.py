@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from mot_lightning.checkpoints.model_config import check_model_config, plain_config
 from mot_lightning.data.batch import MultiModalBatch
 from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig
@@ -151,8 +152,15 @@ class MultiModalLM(pl.LightningModule):
         self.val_total.reset()
         self.log_dict(values, prog_bar=False, sync_dist=False, add_dataloader_idx=False)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Hyperparameters as plain values, so weights-only loading reads every checkpoint (``checkpoints/``)."""
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_config(checkpoint["hyper_parameters"])
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint whose shapes disagree with this config, naming what differs."""
+        """Refuse a checkpoint trained with another model config (``checkpoints/model_config.py``) or whose
+        shapes disagree with this config, naming what differs."""
+        check_model_config(checkpoint.get("hyper_parameters"), self.hparams)
         own = self.state_dict()
         mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
                       for k, v in checkpoint.get("state_dict", {}).items()

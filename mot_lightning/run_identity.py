@@ -36,6 +36,7 @@ IGNORED_KEYS: dict[str, str] = {
     "config": "the config file names (recorded in run.json, not hashed)",
     "run_id": "the explicit run name itself",
     "ckpt_path": "where a launch resumes from (recorded as a launch)",
+    "model_from_ckpt": "whether the model config came from --ckpt_path (the config it gives is hashed)",
     "verbose": "validate/test printing",
     "trainer.logger": "where and how logs are written",
     "trainer.default_root_dir": "where files go",

@@ -1,0 +1,153 @@
+"""``mot export``: a trained model as one folder that travels (weights, config, tokenizers).
+
+    mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
+        [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
+
+Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
+``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
+rebuilds ``TokenLM``). A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``).
+Pretrained (diffusers) tokenizers are referenced by their folder in config.yaml, not copied.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mot_lightning.checkpoints.weights import (
+    CONFIG_FILE,
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    exported_model_spec,
+    weights_source,
+)
+from mot_lightning.modality import Modality
+
+# The plain-PyTorch way to use an export (the README of every export and docs/checkpoints.md show it)
+SNIPPET = '''\
+import yaml
+from safetensors.torch import load_file
+
+from mot_lightning.model import TransformerConfig
+from mot_lightning.model.lm import TokenLM
+
+export_dir = "{export_dir}"
+with open(f"{{export_dir}}/model.yaml") as f:
+    spec = yaml.safe_load(f)
+net = TokenLM(TransformerConfig(**spec["backbone"]), spec["vocab_size"], latent_dim=spec["latent_dim"])
+net.load_state_dict(load_file(f"{{export_dir}}/model.safetensors"))
+net.eval()
+# tokens, modality: long[B, T] joint-vocabulary ids (ranges in spec["vocab"]) and their modality ids
+# (0 text, 1 image, 2 speech); logits = net(tokens, modality) is float[B, T, vocab_size]
+'''
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot export", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                epilog="any other --key value is passed to the training config (LightningCLI)")
+    p.add_argument("--ckpt", required=True, help="a checkpoint file (consolidate a sharded one first)")
+    p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    return p
+
+
+def vocab_spec(vocab) -> dict:
+    """The joint vocabulary's id ranges and special ids (``data/vocab.py``), for code outside the app."""
+    from mot_lightning.data.vocab import SPECIAL_TOKENS
+
+    ranges = {m.label: list(vocab.range(m)) for m in Modality}
+    return {"ranges": ranges, "special": {name: vocab.special(name) for name in SPECIAL_TOKENS},
+            "image_latent": vocab.image_latent}
+
+
+def resolved_config(cli, tokenizer_files: dict[str, str]) -> dict:
+    """The model and data sections of ``cli``'s parsed config, tokenizer files pointing into the export."""
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    data = dict(config["data"])
+    data["tokenizer_files"] = {"dir": TOKENIZER_DIR, "files": tokenizer_files}  # loaded, never refitted
+    return {"seed_everything": config.get("seed_everything"), "model": config["model"], "data": data}
+
+
+def write_export(cli, out: Path, checkpoint_path: Path, global_step: int | None, final: Path | None = None) -> None:
+    """Write the export folder ``out`` of ``cli``'s model (weights loaded) and data module (tokenizers
+    loaded); ``final``: where it will live (named in its README), default ``out``."""
+    from safetensors.torch import save_file
+
+    from mot_lightning.tokenizers.fitting import FittableTokenizer
+
+    model, dm = cli.model, cli.datamodule
+    out.mkdir(parents=True)
+    (out / TOKENIZER_DIR).mkdir()
+    files = {}
+    for modality, tok in dm.tokenizers.items():
+        if isinstance(tok, FittableTokenizer):  # fitted files; ByteTokenizer / pretrained ones need none
+            files[modality.label] = f"{TOKENIZER_DIR}/{modality.label}.pt"
+            tok.save(str(out / files[modality.label]))
+    weights = {k[len("net."):]: v.detach().contiguous() for k, v in model.state_dict().items()
+               if k.startswith("net.")}
+    save_file(weights, out / WEIGHTS_FILE, metadata={"format": "pt", "global_step": str(global_step)})
+    spec = {**exported_model_spec(model), "vocab": vocab_spec(dm.vocab)}
+    (out / MODEL_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+    (out / WEIGHTS_FILE).chmod((out / MODEL_FILE).stat().st_mode)  # safetensors writes it owner-only
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(resolved_config(cli, files), sort_keys=False))
+    (out / "README.md").write_text(readme(final or out, checkpoint_path, global_step))
+    manifest = {"format": EXPORT_FORMAT, "version": 1, "checkpoint": str(checkpoint_path),
+                "global_step": global_step, "tokenizer_files": files}
+    (out / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks the folder complete
+
+
+def readme(out: Path, checkpoint_path: Path, global_step: int | None) -> str:
+    return f"""# Exported model
+
+Written by `mot export` from `{checkpoint_path}` (optimizer step {global_step}).
+
+| file | what |
+|---|---|
+| `{WEIGHTS_FILE}` | `TokenLM` weights (safetensors) |
+| `{MODEL_FILE}` | `TokenLM` constructor: `backbone` (TransformerConfig), `vocab_size`, `latent_dim`; joint vocabulary ranges |
+| `{CONFIG_FILE}` | model + data sections of the training config (LightningCLI YAML); tokenizer files relative to this folder |
+| `{TOKENIZER_DIR}/` | fitted tokenizer files |
+| `{EXPORT_FILE}` | what this folder is |
+
+Samples, without the training config:
+
+    mot generate --export {out} --out samples/
+
+(`image_to_caption` reads validation images from the data section of `{CONFIG_FILE}`; point it elsewhere
+with e.g. `--data.demo.dir DIR` or `--data.val_sets ...`.)
+
+Plain PyTorch (needs `mot_lightning` for the module's code, not its training config):
+
+```python
+{SNIPPET.format(export_dir=out.resolve())}```
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mot_lightning.generate import build_cli
+
+    args, overrides = _parser().parse_known_args(argv)
+    source = weights_source(args.ckpt, None, args.config, overrides)  # inputs checked before building
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SystemExit(f"mot export: --out {out} exists and is not empty: choose a new folder")
+    cli = build_cli(source.configs, source.overrides)
+    step = source.load_into(cli.model)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_export(cli, tmp, source.path.resolve(), step, final=out)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"exported {source.path} (step {step}) to {out}")

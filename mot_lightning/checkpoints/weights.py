@@ -1,0 +1,113 @@
+"""Where ``mot generate`` takes its model from: a checkpoint file + the run's YAML, or an export folder.
+
+``weights_source`` checks the inputs (files exist, the folder is an export) before anything heavy is
+built, and says which configs and overrides build the model; ``WeightsSource.load_into`` then loads
+the weights (weights-only, config compared first). An export folder (``export.py``) holds::
+
+    export.json        what it is, made from which checkpoint at which step
+    model.safetensors  TokenLM weights (the LightningModule's ``net.`` prefix removed)
+    model.yaml         TokenLM's constructor: backbone (TransformerConfig fields), vocab_size, latent_dim,
+                       and the joint vocabulary's ranges
+    config.yaml        model + data sections of the training config (LightningCLI YAML)
+    tokenizers/        the fitted tokenizer files (<modality>.pt), named in config.yaml
+    README.md          how to use it, with plain PyTorch
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mot_lightning.checkpoints.loading import is_sharded, load_checkpoint
+from mot_lightning.checkpoints.model_config import check_model_config
+
+EXPORT_FILE, WEIGHTS_FILE, MODEL_FILE, CONFIG_FILE = "export.json", "model.safetensors", "model.yaml", "config.yaml"
+TOKENIZER_DIR = "tokenizers"
+EXPORT_FORMAT = "mot_lightning.export"
+
+
+def is_export(path: str | Path) -> bool:
+    return (Path(path) / EXPORT_FILE).is_file()
+
+
+@dataclass
+class WeightsSource:
+    path: Path  # a checkpoint file or an export folder
+    configs: list[str]  # --config files that build the model and data (the export's config.yaml first)
+    overrides: list[str]  # further --key value arguments, in order
+
+    @property
+    def exported(self) -> bool:
+        return is_export(self.path)
+
+    def load_into(self, model, device: str = "cpu") -> int | None:
+        """Weights into ``model`` (a ``MultiModalLM`` after ``configure_model``), moved to ``device``, eval
+        mode; returns the optimizer step they were saved at. Refuses weights trained with another model
+        config, naming the differences."""
+        if self.exported:
+            from safetensors.torch import load_file
+
+            spec = yaml.safe_load((self.path / MODEL_FILE).read_text())
+            check_model_config(spec, exported_model_spec(model), source=str(self.path), take_hint=False)
+            model.net.load_state_dict(load_file(self.path / WEIGHTS_FILE))
+            step = json.loads((self.path / EXPORT_FILE).read_text()).get("global_step")
+        else:
+            checkpoint = load_checkpoint(self.path, mmap=True)  # tensors read as load_state_dict copies them
+            model.on_load_checkpoint(checkpoint)  # model config and shapes compared, differences named
+            model.load_state_dict(checkpoint["state_dict"])
+            step = checkpoint.get("global_step")
+        model.to(device).eval()
+        return step
+
+
+def exported_model_spec(model) -> dict:
+    """What ``model.yaml`` records of a ``MultiModalLM``: ``TokenLM``'s constructor arguments."""
+    return {"backbone": model.cfg.to_dict(), "vocab_size": model.vocab_size, "latent_dim": model.latent_dim}
+
+
+def weights_source(ckpt: str | None, export: str | None, configs: list[str] | None,
+                   overrides: list[str]) -> WeightsSource:
+    """Check the inputs of a command that loads a trained model, before anything is built.
+
+    ``ckpt``: a checkpoint file (needs ``configs``, the run's YAML) or an export folder; ``export``: an
+    export folder (``configs`` then apply on top of its config.yaml)."""
+    if (ckpt is None) == (export is None):
+        raise ValueError("give a trained model: --ckpt <checkpoint file> --config <the run's YAML>, "
+                         "or --export <folder written by `mot export`>")
+    path = Path(ckpt if ckpt is not None else export)
+    exported = path.is_dir() and is_export(path)
+    if export is not None and not exported:
+        raise FileNotFoundError(f"--export {path} is not an export folder (no {EXPORT_FILE}): write one with "
+                                "`mot export --ckpt ... --config ... --out DIR`")
+    if not exported and path.is_dir() and is_sharded(path):
+        raise FileNotFoundError(f"--ckpt {path} is a sharded checkpoint directory: make one file of it with "
+                                f"`mot checkpoint consolidate {path} --out model.ckpt`")
+    if not exported and not path.is_file():
+        raise FileNotFoundError(f"--ckpt {path} is not a checkpoint file (no such file)")
+    for config in configs or []:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"--config {config}: no such file")
+    if exported:
+        return _export_source(path, configs or [], overrides)
+    if not configs:
+        raise ValueError(f"--ckpt {path} needs --config <the YAML it was trained with> (or use an export folder, "
+                         "which carries its config)")
+    return WeightsSource(path, list(configs), list(overrides))
+
+
+def _export_source(path: Path, configs: list[str], overrides: list[str]) -> WeightsSource:
+    manifest = json.loads((path / EXPORT_FILE).read_text())
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path / EXPORT_FILE} is not a mot_lightning export (format {manifest.get('format')!r})")
+    for name in (WEIGHTS_FILE, MODEL_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"export folder {path} lacks {name}: write it again with `mot export`")
+    # the tokenizer files are named relative to the folder in config.yaml; LightningCLI reads paths as given
+    files = {m: str((path / f).resolve()) for m, f in manifest.get("tokenizer_files", {}).items()}
+    missing = [f for f in files.values() if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"export folder {path} lacks its tokenizer files {missing}")
+    own = ["--data.tokenizer_files.files", json.dumps(files)] if files else []
+    return WeightsSource(path, [str(path / CONFIG_FILE), *configs], [*own, *overrides])
