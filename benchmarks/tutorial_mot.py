@@ -48,6 +48,11 @@ class MaskRoutedRMSNorm(nn.Module):
         return merged
 
 
+def stacked(layer) -> Tensor:
+    """An untied layer's per-tower weights as one (M, ...) tensor (a copy)."""
+    return torch.stack([w.detach() for w in layer.weights])
+
+
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
@@ -59,17 +64,17 @@ class TutorialBlock(nn.Module):
     def __init__(self, block, cfg) -> None:
         super().__init__()
         q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        wq, wk, wv = block.attn.wqkv.weight.detach().split([q_out, kv_out, kv_out], dim=1)
-        w1, w3 = block.ffn.w13.weight.detach().split(cfg.ffn_hidden, dim=1)
+        wq, wk, wv = stacked(block.attn.wqkv).split([q_out, kv_out, kv_out], dim=1)
+        w1, w3 = stacked(block.ffn.w13).split(cfg.ffn_hidden, dim=1)
         self.wq, self.wk, self.wv = MaskRoutedLinear(wq), MaskRoutedLinear(wk), MaskRoutedLinear(wv)
-        self.wo = MaskRoutedLinear(block.attn.wo.weight.detach())
+        self.wo = MaskRoutedLinear(stacked(block.attn.wo))
         self.w1, self.w3 = MaskRoutedLinear(w1), MaskRoutedLinear(w3)
-        self.w2 = MaskRoutedLinear(block.ffn.w2.weight.detach())
+        self.w2 = MaskRoutedLinear(stacked(block.ffn.w2))
         eps = cfg.norm_eps
-        self.q_norm = MaskRoutedRMSNorm(block.attn.q_norm.weight.detach(), eps)
-        self.k_norm = MaskRoutedRMSNorm(block.attn.k_norm.weight.detach(), eps)
-        self.attn_norm = MaskRoutedRMSNorm(block.attn_norm.weight.detach(), eps)
-        self.ffn_norm = MaskRoutedRMSNorm(block.ffn_norm.weight.detach(), eps)
+        self.q_norm = MaskRoutedRMSNorm(stacked(block.attn.q_norm), eps)
+        self.k_norm = MaskRoutedRMSNorm(stacked(block.attn.k_norm), eps)
+        self.attn_norm = MaskRoutedRMSNorm(stacked(block.attn_norm), eps)
+        self.ffn_norm = MaskRoutedRMSNorm(stacked(block.ffn_norm), eps)
         self.h, self.kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
     def forward(self, x: Tensor, masks: list[Tensor], cos: Tensor, sin: Tensor) -> Tensor:
@@ -94,7 +99,7 @@ class TutorialTransformer(nn.Module):
             raise ValueError("the tutorial baseline mirrors a fully untied pre-norm MoT with QK-norm")
         self.n_modalities = cfg.n_modalities
         self.layers = nn.ModuleList(TutorialBlock(b, cfg) for b in reference.layers)
-        self.norm = MaskRoutedRMSNorm(reference.norm.weight.detach(), cfg.norm_eps)
+        self.norm = MaskRoutedRMSNorm(stacked(reference.norm), cfg.norm_eps)
         self.rope = reference.rope
 
     def forward(self, x: Tensor, modality: Tensor) -> Tensor:

@@ -177,7 +177,7 @@ class MultiModalLM(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
         no_decay_ids = {id(p) for mod in self.modules() if isinstance(mod, (UntiedRMSNorm, nn.Embedding))
-                        for p in mod.parameters(recurse=False)}
+                        for p in mod.parameters()}  # a norm's per-tower weights sit in a ParameterList
         for p in self.parameters():
             if p.requires_grad:
                 (no_decay if id(p) in no_decay_ids else decay).append(p)

@@ -61,14 +61,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        n, copy = cfg.towers_for("attn"), cfg.tower_init == "copy"
+        n, copy, towers = cfg.towers_for("attn"), cfg.tower_init == "copy", cfg.tower_ids_for("attn")
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         self.split_sizes = (q_out, kv_out, kv_out)
-        self.wqkv = UntiedLinear(cfg.dim, q_out + 2 * kv_out, n, std=cfg.init_std, copy_towers=copy)
-        self.wo = UntiedLinear(q_out, cfg.dim, n, std=scaled_std(cfg.init_std, cfg.n_layers), copy_towers=copy)
-        self.q_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps) if cfg.qk_norm else None
+        self.wqkv = UntiedLinear(cfg.dim, q_out + 2 * kv_out, n, std=cfg.init_std, copy_towers=copy,
+                                 tower_ids=towers)
+        self.wo = UntiedLinear(q_out, cfg.dim, n, std=scaled_std(cfg.init_std, cfg.n_layers), copy_towers=copy,
+                               tower_ids=towers)
+        self.q_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps, towers) if cfg.qk_norm else None
+        self.k_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps, towers) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         """x: (N, dim) tower-sorted -> (N, dim) tower-sorted."""

@@ -12,11 +12,11 @@ from mot_lightning.model.untied import UntiedRMSNorm
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        n_norm = cfg.towers_for("norm")
+        n_norm, towers = cfg.towers_for("norm"), cfg.tower_ids_for("norm")
         self.attn = Attention(cfg)
         self.ffn = make_feedforward(cfg)
-        self.attn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps)
-        self.ffn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps)
+        self.attn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps, towers)
+        self.ffn_norm = UntiedRMSNorm(cfg.dim, n_norm, cfg.norm_eps, towers)
 
 
 class PreNormBlock(Block):

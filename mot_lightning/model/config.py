@@ -170,6 +170,11 @@ class TransformerConfig:
         """Number of weight sets a component holds (1 when it is tied)."""
         return self.n_towers if component in self.untied else 1
 
+    def tower_ids_for(self, component: str) -> list[int] | None:
+        """The tower owning each weight set of a component: ``[0, ..., n_towers-1]`` when it is untied,
+        None when tied (one weight shared by every tower)."""
+        return list(range(self.n_towers)) if component in self.untied else None
+
     def ffn_is_moe(self, modality: int) -> bool:
         """True when tokens of ``modality`` go through an MoE feed-forward."""
         if self.sparsity == "moe":

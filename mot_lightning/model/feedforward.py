@@ -16,14 +16,18 @@ from mot_lightning.model.untied import Routing, UntiedLinear, scaled_std
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: TransformerConfig, n_towers: int | None = None) -> None:
+    def __init__(self, cfg: TransformerConfig, towers: list[int] | None = None) -> None:
+        """``towers``: the towers whose weights this holds (a hybrid's plain towers); default: all when
+        the FFN is untied, else one tied weight."""
         super().__init__()
-        n, copy = n_towers or cfg.towers_for("ffn"), cfg.tower_init == "copy"
+        towers = cfg.tower_ids_for("ffn") if towers is None else towers
+        n, copy = len(towers) if towers is not None else 1, cfg.tower_init == "copy"
         self.hidden = cfg.ffn_hidden
         # gate and up projections fused into one matmul per tower
-        self.w13 = UntiedLinear(cfg.dim, 2 * cfg.ffn_hidden, n, std=cfg.init_std, copy_towers=copy)
+        self.w13 = UntiedLinear(cfg.dim, 2 * cfg.ffn_hidden, n, std=cfg.init_std, copy_towers=copy,
+                                tower_ids=towers)
         self.w2 = UntiedLinear(cfg.ffn_hidden, cfg.dim, n, std=scaled_std(cfg.init_std, cfg.n_layers),
-                               copy_towers=copy)
+                               copy_towers=copy, tower_ids=towers)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         gate, up = self.w13(x, routing).split(self.hidden, dim=-1)  # (N, hidden) each
@@ -33,13 +37,14 @@ class FeedForward(nn.Module):
 class HybridFeedForward(nn.Module):
     """Hybrid MoT+MoE: towers in ``cfg.moe_towers`` run an MoE on their own tokens only;
     the other ("plain") towers are an ordinary untied ``FeedForward`` holding only their weights
-    (``plain.w13.weight[i]`` is tower ``plain_towers[i]``)."""
+    (``plain.w13.weights[i]`` is tower ``plain_towers[i]``, its ``tower_ids[i]``); ``moe[j]`` is tower
+    ``moe_towers[j]`` (``tower_of_module``)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.moe_towers = list(cfg.moe_towers)
         self.plain_towers = [k for k in range(cfg.n_towers) if k not in self.moe_towers]
-        self.plain = FeedForward(cfg, n_towers=len(self.plain_towers)) if self.plain_towers else None
+        self.plain = FeedForward(cfg, towers=self.plain_towers) if self.plain_towers else None
         self.moe = nn.ModuleList(MoEFeedForward(cfg) for _ in self.moe_towers)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:

@@ -28,7 +28,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(BLOCKS[cfg.norm_layout](cfg) for _ in range(cfg.n_layers))
-        self.norm = UntiedRMSNorm(cfg.dim, cfg.towers_for("norm"), cfg.norm_eps)
+        self.norm = UntiedRMSNorm(cfg.dim, cfg.towers_for("norm"), cfg.norm_eps, cfg.tower_ids_for("norm"))
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         # found once here (a plain dict, not registered again) instead of a module walk every step
         self._moe = {name: m for name, m in self.named_modules() if isinstance(m, MoEFeedForward)}
@@ -131,7 +131,7 @@ class Transformer(nn.Module):
         """
         losses = [m.last_aux_loss for m in self._moe.values() if m.last_aux_loss is not None]
         if not losses:
-            return self.norm.weight.new_zeros(())
+            return self.norm.weights[0].new_zeros(())
         return self.cfg.aux_loss_coef * torch.stack(losses).sum()
 
     def moe_stats(self) -> dict[str, MoEStats]:

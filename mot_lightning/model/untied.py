@@ -18,11 +18,20 @@ Kernels (``Routing.gemm``, resolved once per batch from ``TransformerConfig.grou
 tower sizes. Under ``torch.compile`` the loop takes its traceable form (the
 ``reference`` twin with size hints) and the tower sizes are unbacked symbolic
 ints (``compile_friendly_counts``): one graph serves every batch.
+
+Parameters: an untied layer holds one ``nn.Parameter`` per tower (``weights[k]``, an ``nn.ParameterList``),
+never slices of one stacked tensor, so a tower can be frozen, given its own learning rate or weight decay
+(optimizer parameter groups), or warm-started on its own. The loop kernel takes the list as it is; only
+``grouped_mm`` stacks it, one ``(K, out, in)`` copy per call and its split in backward (a weight-sized
+memory pass per linear, small beside the matmuls at the sizes where grouped GEMM pays). ``tower_ids``
+says which tower owns each weight (None: the weights are not towers: one tied weight, or MoE experts).
+Checkpoints written before this layout (one stacked ``weight``) load unchanged (``split_stacked``).
 """
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,60 +137,59 @@ class _Permute(torch.autograd.Function):
 class _GroupedLinear(torch.autograd.Function):
     """``y[slice_k] = x[slice_k] @ W_k^T`` for contiguous tower slices, written into one output.
 
-    The portable form of a grouped GEMM: one matmul per tower, no concatenation
-    copies forward or backward. ``UntiedLinear.reference`` is its simple twin.
+    The portable form of a grouped GEMM: one matmul per tower, no concatenation or stacking copies
+    forward or backward; each tower's weight is its own tensor (its own gradient, skipped when that
+    tower is frozen). ``UntiedLinear.reference`` is its simple twin.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, counts: tuple[int, ...]) -> Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x: Tensor, counts: tuple[int, ...], *weights: Tensor) -> Tensor:
+        ctx.save_for_backward(x, *weights)
         ctx.counts = counts
-        out = x.new_empty(x.shape[0], weight.shape[1])
-        for xs, w, ys in zip(x.split(counts), weight, out.split(counts)):
+        out = x.new_empty(x.shape[0], weights[0].shape[0])
+        for xs, w, ys in zip(x.split(counts), weights, out.split(counts)):
             torch.mm(xs, w.t(), out=ys)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
+        x, *weights = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         gx_parts = grad_x.split(ctx.counts) if grad_x is not None else [None] * len(ctx.counts)
+        grad_ws: list[Tensor | None] = []
         for k, (xs, gs, gx) in enumerate(zip(x.split(ctx.counts), grad.split(ctx.counts), gx_parts)):
             if gx is not None:
-                torch.mm(gs, weight[k], out=gx)
-            if grad_w is not None:
-                torch.mm(gs.t(), xs, out=grad_w[k])
-        return grad_x, grad_w, None
+                torch.mm(gs, weights[k], out=gx)
+            grad_ws.append(torch.mm(gs.t(), xs) if ctx.needs_input_grad[2 + k] else None)  # (out, in)
+        return grad_x, None, *grad_ws
 
 
 class _GroupedScale(torch.autograd.Function):
     """``y[slice_k] = x[slice_k] * w_k`` (per-tower norm weights), written into one output."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, counts: tuple[int, ...]) -> Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x: Tensor, counts: tuple[int, ...], *weights: Tensor) -> Tensor:
+        ctx.save_for_backward(x, *weights)
         ctx.counts = counts
         out = torch.empty_like(x)
-        for xs, w, ys in zip(x.split(counts), weight, out.split(counts)):
+        for xs, w, ys in zip(x.split(counts), weights, out.split(counts)):
             torch.mul(xs, w, out=ys)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
+        x, *weights = ctx.saved_tensors
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         gx_parts = grad_x.split(ctx.counts) if grad_x is not None else [None] * len(ctx.counts)
+        grad_ws: list[Tensor | None] = []
         for k, (xs, gs, gx) in enumerate(zip(x.split(ctx.counts), grad.split(ctx.counts), gx_parts)):
             if gx is not None:
-                torch.mul(gs, weight[k], out=gx)
-            if grad_w is not None:
-                grad_w[k] = (gs * xs).reshape(-1, xs.shape[-1]).sum(0)
-        return grad_x, grad_w, None
+                torch.mul(gs, weights[k], out=gx)
+            grad_ws.append((gs * xs).reshape(-1, xs.shape[-1]).sum(0) if ctx.needs_input_grad[2 + k] else None)
+        return grad_x, None, *grad_ws
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:
@@ -204,90 +212,123 @@ def _modality_counts(flat: Tensor, n_modalities: int) -> list[int]:
     return stats[:-1]
 
 
-class UntiedLinear(nn.Module):
-    """``n_weights`` bias-free linear maps; token slices of tower ``k`` use weight ``k``.
+def _tower_ids(towers: Sequence[int] | None, n_weights: int) -> tuple[int, ...] | None:
+    if towers is None:
+        return None
+    ids = tuple(int(t) for t in towers)
+    if len(ids) != n_weights:
+        raise ValueError(f"tower_ids names {len(ids)} towers for {n_weights} weights")
+    return ids
 
-    ``weight: (n_weights, out_features, in_features)``. With one weight set it
-    is an ordinary linear layer and ignores the routing.
-    """
 
-    def __init__(self, in_features: int, out_features: int, n_weights: int = 1, *, std: float = 0.02,
-                 copy_towers: bool = False) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.std, self.copy_towers = std, copy_towers
-        self.weight = nn.Parameter(torch.empty(n_weights, out_features, in_features))
-        self.reset_parameters()
+class _UntiedWeights(nn.Module):
+    """What both untied layers share: ``weights`` (one Parameter per tower), their owners, old layouts."""
+
+    weights: nn.ParameterList
+    tower_ids: tuple[int, ...] | None
 
     @property
     def n_weights(self) -> int:
-        return self.weight.shape[0]
+        return len(self.weights)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        split_stacked(state_dict, prefix, self.n_weights)  # a checkpoint of the stacked layout
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class UntiedLinear(_UntiedWeights):
+    """``n_weights`` bias-free linear maps; token slices of tower ``k`` use ``weights[k]: (out, in)``.
+
+    ``tower_ids[k]``: the tower owning ``weights[k]`` (None when the weights are not towers: one tied
+    weight, or MoE experts). With one weight it is an ordinary linear layer and ignores the routing.
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_weights: int = 1, *, std: float = 0.02,
+                 copy_towers: bool = False, tower_ids: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.std, self.copy_towers = std, copy_towers
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(out_features, in_features))
+                                        for _ in range(n_weights))
+        self.tower_ids = _tower_ids(tower_ids, n_weights)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            if self.copy_towers:
-                nn.init.normal_(self.weight[0], std=self.std)
-                self.weight[1:].copy_(self.weight[:1].expand_as(self.weight[1:]))
-            else:
-                nn.init.normal_(self.weight, std=self.std)
+            nn.init.normal_(self.weights[0], std=self.std)
+            for w in self.weights[1:]:  # one after another: the stacked layout's values when out*in % 16 == 0
+                if self.copy_towers:
+                    w.copy_(self.weights[0])
+                else:
+                    nn.init.normal_(w, std=self.std)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         """x: (N, in) tower-sorted -> (N, out) tower-sorted, in the autocast dtype under autocast
         (as ``F.linear`` would be), else in ``x``'s dtype."""
         if self.n_weights == 1:
-            return F.linear(x, self.weight[0])
+            return F.linear(x, self.weights[0])
         _check_towers(self.n_weights, routing)
-        weight, dtype = self.weight, _autocast_dtype(x)
+        weights, dtype = list(self.weights), _autocast_dtype(x)
         if dtype is not None:  # the kernels below are not autocast ops: cast as F.linear would
-            x, weight = x.to(dtype), weight.to(dtype)
+            x, weights = x.to(dtype), [w.to(dtype) for w in weights]
         with torch.autocast(x.device.type, enabled=False):
-            if routing.gemm == "grouped_mm":
-                return grouped_mm_linear(x, weight, routing.group_offsets(x.device))
+            if routing.gemm == "grouped_mm":  # the one place the towers are stacked (a copy per call)
+                return grouped_mm_linear(x, torch.stack(weights), routing.group_offsets(x.device))
             if torch.compiler.is_compiling():  # the out= matmuls do not trace: the compiler fuses the cat
-                return self.reference(x, routing, weight)
-            return _GroupedLinear.apply(x.contiguous(), weight, routing.counts)
+                return self.reference(x, routing, weights)
+            return _GroupedLinear.apply(x.contiguous(), routing.counts, *weights)
 
-    def reference(self, x: Tensor, routing: Routing, weight: Tensor | None = None) -> Tensor:
+    def reference(self, x: Tensor, routing: Routing, weights: Sequence[Tensor] | None = None) -> Tensor:
         """The simple twin of ``forward``: one ``F.linear`` per tower slice, then ``cat``."""
-        weight = self.weight if weight is None else weight
-        return torch.cat([F.linear(xs, w) for xs, w in zip(routing.split(x), weight)], dim=0)
+        weights = self.weights if weights is None else weights
+        return torch.cat([F.linear(xs, w) for xs, w in zip(routing.split(x), weights)], dim=0)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, n_weights={self.n_weights}"
+        return f"{self.in_features} -> {self.out_features}, n_weights={self.n_weights}, towers={self.tower_ids}"
 
 
-class UntiedRMSNorm(nn.Module):
-    """RMSNorm over the last dimension with one weight vector per tower (``weight: (n_weights, dim)``)."""
+class UntiedRMSNorm(_UntiedWeights):
+    """RMSNorm over the last dimension with one weight vector per tower (``weights[k]: (dim,)``)."""
 
-    def __init__(self, dim: int, n_weights: int = 1, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, n_weights: int = 1, eps: float = 1e-5,
+                 tower_ids: Sequence[int] | None = None) -> None:
         super().__init__()
         self.dim, self.eps = dim, eps
-        self.weight = nn.Parameter(torch.ones(n_weights, dim))
-
-    @property
-    def n_weights(self) -> int:
-        return self.weight.shape[0]
+        self.weights = nn.ParameterList(nn.Parameter(torch.ones(dim)) for _ in range(n_weights))
+        self.tower_ids = _tower_ids(tower_ids, n_weights)
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
+        for w in self.weights:
+            nn.init.ones_(w)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         if self.n_weights == 1:  # weight in x's dtype, as the untied scale below (and the fused kernel) needs
-            return F.rms_norm(x, (self.dim,), self.weight[0].to(x.dtype), self.eps)
+            return F.rms_norm(x, (self.dim,), self.weights[0].to(x.dtype), self.eps)
         _check_towers(self.n_weights, routing)
         normed = F.rms_norm(x, (self.dim,), None, self.eps)  # (N, ..., dim), no weight yet
-        weight = self.weight.to(normed.dtype)
+        weights = [w.to(normed.dtype) for w in self.weights]
         if torch.compiler.is_compiling():  # traceable form; the compiler fuses it into the norm
-            return torch.cat([xs * w for xs, w in zip(routing.split(normed), weight)], dim=0)
-        return _GroupedScale.apply(normed.contiguous(), weight, routing.counts)
+            return torch.cat([xs * w for xs, w in zip(routing.split(normed), weights)], dim=0)
+        return _GroupedScale.apply(normed.contiguous(), routing.counts, *weights)
 
     def reference(self, x: Tensor, routing: Routing) -> Tensor:
         """The simple twin of ``forward``: one weighted ``rms_norm`` per tower slice, then ``cat``."""
-        parts = [F.rms_norm(xs, (self.dim,), w, self.eps) for xs, w in zip(routing.split(x), self.weight)]
+        parts = [F.rms_norm(xs, (self.dim,), w, self.eps) for xs, w in zip(routing.split(x), self.weights)]
         return torch.cat(parts, dim=0)
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, n_weights={self.n_weights}, eps={self.eps}"
+        return f"{self.dim}, n_weights={self.n_weights}, eps={self.eps}, towers={self.tower_ids}"
+
+
+def split_stacked(state_dict: dict, prefix: str, n_weights: int) -> None:
+    """In place: ``<prefix>weight`` of the stacked layout (``(n_weights, ...)``, before one Parameter per
+    tower) becomes ``<prefix>weights.<k>``. Other state dicts are left as they are."""
+    stacked = state_dict.get(prefix + "weight")
+    if stacked is None or prefix + "weights.0" in state_dict or stacked.dim() < 2 or stacked.shape[0] != n_weights:
+        return
+    del state_dict[prefix + "weight"]
+    for k in range(n_weights):
+        state_dict[f"{prefix}weights.{k}"] = stacked[k]
 
 
 def grouped_mm_linear(x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:

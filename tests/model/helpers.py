@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from mot_lightning.model import Transformer, attention
 from mot_lightning.model.masks import AttentionMask
+from mot_lightning.model.towers import parameter_places
+from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm
 
 
 def interleaved_modality(batch: int, seq_len: int, n_modalities: int, seed: int = 0) -> torch.Tensor:
@@ -23,14 +25,30 @@ def interleaved_modality(batch: int, seq_len: int, n_modalities: int, seed: int 
     return torch.tensor(rows)
 
 
+def params_by_slot(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """Every parameter of ``model`` grouped by its slot (``model/towers.py``): a tied weight alone, an untied
+    layer's towers in tower order."""
+    params = dict(model.named_parameters())
+    out: dict[str, list] = {}
+    for name, place in parameter_places(model).items():
+        out.setdefault(place.slot, []).append(params[name])
+    return out
+
+
 def copy_dense_into_towers(dense: Transformer, mot: Transformer) -> None:
-    """Give every tower of ``mot`` the dense model's weights (shapes (1, ...) -> (K, ...))."""
-    dense_params = dict(dense.named_parameters())
+    """Give every tower of ``mot`` the dense model's weights (each tower's Parameter a copy of the tied one)."""
+    dense_slots = params_by_slot(dense)
     with torch.no_grad():
-        for name, p in mot.named_parameters():
-            src = dense_params[name]
-            assert src.shape[1:] == p.shape[1:], name
-            p.copy_(src.expand_as(p))
+        for slot, towers in params_by_slot(mot).items():
+            (src,) = dense_slots[slot]
+            for p in towers:
+                assert src.shape == p.shape, slot
+                p.copy_(src)
+
+
+def weight_grads(layer: UntiedLinear | UntiedRMSNorm) -> torch.Tensor:
+    """The towers' weight gradients stacked: (n_weights, ...) (a copy)."""
+    return torch.stack([w.grad for w in layer.weights])
 
 
 def attend_one_position_ahead(monkeypatch: pytest.MonkeyPatch) -> None:

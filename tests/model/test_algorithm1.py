@@ -68,14 +68,14 @@ def plain_mot_layer(x, modality, W, n_heads, qk_norm):
 
 
 def weights_of(block, m, dim, hidden):
-    qkv = block.attn.wqkv.weight[m]
-    w13 = block.ffn.w13.weight[m]
+    qkv = block.attn.wqkv.weights[m]
+    w13 = block.ffn.w13.weights[m]
     return {
         "q": qkv[:dim], "k": qkv[dim:2 * dim], "v": qkv[2 * dim:],
-        "o": block.attn.wo.weight[m],
-        "w1": w13[:hidden], "w3": w13[hidden:], "w2": block.ffn.w2.weight[m],
-        "q_norm": block.attn.q_norm.weight[m], "k_norm": block.attn.k_norm.weight[m],
-        "attn_norm": block.attn_norm.weight[m], "ffn_norm": block.ffn_norm.weight[m],
+        "o": block.attn.wo.weights[m],
+        "w1": w13[:hidden], "w3": w13[hidden:], "w2": block.ffn.w2.weights[m],
+        "q_norm": block.attn.q_norm.weights[m], "k_norm": block.attn.k_norm.weights[m],
+        "attn_norm": block.attn_norm.weights[m], "ffn_norm": block.ffn_norm.weights[m],
     }
 
 
@@ -96,8 +96,8 @@ def test_library_block_matches_plain_algorithm_1(n_modalities):
     with torch.no_grad():
         lib = model(x, modality)  # one layer + the untied final norm
         W = {m: weights_of(block, m, 32, cfg.ffn_hidden) for m in range(n_modalities)}
-        final = model.norm.weight
+        final = model.norm.weights
         for b in range(B):
             ref = plain_mot_layer(x[b], modality[b], W, cfg.n_heads, qk_norm=True)
-            ref = torch.stack([rms(ref[t], final[modality[b, t]]) for t in range(T)])
+            ref = torch.stack([rms(ref[t], final[int(modality[b, t])]) for t in range(T)])
             assert_close(lib[b], ref, reduction=transformer_reduction(1, 32, cfg.ffn_hidden, T))

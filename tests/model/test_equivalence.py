@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mot_lightning.model import Transformer, TransformerConfig
-from tests.model.helpers import copy_dense_into_towers, interleaved_modality
+from tests.model.helpers import copy_dense_into_towers, interleaved_modality, params_by_slot
 from tests.numerics import assert_close, transformer_reduction
 
 B, T = 2, 24
@@ -54,16 +54,18 @@ def test_copy_init_starts_as_the_dense_model():
     x, modality = _inputs(3)
     assert_close(mot(x, modality), dense(x, modality), reduction=REDUCTION)
     independent = Transformer(_tiny(sparsity="mot", n_modalities=3))
-    assert not torch.allclose(independent.layers[0].ffn.w2.weight[0], independent.layers[0].ffn.w2.weight[1])
+    assert not torch.allclose(independent.layers[0].ffn.w2.weights[0], independent.layers[0].ffn.w2.weights[1])
 
 
 def test_shared_tower_map_equals_mot_with_copied_tower():
     """towers=[0, 0, 1] (text+image share) == 3-tower MoT whose image tower is the text tower."""
     grouped = Transformer(_tiny(n_modalities=3, towers=[0, 0, 1])).double()
     full = Transformer(_tiny(n_modalities=3)).double()
+    grouped_slots = params_by_slot(grouped)
     with torch.no_grad():
-        for (name, g), (_, f) in zip(grouped.named_parameters(), full.named_parameters()):
-            f.copy_(g[[0, 0, 1]])
+        for slot, towers in params_by_slot(full).items():
+            for f, k in zip(towers, [0, 0, 1]):
+                f.copy_(grouped_slots[slot][k])
     x, modality = _inputs(3)
     assert_close(grouped(x, modality), full(x, modality), reduction=REDUCTION)
 
@@ -74,10 +76,10 @@ def test_gqa_with_repeated_kv_heads_equals_full_heads():
     hd = 8
     with torch.no_grad():
         for (name, g), (_, f) in zip(gqa.named_parameters(), mha.named_parameters()):
-            if name.endswith("wqkv.weight"):
-                q, k, v = g.split([4 * hd, 2 * hd, 2 * hd], dim=1)
-                rep = lambda w: w.unflatten(1, (2, hd)).repeat_interleave(2, dim=1).flatten(1, 2)  # noqa: E731
-                f.copy_(torch.cat([q, rep(k), rep(v)], dim=1))
+            if ".wqkv.weights." in name:  # (out, in) of one tower
+                q, k, v = g.split([4 * hd, 2 * hd, 2 * hd], dim=0)
+                rep = lambda w: w.unflatten(0, (2, hd)).repeat_interleave(2, dim=0).flatten(0, 1)  # noqa: E731
+                f.copy_(torch.cat([q, rep(k), rep(v)], dim=0))
             else:
                 f.copy_(g)
     x, modality = _inputs(2)
@@ -120,7 +122,7 @@ def test_identical_towers_backward_equals_dense(norm_layout):
         model(xg, modality).backward(grad_out)
         grads.append(xg.grad)
     assert_close(grads[1], grads[0], reduction=REDUCTION)
-    mot_params = dict(mot.named_parameters())
-    for name, p in dense.named_parameters():  # a weight gradient also sums over the B*T tokens
-        tower_sum = mot_params[name].grad.sum(0, keepdim=True)
-        assert_close(tower_sum, p.grad, reduction=REDUCTION + B * T, msg=name)
+    mot_slots = params_by_slot(mot)
+    for slot, (p,) in params_by_slot(dense).items():  # a weight gradient also sums over the B*T tokens
+        tower_sum = torch.stack([t.grad for t in mot_slots[slot]]).sum(0)
+        assert_close(tower_sum, p.grad, reduction=REDUCTION + B * T, msg=slot)

@@ -58,8 +58,8 @@ def test_one_expert_at_capacity_one_equals_the_dense_ffn(router):
     moe = MoEFeedForward(tiny(sparsity="moe", n_experts=1, moe_router=router)).double()
     dense = FeedForward(tiny(sparsity="dense")).double()
     with torch.no_grad():
-        moe.w13.weight.copy_(dense.w13.weight)
-        moe.w2.weight.copy_(dense.w2.weight)
+        moe.w13.weights[0].copy_(dense.w13.weights[0])
+        moe.w2.weights[0].copy_(dense.w2.weights[0])
     x = torch.randn(24, D, dtype=torch.float64)
     assert_agree(moe(x), dense(x, Routing(counts=(24,))), reduction=FFN)
     assert moe.last_stats.dropped == 0
@@ -187,9 +187,9 @@ def _hybrid_and_mot(**kw):
             if name not in ffn_names:
                 p.copy_(mot_params[name])
         for h, m in zip(hybrid.layers, mot.layers):
-            plain = h.ffn.plain_towers
-            h.ffn.plain.w13.weight.copy_(m.ffn.w13.weight[plain])
-            h.ffn.plain.w2.weight.copy_(m.ffn.w2.weight[plain])
+            for i, k in enumerate(h.ffn.plain_towers):  # plain weight i is tower k
+                h.ffn.plain.w13.weights[i].copy_(m.ffn.w13.weights[k])
+                h.ffn.plain.w2.weights[i].copy_(m.ffn.w2.weights[k])
     return hybrid.double(), mot.double()  # equivalence: algebra, so float64
 
 
@@ -235,7 +235,7 @@ def test_hybrid_without_its_moe_modality_still_gives_every_parameter_a_gradient(
     model = Transformer(tiny(sparsity="mot", moe_towers=[0]))
     model(torch.randn(1, 12, D), torch.full((1, 12), 2)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
-    assert model.layers[0].ffn.moe[0].w13.weight.grad.abs().sum() == 0
+    assert all(w.grad.abs().sum() == 0 for w in model.layers[0].ffn.moe[0].w13.weights)
 
 
 # ------------------------------------------------------------------ accounting

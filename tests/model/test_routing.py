@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mot_lightning.model.untied import Routing, UntiedLinear, UntiedRMSNorm
-from tests.model.helpers import interleaved_modality
+from tests.model.helpers import interleaved_modality, weight_grads
 from tests.numerics import assert_close
 
 F64 = torch.float64  # fast path vs per-token loop is algebra: compared in float64
@@ -57,7 +57,7 @@ def test_untied_linear_equals_per_token_loop():
     x = torch.randn(2 * 23, 8, dtype=F64)
     routed = r.to_sequence(layer(r.to_sorted(x), r))
     flat = modality.reshape(-1)
-    loop = torch.stack([layer.weight[flat[i]] @ x[i] for i in range(x.shape[0])])
+    loop = torch.stack([layer.weights[int(flat[i])] @ x[i] for i in range(x.shape[0])])
     assert_close(routed, loop, reduction=8)
 
 
@@ -66,11 +66,12 @@ def test_untied_rmsnorm_equals_per_token_loop():
     r = Routing.build(modality, towers=[0, 1, 1], n_towers=2)
     norm = UntiedRMSNorm(6, n_weights=2).double()
     with torch.no_grad():
-        norm.weight.normal_()
+        for w in norm.weights:
+            w.normal_()
     x = torch.randn(30, 6, dtype=F64)
     routed = r.to_sequence(norm(r.to_sorted(x), r))
     tower = torch.tensor([0, 1, 1])[modality.reshape(-1)]
-    loop = torch.stack([x[i] * torch.rsqrt(x[i].pow(2).mean() + 1e-5) * norm.weight[tower[i]]
+    loop = torch.stack([x[i] * torch.rsqrt(x[i].pow(2).mean() + 1e-5) * norm.weights[int(tower[i])]
                         for i in range(30)])
     assert_close(routed, loop, reduction=6)
 
@@ -81,9 +82,9 @@ def test_empty_tower_still_gets_zero_gradient():
     r = Routing.build(modality, towers=[0, 1, 2], n_towers=3)
     layer = UntiedLinear(4, 4, n_weights=3)
     layer(r.to_sorted(torch.randn(12, 4)), r).sum().backward()
-    assert layer.weight.grad is not None
-    assert layer.weight.grad[0].abs().sum() > 0
-    assert torch.count_nonzero(layer.weight.grad[1:]) == 0
+    assert all(w.grad is not None for w in layer.weights)
+    assert layer.weights[0].grad.abs().sum() > 0
+    assert torch.count_nonzero(weight_grads(layer)[1:]) == 0
 
 
 def _grads(fn, layer, x, r):
@@ -91,7 +92,7 @@ def _grads(fn, layer, x, r):
     xg = x.clone().requires_grad_(True)
     y = fn(xg, r)
     y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
-    return y, xg.grad, layer.weight.grad.clone()
+    return y, xg.grad, weight_grads(layer)
 
 
 @pytest.mark.parametrize("layer_cls", ["linear", "norm"])
@@ -102,7 +103,8 @@ def test_grouped_fast_path_matches_reference_forward_and_backward(layer_cls):
     layer = UntiedLinear(8, 6, n_weights=3) if layer_cls == "linear" else UntiedRMSNorm(8, n_weights=3)
     layer = layer.double()
     with torch.no_grad():
-        layer.weight.add_(torch.randn_like(layer.weight))
+        for w in layer.weights:
+            w.add_(torch.randn_like(w))
     x = r.to_sorted(torch.randn(63, 8, dtype=F64))
     fast = _grads(layer, layer, x, r)
     ref = _grads(layer.reference, layer, x, r)
@@ -120,4 +122,4 @@ def test_grouped_linear_follows_autocast():
     assert y.dtype == ref.dtype == torch.bfloat16
     assert_close(y, ref, reduction=8)
     y.float().sum().backward()
-    assert layer.weight.grad.dtype == torch.float32
+    assert all(w.grad.dtype == torch.float32 for w in layer.weights)
