@@ -1,6 +1,6 @@
 """``mot fit|validate|test``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
 
-Vocabulary size, modality count, validation-set names and the latent-image
+Vocabulary size and layout, modality count, validation-set names and the latent-image
 width (Transfusion) flow from the data
 module to the model by ``link_arguments`` (never repeated in YAML). The same
 YAML runs on one CPU, one GPU or many GPUs by changing only ``trainer.*``.
@@ -39,6 +39,7 @@ from mot_lightning.run_identity import (
     record_launch,
     sibling_runs,
 )
+from mot_lightning.training.vocab_rows import vocab_layout
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -55,6 +56,7 @@ class MotCLI(LightningCLI):
         parser.link_arguments("data.n_modalities", "model.backbone.n_modalities", apply_on="instantiate")
         parser.link_arguments("data.val_set_names", "model.val_set_names", apply_on="instantiate")
         parser.link_arguments("data.latent_dim", "model.latent_dim", apply_on="instantiate")
+        parser.link_arguments("data.vocab", "model.vocab_layout", compute_fn=vocab_layout, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(FlopsThroughput, "throughput")

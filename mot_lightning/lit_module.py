@@ -23,8 +23,10 @@ from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.accounting import Accounting
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.model.untied import UntiedRMSNorm
 from mot_lightning.objectives import NextToken, Objective, StepLosses
+from mot_lightning.training.controls import TrainingControls
+from mot_lightning.training.freezing import Freeze
+from mot_lightning.training.warm_start import WarmStart
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -35,7 +37,10 @@ class MultiModalLM(pl.LightningModule):
     def __init__(self, backbone: TransformerConfig, vocab_size: int = 0, objective: Objective | None = None,
                  optimizer: OptimizerCallable = default_optimizer,
                  scheduler: LRSchedulerCallable | None = None, activation_checkpointing: bool = False,
-                 compile: bool = False, val_set_names: list[str] | None = None, latent_dim: int = 0) -> None:
+                 compile: bool = False, val_set_names: list[str] | None = None, latent_dim: int = 0,
+                 init_from: WarmStart | None = None, freeze: Freeze | None = None,
+                 tower_lr: dict[str, float] | None = None, tower_weight_decay: dict[str, float] | None = None,
+                 vocab_layout: dict[str, int] | None = None) -> None:
         """
         Args:
             backbone: the ``TransformerConfig`` (dense / mot / partial untying / towers / size).
@@ -47,6 +52,10 @@ class MultiModalLM(pl.LightningModule):
             compile: ``torch.compile`` each block.
             val_set_names: names of the validation dataloaders, in order; linked from the data.
             latent_dim: width of a latent image patch; linked from ``data.latent_dim`` (0 = discrete images).
+            init_from / freeze / tower_lr / tower_weight_decay: warm start from a checkpoint, frozen towers and
+                shared parts, per-tower learning-rate and weight-decay multipliers (``training/controls.py``).
+            vocab_layout: the joint vocabulary's block sizes, linked from the data (``training/vocab_rows.py``);
+                recorded in checkpoints for warm starts into a larger vocabulary.
         """
         super().__init__()
         if vocab_size <= 0:
@@ -65,6 +74,8 @@ class MultiModalLM(pl.LightningModule):
         keys = [self._metric_key(s, m) for s in ["all", *self.val_set_names] for m in self.modalities]
         self.val_metrics = nn.ModuleDict({key: MeanMetric() for key in keys})
         self.val_total = MeanMetric()
+        self.controls = TrainingControls(backbone, vocab_size, init_from, freeze, tower_lr, tower_weight_decay,
+                                         vocab_layout)
 
     @staticmethod
     def _metric_key(set_name: str, m: Modality) -> str:
@@ -74,6 +85,7 @@ class MultiModalLM(pl.LightningModule):
         if self.net is not None:
             return
         self.net = TokenLM(self.cfg, self.vocab_size, latent_dim=self.latent_dim)
+        self.controls.prepare(self, self.net, self._trainer)  # warm start, freezing: before any wrapper
         layers = self.net.backbone.layers
         if self.activation_checkpointing:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -175,17 +187,22 @@ class MultiModalLM(pl.LightningModule):
                          + "\n  ".join(mismatched[:10]))
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        no_decay_ids = {id(p) for mod in self.modules() if isinstance(mod, (UntiedRMSNorm, nn.Embedding))
-                        for p in mod.parameters()}  # a norm's per-tower weights sit in a ParameterList
-        for p in self.parameters():
-            if p.requires_grad:
-                (no_decay if id(p) in no_decay_ids else decay).append(p)
-        optimizer = self.optimizer_fn([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        """Groups ``decay`` / ``no_decay`` (per tower with tower multipliers; ``training/param_groups.py``)."""
+        optimizer = self.optimizer_fn(self.controls.param_groups(self, self.net))
+        self.controls.scale(optimizer)  # per-group lr / weight decay, before the scheduler reads them
         if self.scheduler_fn is None:
             return optimizer
         scheduler = self.scheduler_fn(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self.controls.on_train_start(self)  # params/trainable, params/frozen
+
+    def on_train_batch_start(self, batch: MultiModalBatch, batch_idx: int) -> None:
+        self.controls.on_train_batch_start(self)  # model.freeze.until_step
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.controls.on_before_optimizer_step(self)  # frozen vocabulary rows; late-unfrozen grads under DDP
 
     def accounting(self, seq_len: int) -> Accounting:
         """Parameters and training FLOPs per token of all this module trains (after ``configure_model``)."""

@@ -66,6 +66,7 @@ IGNORED_KEYS: dict[str, str] = {
 OBSERVER_CALLBACKS = frozenset({
     "SampleLogger", "LearningRateMonitor", "ModelCheckpoint", "TQDMProgressBar", "RichProgressBar",
     "ModelSummary", "RichModelSummary", "DeviceStatsMonitor", "FlopsThroughput",
+    "EMA",  # averages the weights for sampling; training and the checkpoint's weights are unchanged
 })
 # Seeds: ``seed_everything`` is the run's seed; the data order's seed follows it in sweeps. Neither is
 # hashed; the run id names both when they differ (``s1d0-...``: model seed 1, data seed 0).

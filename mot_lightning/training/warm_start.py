@@ -1,0 +1,223 @@
+"""Warm start (``model.init_from``): a new run's weights from a trained checkpoint, before sharding.
+
+What moves where. Every parameter has a place (``model/towers.py``): its slot and the tower owning it.
+A target parameter of tower ``t`` takes the checkpoint's weight at the same slot from the tower that the
+checkpoint used for the modality ``t`` serves (or from its one shared weight where the checkpoint ties that
+component): a dense checkpoint gives every tower a copy of its weights, an MoT checkpoint with towers
+``[0, 0, 1]`` fills a model with towers ``[0, 1, 2]`` (text and image each start from the shared tower), and
+a text-only checkpoint (``n_modalities: 1``) fills the text tower while the new modalities' towers start
+as ``new_towers`` says. ``towers`` names the source modality of each tower to load explicitly; a
+modality left out keeps its fresh initialisation. Shared parameters (embeddings, head, tied components)
+load from the same shared parameter.
+
+Vocabulary. The embedding and head rows map block by block by the two joint vocabularies' layouts
+(``vocab_rows.py``; every checkpoint written with ``model.vocab_layout`` records it): a block the checkpoint
+lacks (a new modality's codes) is new rows, initialised as ``new_rows`` says; a grown block keeps its
+first ids. A checkpoint without a recorded layout maps rows by id (a prefix), with a warning.
+
+Refused, with the names: shapes that differ (another width, head count or a smaller vocabulary block),
+backbone parameters the checkpoint lacks (more layers, an MoE where it has none), a tied component the
+checkpoint unties, and a tower serving modalities the checkpoint keeps in different towers. The file is
+read weights-only (``checkpoints/loading.py``); old checkpoints with stacked tower weights are read too.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mot_lightning.checkpoints import load_checkpoint
+from mot_lightning.checkpoints.model_config import plain_config
+from mot_lightning.modality import Modality
+from mot_lightning.model.config import TransformerConfig
+from mot_lightning.model.lm import TokenLM
+from mot_lightning.model.towers import Place, parameter_places, tower_modalities
+from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm, split_stacked
+from mot_lightning.training.vocab_rows import block_ranges, check_layout
+
+log = logging.getLogger(__name__)
+VOCAB_MATRICES = ("embed.weight", "head.weight")  # (V, dim): rows are joint-vocabulary ids
+
+
+@dataclass
+class WarmStart:
+    """``model.init_from``: which checkpoint starts this run and how its weights fill this model."""
+
+    checkpoint: str  # a `mot fit` checkpoint file (a sharded one: `mot checkpoint consolidate` first)
+    # modality -> the checkpoint's modality whose tower it starts from, e.g. {text: text, image: text};
+    # a modality left out starts fresh. None: each modality from its own tower, new ones as `new_towers`.
+    towers: dict[str, str] | None = None
+    new_towers: Literal["copy_text", "fresh"] = "copy_text"  # modalities the checkpoint was not trained on
+    new_rows: Literal["init", "mean"] = "init"  # new vocabulary rows: own init, or the mean of the old rows
+
+
+@dataclass
+class WarmStartReport:
+    loaded: list[str] = field(default_factory=list)  # target parameter names filled from the checkpoint
+    fresh: list[str] = field(default_factory=list)  # target parameters left at their initialisation
+    unused: list[str] = field(default_factory=list)  # checkpoint tensors nothing took
+    new_rows: dict[str, int] = field(default_factory=dict)  # vocabulary matrix -> rows not in the checkpoint
+
+
+@dataclass
+class _Source:
+    cfg: TransformerConfig
+    state: dict[str, Tensor]  # TokenLM keys
+    places: dict[str, Place]
+    layout: dict[str, int] | None
+
+
+def warm_start(net: TokenLM, spec: WarmStart, layout: dict[str, int] | None = None) -> WarmStartReport:
+    """Fill ``net`` (unsharded, before any wrapper) from ``spec.checkpoint``; ``layout``: this model's
+    vocabulary layout (None: unknown, rows map by id). Raises ``ValueError`` naming what does not fit."""
+    src = _read_source(spec.checkpoint)
+    report = WarmStartReport()
+    problems: list[str] = []
+    sources = _assign(net, src, spec, problems)
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, src_name in sources.items():
+            p, value = params[name], src.state[src_name]
+            if name in VOCAB_MATRICES and p.shape[1:] == value.shape[1:]:
+                report.new_rows[name] = _copy_rows(p, value, src.layout, layout, spec.new_rows, name, problems)
+            elif p.shape != value.shape:
+                problems.append(f"{name}: checkpoint {src_name} {tuple(value.shape)} vs model {tuple(p.shape)}")
+                continue
+            else:
+                p.copy_(value.to(p.dtype))
+            report.loaded.append(name)
+    if problems:
+        shown = "\n  ".join(problems[:12]) + (f"\n  (+{len(problems) - 12} more)" if len(problems) > 12 else "")
+        raise ValueError(f"model.init_from: {spec.checkpoint} does not fit this model:\n  {shown}\n"
+                         "A warm start needs the checkpoint's width, heads, depth and kind of FFN; the tower map and "
+                         "the vocabulary may grow (mot_lightning/training/warm_start.py).")
+    used = set(sources.values())
+    report.fresh = [n for n in params if n not in sources]
+    report.unused = [n for n in src.state if n not in used]
+    log.info("model.init_from %s: %d tensors loaded, fresh: %s, new vocabulary rows: %s, not used: %s",
+             spec.checkpoint, len(report.loaded), report.fresh or "none", report.new_rows or "none",
+             report.unused or "none")
+    return report
+
+
+def _read_source(path: str) -> _Source:
+    checkpoint = load_checkpoint(path, mmap=True)
+    hparams = plain_config(checkpoint.get("hyper_parameters") or {})
+    if "state_dict" not in checkpoint or "backbone" not in hparams:
+        raise ValueError(f"model.init_from: {path} is not a checkpoint written by `mot fit` (it needs state_dict "
+                         "and hyper_parameters.backbone)")
+    backbone = hparams["backbone"]
+    backbone = backbone.get("init_args", backbone)
+    names = {f.name for f in fields(TransformerConfig) if f.init}
+    cfg = TransformerConfig(**{k: v for k, v in backbone.items() if k in names})
+    state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    vocab = state["embed.weight"].shape[0]
+    with torch.device("meta"):  # the checkpoint's model without memory: its parameter places
+        skeleton = TokenLM(cfg, vocab, latent_dim=int(hparams.get("latent_dim") or 0))
+    for mname, m in skeleton.named_modules():
+        if isinstance(m, (UntiedLinear, UntiedRMSNorm)):
+            split_stacked(state, f"{mname}.", m.n_weights)  # written before one Parameter per tower
+    layout = hparams.get("vocab_layout")
+    check_layout(layout, vocab, where=f"{path}: hyper_parameters.vocab_layout")
+    return _Source(cfg, state, parameter_places(skeleton), layout)
+
+
+def _assign(net: TokenLM, src: _Source, spec: WarmStart, problems: list[str]) -> dict[str, str]:
+    """Target parameter name -> checkpoint tensor name, for every parameter that loads."""
+    by_place = {(p.slot, p.tower): name for name, p in src.places.items()}
+    per_tower_slots = {p.slot for p in src.places.values() if p.tower is not None}
+    cfg, out = net.backbone.cfg, {}
+    for name, place in parameter_places(net).items():
+        if place.tower is None:
+            if (place.slot, None) in by_place:
+                out[name] = by_place[(place.slot, None)]
+            elif place.slot in per_tower_slots:
+                problems.append(f"{name}: the checkpoint unties {place.slot} into towers, this model ties it")
+            elif name.startswith("backbone."):
+                problems.append(f"{name}: not in the checkpoint")
+            continue
+        modality = _source_modality(cfg, src.cfg, place.tower, spec, problems)
+        if modality is None:
+            continue  # this tower starts fresh
+        tower = src.cfg.towers[modality]
+        found = by_place.get((place.slot, tower), by_place.get((place.slot, None)))
+        if found is None:
+            known = any(slot == place.slot for slot, _ in by_place)
+            problems.append(f"{name}: " + (f"the checkpoint has no tower {tower} there" if known
+                                           else "not in the checkpoint"))
+        else:
+            out[name] = found
+    return out
+
+
+def _source_modality(cfg: TransformerConfig, src_cfg: TransformerConfig, tower: int, spec: WarmStart,
+                     problems: list[str]) -> int | None:
+    """The checkpoint modality whose tower fills this model's ``tower`` (None: it starts fresh)."""
+    chosen = set()
+    for m in tower_modalities(cfg, tower):
+        label = Modality(m).label
+        if spec.towers is not None:
+            source = spec.towers.get(label)
+            chosen.add(None if source is None else int(Modality.parse(source)))
+        elif m < src_cfg.n_modalities:
+            chosen.add(m)
+        else:
+            chosen.add(int(Modality.TEXT) if spec.new_towers == "copy_text" else None)
+    bad = [m for m in chosen if m is not None and m >= src_cfg.n_modalities]
+    if bad:
+        problems.append(f"model.init_from.towers names {Modality(bad[0]).label}, which the checkpoint "
+                        f"(n_modalities={src_cfg.n_modalities}) was not trained on")
+        return None
+    source_towers = {None if m is None else src_cfg.towers[m] for m in chosen}
+    if len(source_towers) > 1:
+        labels = "+".join(Modality(m).label for m in tower_modalities(cfg, tower))
+        problems.append(f"tower {tower} ({labels}) would start from several checkpoint towers {sorted(chosen, key=str)}: "
+                        "set model.init_from.towers so its modalities name one source")
+        return None
+    return next(iter(chosen))
+
+
+def _copy_rows(p: nn.Parameter, value: Tensor, src_layout, layout, new_rows: str, name: str,
+               problems: list[str]) -> int:
+    """Copy the checkpoint's vocabulary rows into ``p`` (V, dim); returns how many rows are new."""
+    pairs = _row_pairs(value.shape[0], p.shape[0], src_layout, layout, name, problems)
+    if pairs is None:
+        return 0
+    new = torch.ones(p.shape[0], dtype=torch.bool)
+    if new_rows == "mean":
+        p[:] = value.float().mean(0).to(p.dtype)
+    for (s_lo, s_hi), (t_lo, _) in pairs:
+        p[t_lo:t_lo + s_hi - s_lo] = value[s_lo:s_hi].to(p.dtype)
+        new[t_lo:t_lo + s_hi - s_lo] = False
+    return int(new.sum())
+
+
+def _row_pairs(n_src: int, n_tgt: int, src_layout, layout, name: str, problems: list[str]):
+    """[((src_lo, src_hi), (tgt_lo, tgt_hi))] row blocks to copy, or None after naming a problem."""
+    if src_layout is None or layout is None:
+        if n_src > n_tgt:
+            problems.append(f"{name}: the checkpoint has {n_src} vocabulary rows, this model {n_tgt}")
+            return None
+        if n_src != n_tgt or src_layout != layout:
+            log.warning("model.init_from: %s maps the checkpoint's %d vocabulary rows to the first ids of this "
+                        "model's %d by id: the %s records no vocabulary layout (model.vocab_layout). Right only "
+                        "if those ids mean the same tokens in both vocabularies.", name, n_src, n_tgt,
+                        "checkpoint" if src_layout is None else "model")
+        return [((0, n_src), (0, n_src))]
+    pairs = []
+    src_ranges, tgt_ranges = block_ranges(src_layout), block_ranges(layout)
+    for block, (s_lo, s_hi) in src_ranges.items():
+        t_lo, t_hi = tgt_ranges[block]
+        if s_hi - s_lo > t_hi - t_lo:
+            problems.append(f"{name}: the checkpoint's {block} block has {s_hi - s_lo} ids, this model's "
+                            f"{t_hi - t_lo} (another tokenizer?)")
+        elif s_hi > s_lo:
+            pairs.append(((s_lo, s_hi), (t_lo, t_hi)))
+            if s_hi - s_lo < t_hi - t_lo:
+                log.warning("model.init_from: %s: the %s block grows from %d to %d ids; the first %d keep the "
+                            "checkpoint's rows (right if the tokenizer kept their ids)", name, block,
+                            s_hi - s_lo, t_hi - t_lo, s_hi - s_lo)
+    return pairs
