@@ -8,7 +8,8 @@ Every run writes into its own ``<save_dir>/<name>/<run_id>/`` (``run_identity.py
 scheduler's ``max_steps`` follows ``trainer.max_steps`` unless set explicitly.
 Always present (configurable under their own keys): ``checkpoint``
 (``ModelCheckpoint``, ``save_last=True`` so ``--ckpt_path last`` works),
-``throughput`` (tokens/s and cumulative FLOPs) and ``lr_monitor``.
+``throughput`` (tokens/s, MFU and cumulative FLOPs), ``nonfinite`` (what a non-finite loss does) and
+``lr_monitor``.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-from mot_lightning.callbacks import FlopsThroughput
+from mot_lightning.callbacks import FlopsThroughput, NonFiniteGuard
 from mot_lightning.checkpoints import use_atomic_io
 from mot_lightning.checkpoints.model_config import ckpt_model_config
 from mot_lightning.data.datamodule import MultiModalDataModule
@@ -60,6 +61,7 @@ class MotCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(FlopsThroughput, "throughput")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_argument("--run_id", type=str | None, default=None,

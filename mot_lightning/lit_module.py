@@ -5,7 +5,9 @@ Thin by design: the backbone config, objective, optimizer and scheduler are inje
 ``_shared_step`` serves train/val/test by calling the objective, and the steps log what it returns:
 ``train/loss``, ``train/loss_<modality>`` and the objective's extra scalars (``train/loss_lm``,
 ``train/z_loss``), ``val/loss``, ``val/loss_<modality>`` (all validation sets together) and
-``val/<set>/loss_<modality>`` per named set; one step axis, the optimizer step.
+``val/<set>/loss_<modality>`` per named set, each with its standard error over documents (``..._se``), and
+``train/grad_norm`` before clipping (any strategy); one step axis, the optimizer step, whose training losses
+are those of all its micro-batches (``training/``).
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torch import Tensor
 
 from mot_lightning.checkpoints.model_config import check_model_config, plain_config
 from mot_lightning.data.batch import MultiModalBatch
@@ -24,6 +25,7 @@ from mot_lightning.model import TransformerConfig
 from mot_lightning.model.accounting import Accounting
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.objectives import NextToken, Objective, StepLosses
+from mot_lightning.training import EvalLosses, StepAverage, clip_gradients, log_train_losses
 from mot_lightning.training.controls import TrainingControls
 from mot_lightning.training.freezing import Freeze
 from mot_lightning.training.warm_start import WarmStart
@@ -71,15 +73,11 @@ class MultiModalLM(pl.LightningModule):
         self.val_set_names = list(val_set_names or ["val"])
         self.net: TokenLM | None = None
         self._accounting: dict[int, Accounting] = {}  # by sequence length
-        keys = [self._metric_key(s, m) for s in ["all", *self.val_set_names] for m in self.modalities]
-        self.val_metrics = nn.ModuleDict({key: MeanMetric() for key in keys})
-        self.val_total = MeanMetric()
+        self.eval_losses = EvalLosses(self.val_set_names, self.modalities)
+        self.step_losses: StepLosses | None = None  # the latest training micro-batch's (NonFiniteGuard)
+        self._step_average = StepAverage()  # what is logged: the whole optimizer step's losses
         self.controls = TrainingControls(backbone, vocab_size, init_from, freeze, tower_lr, tower_weight_decay,
                                          vocab_layout)
-
-    @staticmethod
-    def _metric_key(set_name: str, m: Modality) -> str:
-        return f"{set_name}__{m.label}".replace(".", "_")
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -113,33 +111,15 @@ class MultiModalLM(pl.LightningModule):
         return ((torch.initial_seed() % 2**31) * 1_000_003 + step * 10_007 + batch_idx) * 101 + rank
 
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
-        out = self._shared_step(batch, "train", self._train_seed(batch_idx))
-        self.log("train/loss", out.total, prog_bar=True, batch_size=batch.batch_size)
-        for m, value, n in zip(self.modalities, out.values, out.weights.tolist()):
-            if n > 0:  # a batch without this modality has no loss for it
-                self.log(f"train/loss_{m.label}", value, prog_bar=True, batch_size=int(n))
-        for name, value in out.extras.items():
-            self.log(f"train/{name}", value, batch_size=batch.batch_size)
-        self._log_moe(batch.batch_size)
+        out = self.step_losses = self._shared_step(batch, "train", self._train_seed(batch_idx))
+        step = self._step_average.add(self.trainer.global_step, out)  # micro-batches of this step so far
+        log_train_losses(self, step, batch.batch_size)  # train/loss, train/loss_<modality>, extras, MoE
         return out.total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
-
-    def _log_moe(self, batch_size: int) -> None:
-        """Expert load and dropped tokens, averaged over MoE layers (nothing without MoE)."""
-        stats = list(self.net.backbone.moe_stats().values())
-        if stats:
-            n = len(stats)
-            self.log_dict({"train/moe_max_expert_load": sum(float(s.load.max()) for s in stats) / n,
-                           "train/moe_dropped_fraction": sum(float(s.dropped) for s in stats) / n,
-                           "train/moe_aux_loss": sum(float(s.aux_loss) for s in stats) / n},
-                          batch_size=batch_size)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self._shared_step(batch, "val", seed=dataloader_idx * 100_003 + batch_idx)  # fixed per batch
         set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
-        for m, value, weight in zip(self.modalities, out.values, out.weights):
-            for key in (self._metric_key("all", m), self._metric_key(set_name, m)):
-                self.val_metrics[key].update(value, weight=weight)
-        self.val_total.update(out.eval_total, weight=out.eval_weight)
+        self.eval_losses.update(set_name, out.doc_sums, out.doc_weights)
 
     def test_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
@@ -151,17 +131,7 @@ class MultiModalLM(pl.LightningModule):
         self._log_eval("test")
 
     def _log_eval(self, stage: str) -> None:
-        values = {}
-        for set_name in ["all", *self.val_set_names]:
-            prefix = stage if set_name == "all" else f"{stage}/{set_name}"
-            for m in self.modalities:
-                metric = self.val_metrics[self._metric_key(set_name, m)]
-                value = metric.compute()
-                if torch.isfinite(value):  # every rank computes the same synced value
-                    values[f"{prefix}/loss_{m.label}"] = value
-                metric.reset()
-        values[f"{stage}/loss"] = self.val_total.compute()
-        self.val_total.reset()
+        values = self.eval_losses.compute(stage, self.objective.eval_groups())  # synced: same on every rank
         self.log_dict(values, prog_bar=False, sync_dist=False, add_dataloader_idx=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -203,6 +173,12 @@ class MultiModalLM(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.controls.on_before_optimizer_step(self)  # frozen vocabulary rows; late-unfrozen grads under DDP
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip under DDP, FSDP1 and FSDP2 alike and log the total norm before clipping."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = clip_gradients(self.trainer.strategy.model, params, gradient_clip_val, gradient_clip_algorithm)
+        self.log("train/grad_norm", norm, batch_size=1)
 
     def accounting(self, seq_len: int) -> Accounting:
         """Parameters and training FLOPs per token of all this module trains (after ``configure_model``)."""

@@ -1,5 +1,7 @@
-"""Callbacks: throughput and FLOPs accounting, data skip counts, generated samples."""
+"""Callbacks: throughput, MFU and FLOPs accounting, data skip counts, the non-finite-loss policy,
+generated samples."""
+from mot_lightning.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from mot_lightning.callbacks.samples import SampleLogger
 from mot_lightning.callbacks.throughput import FlopsThroughput
 
-__all__ = ["FlopsThroughput", "SampleLogger"]
+__all__ = ["FlopsThroughput", "NonFiniteGuard", "NonFiniteLossError", "SampleLogger"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from mot_lightning.data.batch import MultiModalBatch
@@ -28,17 +29,35 @@ class StepLosses:
     logged as ``train/loss``.
     ``values`` / ``weights``: float[M] loss of each modality and what it averages over (target tokens;
     latent positions for diffusion images); logged as ``<stage>/loss_<modality>`` where the weight is > 0.
-    ``eval_total`` / ``eval_weight``: scalar logged as ``val/loss`` (the objective with unit modality
-    weights and no z-loss) and the weight of this batch in its average over validation batches.
     ``extras``: named scalars logged in training as ``train/<name>`` (e.g. ``loss_lm``, ``z_loss``).
+    ``doc_sums`` / ``doc_weights`` (validation and test only, else ``None``): float[N, M], the same
+    sums split by document (``document_index``): ``values[m] == doc_sums[:, m].sum() / weights[m]`` and
+    ``weights == doc_weights.sum(0)``. Validation turns them into each loss and its standard error over
+    documents (``eval_losses.py``); rows of padding hold zeros.
     """
 
     total: Tensor
     values: Tensor
     weights: Tensor
-    eval_total: Tensor
-    eval_weight: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    doc_sums: Tensor | None = None
+    doc_weights: Tensor | None = None
+
+
+def document_index(batch: MultiModalBatch) -> tuple[Tensor, int]:
+    """Which document of the batch each position belongs to: long[B, T] ``row * D + doc_id`` (``D`` = the
+    largest document count of a row, padding included), and the number of indices ``B * D``."""
+    D = int(batch.doc_ids.max()) + 1
+    rows = torch.arange(batch.batch_size, device=batch.doc_ids.device)[:, None]  # (B, 1)
+    return batch.doc_ids + rows * D, batch.batch_size * D
+
+
+def document_sums(values: Tensor, index: Tensor, modality: Tensor, n_docs: int, n_modalities: int) -> Tensor:
+    """float[n_docs, M]: ``values`` (float[B, T], zero where nothing counts) summed per (document, modality);
+    ``index`` from ``document_index``, ``modality`` long[B, T] the modality each value belongs to."""
+    flat = (index * n_modalities + modality).reshape(-1)  # (B*T,) cell of each position
+    out = values.new_zeros(n_docs * n_modalities, dtype=torch.float32)
+    return out.index_add_(0, flat, values.reshape(-1).float()).view(n_docs, n_modalities)
 
 
 class Objective:
@@ -47,6 +66,11 @@ class Objective:
     def setup(self, modalities: Sequence[Modality], latent_dim: int) -> None:
         """Check the objective against the model (its modalities, and ``latent_dim`` > 0 when the data gives
         continuous image latents); raise ``ValueError`` naming the YAML key to fix."""
+        raise NotImplementedError
+
+    def eval_groups(self) -> list[tuple[list[int], float]]:
+        """How ``val/loss`` combines the modalities: ``sum_g coef_g * (loss pooled over the targets of group
+        g's modality ids)``, i.e. the objective with unit weights inside a group and no z-loss."""
         raise NotImplementedError
 
     def loss(self, net: TokenLM, batch: MultiModalBatch, *, stage: str, seed: int) -> StepLosses:

@@ -19,7 +19,7 @@ from torch import Tensor
 from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.modality import Modality
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.objectives.base import Objective, StepLosses
+from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums
 
 
 @dataclass
@@ -28,27 +28,30 @@ class ModalityLosses:
     ce_sum: Tensor  # float[M]: summed CE of target tokens of each modality
     count: Tensor  # float[M]: number of target tokens of each modality
     z_loss: Tensor  # scalar (already multiplied by its coefficient)
+    token_ce: Tensor  # float[B, T]: detached CE of each position, 0 where there is no target
 
 
 def next_token_losses(logits: Tensor, targets: Tensor, target_modality: Tensor, weights: Tensor,
                       z_loss: float = 0.0) -> ModalityLosses:
     """logits: float[B, T, V]; targets, target_modality: long[B, T]; weights: float[M]."""
     V, M = logits.shape[-1], weights.shape[0]
-    flat_logits = logits.reshape(-1, V).float()  # (B*T, V)
+    flat_logits = logits.reshape(-1, V)  # (B*T, V), at least float32 (bf16 logits are upcast)
+    flat_logits = flat_logits.float() if flat_logits.element_size() < 4 else flat_logits
     flat_targets = targets.reshape(-1)
     valid = flat_targets != IGNORE_INDEX
     ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="none")  # (N,)
     mod = target_modality.reshape(-1).clamp(0, M - 1)
-    validf = valid.float()
-    ce_sum = torch.zeros(M, device=ce.device).index_add_(0, mod, ce * validf)
-    count = torch.zeros(M, device=ce.device).index_add_(0, mod, validf)
+    validf = valid.to(ce.dtype)
+    ce_sum = torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add_(0, mod, ce * validf)
+    count = torch.zeros(M, device=ce.device, dtype=ce.dtype).index_add_(0, mod, validf)
     token_w = weights.to(ce.device)[mod] * validf
     loss = (ce * token_w).sum() / token_w.sum().clamp_min(1e-8)
     z = flat_logits.new_zeros(())
     if z_loss:
         lse = torch.logsumexp(flat_logits, dim=-1)
         z = z_loss * (lse.pow(2) * validf).sum() / validf.sum().clamp_min(1.0)
-    return ModalityLosses(loss=loss + z, ce_sum=ce_sum.detach(), count=count, z_loss=z.detach())
+    return ModalityLosses(loss=loss + z, ce_sum=ce_sum.detach(), count=count, z_loss=z.detach(),
+                          token_ce=torch.where(valid, ce, 0.0).detach().view(targets.shape))
 
 
 class NextToken(Objective):
@@ -65,6 +68,7 @@ class NextToken(Objective):
             raise ValueError(f"model.objective.init_args.z_loss must be >= 0, got {z_loss}")
         self.z_loss, self.loss_weights = z_loss, dict(loss_weights or {})
         self.weights: Tensor | None = None  # float[M], set by ``setup``
+        self.modalities: list[Modality] = []
 
     def setup(self, modalities: Sequence[Modality], latent_dim: int) -> None:
         if latent_dim > 0:
@@ -77,6 +81,18 @@ class NextToken(Objective):
             raise ValueError("model.objective.init_args.loss_weights name modalities the model does not have:"
                              f" {[m.label for m in unknown]}; it has {[m.label for m in modalities]}")
         self.weights = torch.tensor([weights.get(m, 1.0) for m in modalities])  # float[M]
+        self.modalities = list(modalities)
+
+    def eval_groups(self) -> list[tuple[list[int], float]]:
+        return [([int(m) for m in self.modalities], 1.0)]  # val/loss: CE pooled over every target token
+
+    def document_losses(self, out: ModalityLosses, batch: MultiModalBatch) -> tuple[Tensor, Tensor]:
+        """(sums, counts) float[N, M]: the next-token CE and target count of each document and modality."""
+        index, n = document_index(batch)
+        modality = batch.target_modality().clamp(0, len(self.modalities) - 1)
+        valid = (batch.targets != IGNORE_INDEX).float()  # (B, T)
+        M = len(self.modalities)
+        return document_sums(out.token_ce, index, modality, n, M), document_sums(valid, index, modality, n, M)
 
     def token_losses(self, logits: Tensor, batch: MultiModalBatch) -> ModalityLosses:
         """Next-token losses of ``logits`` float[B, T, V] against the batch's targets."""
@@ -92,7 +108,7 @@ class NextToken(Objective):
                              "mot_lightning.objectives.Transfusion (configs/transfusion/mot.yaml)")
         logits = net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
         out = self.token_losses(logits, batch)
-        count = out.count.sum()
         extras = {"z_loss": out.z_loss} if self.z_loss else {}
+        doc_sums, doc_weights = self.document_losses(out, batch) if stage != "train" else (None, None)
         return StepLosses(total=out.loss, values=out.ce_sum / out.count.clamp_min(1), weights=out.count,
-                          eval_total=out.ce_sum.sum() / count.clamp_min(1), eval_weight=count, extras=extras)
+                          extras=extras, doc_sums=doc_sums, doc_weights=doc_weights)

@@ -21,7 +21,7 @@ from torch import Tensor
 from mot_lightning.data.batch import MultiModalBatch
 from mot_lightning.modality import Modality
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.objectives.base import Objective, StepLosses
+from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums
 from mot_lightning.objectives.diffusion import (
     EpsFn,
     FlowMatching,
@@ -84,6 +84,11 @@ class Transfusion(Objective):
                              f"weigh them with {KEY}.lam")
         self.next_token.setup(modalities, latent_dim=0)  # its targets are tokens; the latents are ours
 
+    def eval_groups(self) -> list[tuple[list[int], float]]:
+        """val/loss = L_LM (CE pooled over the text and speech targets) + lam * L_diffusion."""
+        lm = [int(m) for m in self.next_token.modalities if m != Modality.IMAGE]
+        return [(lm, 1.0), ([int(Modality.IMAGE)], self.lam)]
+
     # ------------------------------------------------------------------ training
     def sample_t(self, n: int, generator: torch.Generator | None = None,
                  device: torch.device | None = None) -> Tensor:
@@ -134,14 +139,19 @@ class Transfusion(Objective):
                            span_ids=batch.span_ids, latents=x_t, timesteps=self.time_input(t))
         target = self.process.target(*flat).view(B, T, D)
         lm, diff = self.next_token.token_losses(logits, batch), diffusion_loss(pred, target, mask)
-        n_latent = int(mask.sum())
         values, weights = (lm.ce_sum / lm.count.clamp_min(1)).clone(), lm.count.clone()
-        values[Modality.IMAGE], weights[Modality.IMAGE] = diff, float(n_latent)  # images: the diffusion loss
+        values[Modality.IMAGE], weights[Modality.IMAGE] = diff, mask.sum()  # images: the diffusion loss
         extras = {"loss_lm": lm.loss, **({"z_loss": lm.z_loss} if self.next_token.z_loss else {})}
-        lm_eval = lm.ce_sum.sum() / lm.count.sum().clamp_min(1)
-        return StepLosses(total=lm.loss + self.lam * diff, values=values, weights=weights,
-                          eval_total=lm_eval + self.lam * diff, eval_weight=lm.count.sum() + n_latent,
-                          extras=extras)
+        out = StepLosses(total=lm.loss + self.lam * diff, values=values, weights=weights, extras=extras)
+        if stage != "train":
+            out.doc_sums, out.doc_weights = self.next_token.document_losses(lm, batch)
+            index, n = document_index(batch)
+            one = torch.zeros_like(index)  # a single column: the image's
+            err = (pred.float() - target.float()).pow(2).mean(-1).detach()  # (B, T): per latent element
+            per_position = torch.where(mask, err, 0.0)
+            out.doc_sums[:, Modality.IMAGE] = document_sums(per_position, index, one, n, 1)[:, 0]
+            out.doc_weights[:, Modality.IMAGE] = document_sums(mask.float(), index, one, n, 1)[:, 0]
+        return out
 
     # ------------------------------------------------------------------ sampling
     def sample(self, eps_fn: EpsFn, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,

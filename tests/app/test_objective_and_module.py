@@ -11,7 +11,7 @@ from mot_lightning.model.accounting import count_parameters
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.objectives import NextToken, Transfusion
 from mot_lightning.schedules import WarmupCosine
-from tests.objectives.batches import LAT, latent_batch, token_batch
+from tests.objectives.batches import LAT, eval_loss, latent_batch, token_batch
 
 MODALITIES = list(Modality)
 
@@ -41,21 +41,23 @@ def test_per_modality_losses_equal_manual_cross_entropy():
         assert out.weights[m] == int(mask.sum()) > 0
     mask = batch.loss_mask()
     torch.testing.assert_close(out.total, F.cross_entropy(logits[mask], batch.targets[mask]))
-    torch.testing.assert_close(out.eval_total, out.total)
-    assert out.eval_weight == int(mask.sum()) and out.extras == {}
+    assert out.extras == {} and out.doc_sums is None  # per-document sums: validation only
+    val = _objective().loss(net, batch, stage="val", seed=0)
+    torch.testing.assert_close(eval_loss(_objective(), val), out.total)  # val/loss: CE over all targets
+    assert float(val.doc_weights.sum()) == int(mask.sum())
 
 
 def test_loss_weights_and_z_loss():
     net, batch = _net(), token_batch()
     text_only = _objective(loss_weights={"image": 0.0, "speech": 0.0}).loss(net, batch, stage="train", seed=0)
     torch.testing.assert_close(text_only.total, text_only.values[Modality.TEXT])  # only text counts
-    plain = _objective().loss(net, batch, stage="train", seed=0)
-    z = _objective(z_loss=1e-2).loss(net, batch, stage="train", seed=0)
+    plain = _objective().loss(net, batch, stage="val", seed=0)
+    z = _objective(z_loss=1e-2).loss(net, batch, stage="val", seed=0)
     mask = batch.loss_mask()
     expected = 1e-2 * torch.logsumexp(_logits(net, batch)[mask], -1).pow(2).mean()
     torch.testing.assert_close(z.extras["z_loss"], expected)
     torch.testing.assert_close(z.total, plain.total + expected)
-    torch.testing.assert_close(z.eval_total, plain.eval_total)  # val/loss is the plain cross-entropy
+    torch.testing.assert_close(eval_loss(_objective(), z), plain.values @ plain.weights / plain.weights.sum())
 
 
 def _module(objective=None, n_modalities: int = 3, vocab_size: int = 40, latent_dim: int = 0) -> MultiModalLM:
@@ -149,3 +151,20 @@ def test_warmup_cosine_schedule_values():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.5)).item()))
     assert lrs[14] == pytest.approx(0.1) and lrs[15] == pytest.approx(0.1)
+
+
+def test_a_step_without_a_modality_logs_no_loss_for_it(tmp_path):
+    """Lightning repeats a step metric's last value at steps that do not log it; the module prevents that."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from tests.app.fixed_batches import logged
+
+    batches = [token_batch(seed=0), token_batch(V=20, seed=1), token_batch(seed=2)]  # step 1: text only
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(_module(), DataLoader(batches, batch_size=None))
+    tags = logged(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert sorted(tags["train/loss_text"]) == [0, 1, 2]
+    assert sorted(tags["train/loss_image"]) == sorted(tags["train/loss_speech"]) == [0, 2]

@@ -1,9 +1,12 @@
-"""Hand-made batches for objective and module tests: discrete tokens, or text with latent images."""
+"""Hand-made batches for objective and module tests: discrete tokens, or text with latent images; the
+validation loss of one batch as validation computes it."""
 from __future__ import annotations
 
 import torch
 
 from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
+from mot_lightning.objectives import Objective, StepLosses
+from mot_lightning.training import DocumentLosses
 
 V, LAT, LATENT = 24, 4, 23  # latent batches: vocabulary, latent patch width, the latent placeholder id
 IMAGE_A, IMAGE_B = slice(3, 7), slice(9, 12)  # two images per row: 4 and 3 patches
@@ -42,3 +45,10 @@ def latent_batch(B: int = 2, T: int = 16, second_image: bool = True, seed: int =
     return MultiModalBatch(tokens=tokens, modality=(span >= 0).long(), doc_ids=torch.zeros_like(tokens),
                            positions=torch.arange(T).expand(B, T).clone(), targets=targets, latents=latents,
                            span_ids=span)
+
+
+def eval_loss(objective: Objective, out: StepLosses) -> torch.Tensor:
+    """``val/loss`` of one validation batch (float32): its document sums combined by ``eval_groups``."""
+    metric = DocumentLosses(out.doc_sums.shape[1])
+    metric.update(out.doc_sums, out.doc_weights)
+    return metric.compute().combined(objective.eval_groups())[0].float()

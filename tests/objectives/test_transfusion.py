@@ -11,7 +11,7 @@ from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.objectives import FlowMatching, NoiseSchedule, Transfusion
-from tests.objectives.batches import LAT, V, latent_batch
+from tests.objectives.batches import LAT, V, eval_loss, latent_batch
 
 MODALITIES = [Modality.TEXT, Modality.IMAGE]
 
@@ -88,8 +88,9 @@ def test_loss_is_lm_plus_lam_times_the_latent_mse(objective):
     assert 2.0 < out.values[Modality.TEXT].item() < 2 * torch.log(torch.tensor(float(V)))  # a CE near log V
     torch.testing.assert_close(out.extras["loss_lm"], out.values[Modality.TEXT])  # unit weights, no z-loss
     torch.testing.assert_close(out.total, out.values[Modality.TEXT] + 5.0 * out.values[Modality.IMAGE])
-    torch.testing.assert_close(out.eval_total, out.total)
-    assert out.eval_weight == out.weights.sum() and "z_loss" not in out.extras
+    torch.testing.assert_close(eval_loss(obj, out), out.total)  # val/loss: the same, from document sums
+    torch.testing.assert_close(out.doc_weights.sum(0), out.weights)
+    assert "z_loss" not in out.extras
 
 
 def test_text_loss_is_the_cross_entropy_of_the_network_logits():
@@ -111,7 +112,7 @@ def test_z_loss_and_lam_enter_the_total():
     z = ready(lam=0.0, z_loss=1e-2).loss(net, batch, stage="val", seed=0)
     assert float(z.extras["z_loss"]) > 0
     torch.testing.assert_close(z.total, plain.total + z.extras["z_loss"])
-    torch.testing.assert_close(z.eval_total, plain.eval_total)  # val/loss leaves the z-loss out
+    torch.testing.assert_close(eval_loss(ready(), z), eval_loss(ready(), plain))  # val/loss leaves it out
 
 
 def test_objective_checks_name_the_yaml_keys():

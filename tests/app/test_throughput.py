@@ -1,0 +1,69 @@
+"""Throughput and MFU (``callbacks/throughput.py``): windows hold training time only (validation and work
+in other callbacks' hooks excluded), MFU = FLOP/s per device / the peak it names, and under gradient
+accumulation everything is counted once per optimizer step."""
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+import pytest
+
+from mot_lightning.callbacks import FlopsThroughput
+from mot_lightning.callbacks.throughput import peak_flops
+from tests.app.conftest import CONFIGS, run_dir, run_fit
+from tests.app.test_training import only_version, scalars
+
+SLEEP = 0.5  # seconds; a training step of the tiny test model takes a few tens of milliseconds
+
+
+class Sleep(pl.Callback):
+    """Stands in for slow work outside training steps: sample generation after a batch, a long validation."""
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(SLEEP)
+
+    def on_validation_start(self, *args, **kwargs) -> None:
+        time.sleep(SLEEP)
+
+
+def test_peaks_of_common_accelerators():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("NVIDIA L40S") == 362e12
+    assert peak_flops("NVIDIA L4") == 121e12
+    assert peak_flops("NVIDIA A10G") == 125e12
+    assert peak_flops("Some Future Accelerator") is None
+
+
+def test_the_peak_comes_from_yaml_or_the_device():
+    cpu = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    assert FlopsThroughput()._resolve_peak(cpu) is None  # CPU: no MFU unless a peak is given
+    assert FlopsThroughput(peak_flops_per_device=2.5e12)._resolve_peak(cpu) == 2.5e12
+    with pytest.raises(ValueError, match="peak_flops_per_device must be > 0"):
+        FlopsThroughput(peak_flops_per_device=0)
+
+
+@pytest.mark.slow
+def test_windows_exclude_validation_and_count_optimizer_steps(demo_env, tmp_path):
+    steps, accumulate, rows, seq_len, peak = 3, 2, 2, 128, 1e11
+    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.max_steps", str(steps),
+             "--trainer.accumulate_grad_batches", str(accumulate), "--trainer.val_check_interval", "2",
+             "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
+             "--throughput.log_every_n_steps", "1", "--throughput.peak_flops_per_device", str(peak),
+             "--trainer.callbacks+=tests.app.test_throughput.Sleep"], demo_env, tmp_path)
+    logged = scalars(only_version(run_dir(tmp_path / "speech" / "mot")))
+    tags = {tag: dict(points) for tag, points in logged.items()}
+    per_step = accumulate * rows * seq_len  # positions of one optimizer step
+    assert tags["train/total_tokens"] == {s: float((s + 1) * per_step) for s in range(steps)}  # once per step
+    assert sorted(tags["train/tokens_per_s"]) == sorted(tags["train/loss"]) == list(range(steps))
+    assert tags["train/mfu_peak_tflops"] == {0: pytest.approx(peak / 1e12)}
+    flops_per_token = tags["params/flops_per_token"][0]
+    for s in range(steps):
+        seconds = per_step / tags["train/tokens_per_s"][s]
+        assert seconds < SLEEP, (s, seconds)  # neither the sleeps after batches nor validation counted
+        flops_per_s = tags["train/flops_per_s_per_device"][s]
+        assert flops_per_s == pytest.approx(flops_per_token * tags["train/tokens_per_s"][s], rel=1e-5)
+        assert tags["train/mfu"][s] == pytest.approx(flops_per_s / peak, rel=1e-5)
+    assert "train/peak_memory_gb" not in tags  # CPU: no device memory to report
