@@ -8,12 +8,13 @@ What freezes (YAML ``model.freeze: {modalities: [text], shared: [embed, head], r
   modality (``towers: [0, 0, 1]``) stays trainable.
 - ``shared``: whole shared parameters: ``embed``, ``head``, ``latent`` (a Transfusion model's latent ends).
 - ``rows``: ``embed`` / ``head`` keep training, except the rows of the frozen modalities' vocabulary
-  ranges (``vocab_rows.py``; text includes the special tokens, so a frozen text model also keeps its
-  BOI/EOI rows). Their gradient is set to zero before every optimizer step (after the gradients are
-  reduced, before clipping, so they do not count in the norm) and the whole matrix is in the no-decay
-  group (``param_groups.py``): AdamW then leaves those rows bitwise unchanged (zero gradient and zero
-  moments give a zero step; decay 0 multiplies by exactly 1). The price: the trained rows of a
-  row-frozen head get no weight decay either.
+  ranges (``vocab_rows.py``). Their gradient is set to zero before every optimizer step (after the
+  gradients are reduced, before clipping, so they do not count in the norm) and the whole matrix is in
+  the no-decay group (``param_groups.py``): AdamW then leaves those rows bitwise unchanged (zero gradient
+  and zero moments give a zero step; decay 0 multiplies by exactly 1). The price: the trained rows of a
+  row-frozen head get no weight decay either. Text's range includes the special tokens unless
+  ``special_rows: false``: a text-only base model never saw BOI/EOI, and frozen rows could never learn
+  them, so an LMFusion-style run leaves them trainable.
 - ``until_step``: from this optimizer step on nothing is frozen (None: frozen for the whole run).
 
 A frozen parameter has ``requires_grad=False``: no gradient, hence no optimizer state and no weight decay
@@ -54,6 +55,7 @@ class Freeze:
     modalities: list[str] = field(default_factory=list)  # towers serving only these modalities
     shared: list[str] = field(default_factory=list)  # whole shared parameters: embed | head | latent
     rows: list[str] = field(default_factory=list)  # embed | head: only the frozen modalities' vocabulary rows
+    special_rows: bool = True  # with rows and a frozen text: the special tokens' rows (BOI, EOI, ...) freeze too
     until_step: int | None = None  # optimizer step from which nothing is frozen; None: the whole run
 
 
@@ -67,7 +69,7 @@ class Freezer:
         self._check(cfg.n_modalities, layout, net)
         self.frozen = {prefix + name for name, place in parameter_places(net).items()
                        if self._frozen(name, tower_modalities(cfg, place.tower))}  # whole parameters
-        rows = modality_rows(layout, self.frozen_modalities) if spec.rows else None
+        rows = modality_rows(layout, self.frozen_modalities, spec.special_rows) if spec.rows else None
         self.row_masks = {prefix + ROW_PARTS[part]: rows[:, None] for part in spec.rows}  # bool (V, 1)
         self._local_masks: dict[str, Tensor] = {}
         self.frozen_at_wrap: set[str] = set()  # frozen when a DDP wrapper built its buckets

@@ -51,12 +51,12 @@ def block_ranges(layout: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def modality_rows(layout: Mapping[str, int], modalities: Iterable[Modality]) -> torch.Tensor:
-    """bool[V]: True at the ids of ``modalities`` (text includes the special tokens)."""
+def modality_rows(layout: Mapping[str, int], modalities: Iterable[Modality], special: bool = True) -> torch.Tensor:
+    """bool[V]: True at the ids of ``modalities`` (text's include the special tokens when ``special``)."""
     keep = set(modalities)
     ranges = block_ranges(layout)
     mask = torch.zeros(max(hi for _, hi in ranges.values()), dtype=torch.bool)
     for block, (lo, hi) in ranges.items():
-        if BLOCK_MODALITY[block] in keep:
+        if BLOCK_MODALITY[block] in keep and (special or block != "special"):
             mask[lo:hi] = True
     return mask

@@ -5,10 +5,10 @@ per rank).
     python -m tests.app.controls_run --strategy fsdp2 --devices 2 --steps 4 --out run.pt \
         --freeze '{"modalities": ["text"], "rows": ["embed", "head"], "until_step": 3}' --ema 0.9
 
-Step ``s`` trains on ``token_batch(ROWS, seed=s % 2)`` (rank ``r`` of ``W`` takes its ``ROWS / W`` rows), so
-a run resumed at any step sees what the unbroken run saw. ``--snapshots`` records every parameter (full
-tensors) and whether it has optimizer state after each optimizer step; rank 0 writes them with the EMA
-averages to ``--out``.
+Step ``s`` trains on ``token_batch(ROWS, seed=s % 2)`` (rank ``r`` of ``W`` takes its ``ROWS / W`` rows); a
+resumed run restarts the loader's list, so one resumed at an even step sees what the unbroken run saw. The model is built in float64, so strategies agree
+to float64 rounding. Every parameter (full tensors) and whether it has optimizer state are recorded after
+each optimizer step; rank 0 writes them with the EMA averages to ``--out``.
 """
 from __future__ import annotations
 
@@ -118,10 +118,11 @@ def main() -> None:
     p.add_argument("--init_from", type=json.loads, default=None)
     p.add_argument("--ema", type=float, default=None)
     p.add_argument("--ckpt_path", default=None)
-    p.add_argument("--save", default=None, help="checkpoint file written after training")
+    p.add_argument("--save", default=None, help="checkpoint written after training (FSDP2: a sharded directory)")
     a = p.parse_args()
     pl.seed_everything(0)
-    module = tiny_module(freeze=Freeze(**a.freeze) if a.freeze else None,
+    torch.set_default_dtype(torch.float64)  # configure_model builds the weights inside fit: strategies agree
+    module = tiny_module(freeze=Freeze(**a.freeze) if a.freeze else None,  # to float64 rounding
                          init_from=WarmStart(**a.init_from) if a.init_from else None)
     snapshots = Snapshots()
     ema = EMA(decay=a.ema) if a.ema is not None else None

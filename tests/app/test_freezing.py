@@ -54,16 +54,17 @@ def test_shared_parts_and_tied_components_follow_the_modalities_using_them(tmp_p
     assert not torch.equal(last["net.embed.weight"], first["net.embed.weight"])
 
 
-def test_frozen_vocabulary_rows_are_bitwise_unchanged_and_the_others_train(tmp_path):
-    snaps, trainer = _run(tmp_path, 3, Freeze(modalities=["text"], rows=["embed", "head"]))
-    text = LAYOUT["text"] + LAYOUT["special"]  # joint ids [0, 20) are text (specials included)
+@pytest.mark.parametrize("special_rows", [True, False])
+def test_frozen_vocabulary_rows_are_bitwise_unchanged_and_the_others_train(tmp_path, special_rows):
+    snaps, trainer = _run(tmp_path, 3, Freeze(modalities=["text"], rows=["embed", "head"], special_rows=special_rows))
+    text = LAYOUT["text"] + LAYOUT["special"] * special_rows  # joint ids [0, 13) text, [13, 20) special tokens
     inputs = [token_batch(B=ROWS, T=T, V=VOCAB, seed=s) for s in (0, 1)]  # a document's last token reaches no
     seen = torch.cat([b.tokens[:, :-1][b.targets[:, :-1] >= 0] for b in inputs]).unique()  # loss: not "seen"
     trained = {"net.embed.weight": seen[seen >= text], "net.head.weight": torch.arange(text, VOCAB)}
     for name, ids in trained.items():  # an embedding row moves when its token is seen; a head row always
         before, after = snaps.weights[0][name], snaps.weights[3][name]
         assert torch.equal(after[:text], before[:text]), name
-        assert len(ids) > 10 and (after[ids] != before[ids]).any(dim=1).all(), name
+        assert len(ids) > 10 and (after[ids] != before[ids]).any(dim=1).all(), name  # (specials too if trained)
         assert snaps.has_state[3][name]  # the matrix trains: its other rows have moments
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     module = trainer.lightning_module
