@@ -19,14 +19,17 @@ Refused, with the names: shapes that differ (another width, head count or a smal
 backbone parameters the checkpoint lacks (more layers, an MoE where it has none), a tied component the
 checkpoint unties, and a tower serving modalities the checkpoint keeps in different towers. The file is
 read weights-only (``checkpoints/loading.py``); old checkpoints with stacked tower weights are read too.
+
+It runs whenever ``fit`` builds the model, a resumed run included (the resumed checkpoint then overwrites
+every weight): keep the file while the run may resume.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from mot_lightning.checkpoints import load_checkpoint
@@ -38,7 +41,6 @@ from mot_lightning.model.towers import Place, parameter_places, tower_modalities
 from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm, split_stacked
 from mot_lightning.training.vocab_rows import block_ranges, check_layout
 
-log = logging.getLogger(__name__)
 VOCAB_MATRICES = ("embed.weight", "head.weight")  # (V, dim): rows are joint-vocabulary ids
 
 
@@ -97,10 +99,14 @@ def warm_start(net: TokenLM, spec: WarmStart, layout: dict[str, int] | None = No
     used = set(sources.values())
     report.fresh = [n for n in params if n not in sources]
     report.unused = [n for n in src.state if n not in used]
-    log.info("model.init_from %s: %d tensors loaded, fresh: %s, new vocabulary rows: %s, not used: %s",
-             spec.checkpoint, len(report.loaded), report.fresh or "none", report.new_rows or "none",
-             report.unused or "none")
+    rank_zero_info(f"model.init_from {spec.checkpoint}: {len(report.loaded)} tensors loaded; initialised here: "
+                   f"{_few(report.fresh)}; new vocabulary rows: {report.new_rows or 'none'}; checkpoint tensors "
+                   f"not used: {_few(report.unused)}")
     return report
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return "none" if not names else ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def _read_source(path: str) -> _Source:
@@ -202,10 +208,10 @@ def _row_pairs(n_src: int, n_tgt: int, src_layout, layout, name: str, problems: 
             problems.append(f"{name}: the checkpoint has {n_src} vocabulary rows, this model {n_tgt}")
             return None
         if n_src != n_tgt or src_layout != layout:
-            log.warning("model.init_from: %s maps the checkpoint's %d vocabulary rows to the first ids of this "
-                        "model's %d by id: the %s records no vocabulary layout (model.vocab_layout). Right only "
-                        "if those ids mean the same tokens in both vocabularies.", name, n_src, n_tgt,
-                        "checkpoint" if src_layout is None else "model")
+            rank_zero_warn(f"model.init_from: {name} maps the checkpoint's {n_src} vocabulary rows to the first ids "
+                           f"of this model's {n_tgt} by id: the {'checkpoint' if src_layout is None else 'model'} "
+                           "records no vocabulary layout (model.vocab_layout). Right only if those ids mean the "
+                           "same tokens in both vocabularies.")
         return [((0, n_src), (0, n_src))]
     pairs = []
     src_ranges, tgt_ranges = block_ranges(src_layout), block_ranges(layout)
@@ -217,7 +223,7 @@ def _row_pairs(n_src: int, n_tgt: int, src_layout, layout, name: str, problems: 
         elif s_hi > s_lo:
             pairs.append(((s_lo, s_hi), (t_lo, t_hi)))
             if s_hi - s_lo < t_hi - t_lo:
-                log.warning("model.init_from: %s: the %s block grows from %d to %d ids; the first %d keep the "
-                            "checkpoint's rows (right if the tokenizer kept their ids)", name, block,
-                            s_hi - s_lo, t_hi - t_lo, s_hi - s_lo)
+                rank_zero_warn(f"model.init_from: {name}: the {block} block grows from {s_hi - s_lo} to "
+                               f"{t_hi - t_lo} ids; the first {s_hi - s_lo} keep the checkpoint's rows (right if "
+                               "the tokenizer kept their ids)")
     return pairs
