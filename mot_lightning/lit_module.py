@@ -132,6 +132,9 @@ class MultiModalLM(pl.LightningModule):
 
     def _log_eval(self, stage: str) -> None:
         values = self.eval_losses.compute(stage, self.objective.eval_groups())  # synced: same on every rank
+        skips = getattr(self.trainer.datamodule, "skip_metrics", None)
+        if callable(skips):  # data/<stage>/skipped_<reason> of this pass, summed over ranks
+            values.update(skips(stage))
         self.log_dict(values, prog_bar=False, sync_dist=False, add_dataloader_idx=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

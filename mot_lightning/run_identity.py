@@ -62,6 +62,8 @@ IGNORED_KEYS: dict[str, str] = {
     "data.loader.pin_memory": "host-to-device copies",
     "data.val_batch_size": "validation batching",
     "data.loader.val_batch_size": "validation batching",
+    "data.loader.timeout": "how long to wait for a stalled data worker before failing",
+    "data.loader.skip_warning": "when a high skip rate is warned about",
 }
 # Callbacks in ``trainer.callbacks`` that only observe training (samples, progress, logging).
 OBSERVER_CALLBACKS = frozenset({

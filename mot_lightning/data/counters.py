@@ -6,8 +6,12 @@ start. Worker ``w`` only ever writes row ``w`` (the main process, with
 ``num_workers=0``, writes row 0), so no lock is needed; the main process sums
 the rows whenever it reads. This works with both ``fork`` and ``spawn`` worker
 start methods (torch pickles shared-memory tensors as handles) and keeps the
-counts even for workers that produced no batch. Counts are per rank; sum them
-across ranks when logging (``self.log(..., sync_dist=True, reduce_fx="sum")``).
+counts even for workers that produced no batch. Counts are per rank; the data
+module sums them over ranks when they are logged (``skip_metrics``).
+
+``carried`` (main process only) holds counts from before a resume, restored
+from the checkpoint; ``totals()`` includes them. ``skip_report`` words the
+skip-rate warning.
 """
 
 from __future__ import annotations
@@ -22,16 +26,21 @@ log = logging.getLogger("mot_lightning.data")
 # Documents (or shards) that could not be used, by reason.
 SKIP_REASONS = (
     "bad_json",  # interleaved <key>.json is not JSON / not {"segments": [...]} / a segment lacks fields
+    "bad_encoding",  # text (a .txt member or the .json) is not UTF-8
     "unknown_modality",  # a segment names a modality that does not exist
     "missing_member",  # a referenced file (or a pair's caption/media) is not in the sample
     "bad_image",  # image bytes PIL cannot decode
+    "image_too_large",  # more pixels than data.loader.max_image_pixels (checked before decoding)
     "bad_audio",  # audio bytes soundfile cannot decode, or empty audio
+    "audio_too_long",  # longer than data.loader.max_audio_seconds (checked before decoding)
     "unknown_layout",  # a sample matching none of the layouts in DESIGN.md "Shards"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")
+    "bad_pretokenized",  # a pre-tokenized document whose arrays are damaged (data/pretokenized.py)
     "unreadable_shard",  # truncated/corrupt tar or unreadable file: once per shard (shards/reader.py)
     "duplicate_member",  # the same member name twice in one sample (second copy ignored, shards/reader.py)
 )
+SHARD_EVENTS = ("unreadable_shard", "duplicate_member")  # not documents: left out of the skip rate
 # Bookkeeping of what was packed.
 STATS = (
     "docs",  # documents packed
@@ -45,6 +54,7 @@ STATS = (
 FIELDS = SKIP_REASONS + STATS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _WARN_FIRST = 5  # log the first few occurrences of each skip reason per worker
+MIN_DOCS_FOR_RATE = 50  # documents seen before the skip rate is judged (a stream's end judges it anyway)
 
 
 class StreamCounters:
@@ -52,6 +62,8 @@ class StreamCounters:
 
     def __init__(self, slots: int = 1) -> None:
         self.table = torch.zeros(max(slots, 1), len(FIELDS), dtype=torch.long).share_memory_()
+        self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.rate_warned = False  # the skip-rate warning was given (main process, loaders.SkipWatch)
         self._warned: dict[str, int] = {}
 
     def add(self, name: str, n: int = 1, detail: str = "") -> None:
@@ -71,24 +83,34 @@ class StreamCounters:
         if seen < _WARN_FIRST:
             log.warning("skipped (%s): %s", name, detail or "no detail")
 
+    def vector(self) -> torch.Tensor:
+        """``long[len(FIELDS)]``: every field summed over workers, plus the carried counts."""
+        return self.table.sum(dim=0) + self.carried
+
     def totals(self) -> dict[str, int]:
-        """All fields summed over workers."""
-        sums = self.table.sum(dim=0).tolist()
-        return dict(zip(FIELDS, sums))
+        """All fields summed over workers (plus what was carried over from before a resume)."""
+        return dict(zip(FIELDS, self.vector().tolist()))
 
     def skips(self) -> dict[str, int]:
         """Skip counts by reason (summed over workers)."""
         totals = self.totals()
         return {name: totals[name] for name in SKIP_REASONS}
 
+    def carry(self, totals: dict[str, int]) -> None:
+        """Counts from before a resume (unknown names are ignored: a checkpoint of another version)."""
+        self.carried = torch.tensor([int(totals.get(name, 0)) for name in FIELDS], dtype=torch.long)
+
     def reset(self) -> None:
         self.table.zero_()
+        self.carried.zero_()
 
     def __getstate__(self) -> dict:
         return {"table": self.table}
 
     def __setstate__(self, state: dict) -> None:
         self.table = state["table"]
+        self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.rate_warned = False
         self._warned = {}
 
 
@@ -102,7 +124,21 @@ class NullCounters(StreamCounters):
         pass
 
 
+def skip_report(totals: dict[str, int], threshold: float, final: bool = False) -> str | None:
+    """The skip-rate warning for one stream's ``totals``, or None while the rate is at most ``threshold``
+    (or, unless ``final``, fewer than ``MIN_DOCS_FOR_RATE`` documents have been seen).
+
+    The rate is skipped documents / (skipped + packed + filtered); shard events are listed, not counted.
+    """
+    skipped = {name: totals[name] for name in SKIP_REASONS if totals.get(name)}
+    n_skipped = sum(n for name, n in skipped.items() if name not in SHARD_EVENTS)
+    seen = n_skipped + totals.get("docs", 0) + totals.get("filtered_docs", 0)
+    if seen == 0 or (seen < MIN_DOCS_FOR_RATE and not final) or n_skipped / seen <= threshold:
+        return None
+    reasons = ", ".join(f"{name}={n}" for name, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    return f"{n_skipped} of {seen} documents skipped ({n_skipped / seen:.1%}): {reasons}"
+
+
 def _slot() -> int:
     info = get_worker_info()
     return 0 if info is None else info.id
-

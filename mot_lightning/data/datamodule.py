@@ -21,9 +21,23 @@ sets. Rank and world size come from the attached trainer (else RANK/WORLD_SIZE).
 ``image_text_pairs`` / ``speech_text_pairs`` read raw validation images / speech and their text
 (sampling, evaluation).
 
-Counters: ``skip_counts()`` (skips by reason) and ``stream_stats()`` (every
-counter per stream) read shared-memory tables that the worker processes
-write (``counters.py``); they are this rank's counts.
+Loaders (``loaders.py``): training is an ``EpochLoader``; each validation set an
+``EqualBatches`` (every rank runs as many validation steps as the rank with the most,
+padding with empty batches that weigh nothing). Both fail after ``loader.timeout`` s
+without a batch and warn once when a stream skips more than ``loader.skip_warning``.
+
+Inputs are checked before anything heavy: ``prepare_data`` first resolves every
+configured source and validation set (URLs, schemes, local files), then makes the
+demo corpus and fits tokenizers, each once per shared filesystem (``locks.py``).
+Sources may hold pre-tokenized documents (``pretokenized.py``, ``mot data tokenize``),
+mixed freely with raw ones; their fingerprints are checked against the configured
+tokenizers in ``setup`` (first shard of each source) and for every document.
+
+Counters: ``skip_counts(stage)`` (skips by reason of the ``"train"`` stream or of the
+``"val"`` streams' latest pass, this rank) and ``skip_metrics(stage)`` (summed over ranks,
+as ``data/<stage>/skipped_<reason>`` tags; call it on every rank) read shared-memory
+tables that the worker processes write (``counters.py``); ``stream_stats()`` has every
+counter per stream. The training counts are carried across a resume (``state_dict``).
 """
 
 from __future__ import annotations
@@ -38,11 +52,14 @@ from torch.utils.data import DataLoader
 from mot_lightning.data import demo as demo_corpus
 from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.counters import NullCounters, StreamCounters
-from mot_lightning.data.documents import BadSample, parse_sample
+from mot_lightning.data.documents import BadSample, DecodeLimits, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
+from mot_lightning.data.loaders import EpochLoader, EqualBatches
+from mot_lightning.data.locks import once
 from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles
+from mot_lightning.data.pretokenized import PretokenizedReader
 from mot_lightning.data.sources import SourceConfig, resolve
-from mot_lightning.data.stream import EpochLoader, PackedStream, StreamConfig
+from mot_lightning.data.stream import PackedStream, StreamConfig, empty_batch
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.shards.reader import shard_samples
@@ -93,6 +110,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.image_size = self._image_size(loader.image_size, image_tokenizer)
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
+        self._train_loader: EpochLoader | None = None
+        self._carried: dict[str, int] = {}  # training counts restored from a checkpoint (this rank's share)
 
     def _encoder(self) -> DocumentEncoder:
         t = self.tokenizers
@@ -151,9 +170,12 @@ class MultiModalDataModule(pl.LightningDataModule):
         return self.sources is None
 
     def prepare_data(self) -> None:
-        if self._uses_demo() and not demo_corpus.is_complete(self.demo.dir):
-            demo_corpus.generate(demo_corpus.DemoConfig(out=self.demo.dir, train_docs=self.demo.train_docs,
-                                                        val_docs=self.demo.val_docs))
+        self.check_sources()  # before anything heavy
+        if self._uses_demo():
+            with once(self.demo.dir, "the demo corpus"):  # once per shared filesystem
+                if not demo_corpus.is_complete(self.demo.dir):
+                    demo_corpus.generate(demo_corpus.DemoConfig(
+                        out=self.demo.dir, train_docs=self.demo.train_docs, val_docs=self.demo.val_docs))
         files = self.tokenizer_files
         fitted.fit_missing(self.tokenizers, files.dir, self._fit_data(), files.files, files.train)
 
@@ -163,7 +185,12 @@ class MultiModalDataModule(pl.LightningDataModule):
         if self._uses_demo():
             return str(Path(self.demo.dir) / "train")
         urls = self.sources[0].urls if self.sources else None
-        return urls if isinstance(urls, str) else (urls[0] if urls else None)
+        return urls if isinstance(urls, str) else ("::".join(urls) if urls else None)  # every URL, any scheme
+
+    def check_sources(self) -> None:
+        """Resolve the configured sources and validation sets (names the bad key or file); cheap."""
+        for cfg in [*(self.sources or []), *(self.val_sets or [])]:
+            resolve(cfg, self.kept)
 
     def setup(self, stage: str | None = None) -> None:
         if any(fitted.needs_file(t) for t in self.tokenizers.values()):
@@ -171,6 +198,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             self.tokenizers = fitted.load_fitted(self.tokenizers, files.dir, files.files)
             self.encoder = self._encoder()
         rank, world = self._rank_world()
+        self.pretokenized = PretokenizedReader.for_encoder(self.encoder, self.image_size)
         if stage in (None, "fit"):
             configs = self._train_configs()
             if not configs:
@@ -214,9 +242,22 @@ class MultiModalDataModule(pl.LightningDataModule):
             open_rows=opts.pack_open_rows,
             seed=self.seed,
             caption_dropout=opts.caption_dropout if infinite else 0.0,
+            limits=self._limits(),
         )
+        for source in resolved:
+            self._check_pretokenized(source)
         counters = StreamCounters(slots=opts.num_workers)
-        return PackedStream(resolved, self.encoder, config, counters, rank=rank, world_size=world)
+        return PackedStream(resolved, self.encoder, config, counters, rank=rank, world_size=world,
+                            pretokenized=self.pretokenized)
+
+    def _check_pretokenized(self, source) -> None:
+        """Refuse a pre-tokenized source made with other tokenizers now, not in a worker later."""
+        first = next(iter(shard_samples(source.urls[:1], NullCounters())), None)
+        if first is not None and self.pretokenized.holds(first):
+            try:
+                self.pretokenized.decode(first, source.keep, lambda modalities: False)
+            except BadSample:
+                pass  # a damaged document: the stream counts it
 
     # --- loaders -------------------------------------------------------------------
     def _loader(self, stream: PackedStream) -> DataLoader:
@@ -227,17 +268,30 @@ class MultiModalDataModule(pl.LightningDataModule):
             pin_memory=self.loader.pin_memory,
             persistent_workers=False,
             prefetch_factor=4 if self.loader.num_workers else None,
+            timeout=self.loader.timeout if self.loader.num_workers else 0,
         )
 
     def train_dataloader(self) -> EpochLoader:
         if self.train_stream is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
-        return EpochLoader(self._loader(self.train_stream), self.loader.train_batches_per_epoch)
+        self.train_stream.counters.carry(self._carried)
+        self._train_loader = EpochLoader(self._loader(self.train_stream), self.loader.train_batches_per_epoch,
+                                         self.loader.skip_warning)
+        return self._train_loader
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(stream) for stream in self.val_streams.values()]
+    def val_dataloader(self) -> list[EqualBatches]:
+        """One loader per validation set; every rank yields as many batches as the rank with the most."""
+        empty = empty_batch(self.seq_len, self.encoder)
+        return [EqualBatches(self._loader(stream), empty, self._any_rank, name, self.loader.skip_warning)
+                for name, stream in self.val_streams.items()]
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def _any_rank(self, flag: bool) -> bool:
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return trainer.strategy.reduce_boolean_decision(flag, all=False)
+
+    def test_dataloader(self) -> list[EqualBatches]:
         """``mot test`` evaluates on the named validation sets (same names, same order)."""
         return self.val_dataloader()
 
@@ -269,7 +323,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             source = resolve(configs[0], frozenset({Modality.TEXT, modality}))
             for sample in shard_samples(source.urls, NullCounters()):
                 try:
-                    doc = parse_sample(sample, source.keep, self.image_size)
+                    doc = parse_sample(sample, source.keep, self.image_size, self._limits())
                 except BadSample:
                     continue
                 value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
@@ -280,14 +334,53 @@ class MultiModalDataModule(pl.LightningDataModule):
                     break
         return media, texts
 
+    def _limits(self) -> DecodeLimits:
+        return DecodeLimits(self.loader.max_image_pixels, self.loader.max_audio_seconds)
+
     # --- counters ------------------------------------------------------------------
-    def skip_counts(self) -> dict[str, int]:
-        """Skipped documents/shards by reason, summed over the training and validation streams (this rank)."""
+    def skip_counts(self, stage: str = "train") -> dict[str, int]:
+        """Skipped documents/shards by reason on this rank: of the training stream (``"train"``, counts
+        from before a resume included on rank 0) or of the validation streams' latest pass (``"val"``,
+        ``"test"``)."""
         total: dict[str, int] = {}
-        for stream in self._streams():
+        streams = [self.train_stream] if stage == "train" else list(self.val_streams.values())
+        for stream in filter(None, streams):
             for name, n in stream.counters.skips().items():
                 total[name] = total.get(name, 0) + n
         return total
+
+    def skip_metrics(self, stage: str = "train") -> dict[str, float]:
+        """``data/<stage>/skipped_<reason>``: ``skip_counts(stage)`` summed over ranks (every rank must call
+        this: it all-reduces)."""
+        counts = self.skip_counts(stage)
+        if not counts:
+            return {}
+        values = torch.tensor([float(v) for v in counts.values()], dtype=torch.float64)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            values = trainer.strategy.reduce(values.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        return {f"data/{stage}/skipped_{k}": float(v) for k, v in zip(counts, values.tolist())}
+
+    def state_dict(self) -> dict:
+        """The training counters at the start of the epoch in progress, summed over ranks (all-reduces:
+        Lightning builds checkpoints on every rank). A resumed run regenerates that epoch, counting its
+        part again, so the carried counts plus the new ones equal an unbroken run's."""
+        loader = self._train_loader
+        if loader is None:
+            return {}
+        totals = loader.epoch_start_counts
+        values = torch.tensor(list(totals.values()), dtype=torch.float64)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            values = trainer.strategy.reduce(values.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        return {"train_counts": {k: int(v) for k, v in zip(totals, values.tolist())}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Carry the saved training counts (rank 0 holds them: logged counts are summed over ranks)."""
+        rank, _ = self._rank_world()
+        self._carried = dict(state.get("train_counts", {})) if rank == 0 else {}
+        if self.train_stream is not None:
+            self.train_stream.counters.carry(self._carried)
 
     def stream_stats(self) -> dict[str, dict[str, int]]:
         """Every counter (skips and packing stats) per stream: ``{"train": {...}, "val_seen": {...}}``."""

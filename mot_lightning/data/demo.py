@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import webdataset as wds
 
+from mot_lightning.data.locks import unique_temp
 from mot_lightning.data.sources import SourceConfig
 from mot_lightning.world import speech
 from mot_lightning.world.scenes import Scene, description, random_scene, render
@@ -127,7 +128,7 @@ def generate(cfg: DemoConfig) -> dict:
     """
     if cfg.speech not in ("builtin", "espeak"):
         raise ValueError(f"speech must be 'builtin' or 'espeak', got {cfg.speech!r}")
-    tmp = cfg.out.rstrip("/") + ".partial"
+    tmp = str(unique_temp(cfg.out.rstrip("/"), ".partial"))  # per process: nodes never share it
     shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"generator": GENERATOR, "config": asdict(cfg), "train": {}, "val": {}}
     for kind, share in TRAIN_KINDS.items():

@@ -14,12 +14,26 @@ choice is the same on every pass. Images are decoded with PIL (RGB, resized
 and centre-cropped to ``image_size``), audio with soundfile (mono, resampled
 to 16 kHz with torchaudio). Nothing is unpickled. Problems raise
 ``BadSample(reason)`` with a reason from ``counters.SKIP_REASONS``.
+
+Decoding is bounded (``DecodeLimits``): an image's size and a recording's length
+are read from the file header first, so an image of more than ``max_pixels``
+pixels (``image_too_large``) or audio longer than ``max_audio_seconds``
+(``audio_too_long``) is skipped without being decoded; JPEGs are decoded at the
+smallest DCT scale that still covers the target size (PIL's draft mode). Only
+the errors each decoder raises for bad bytes are caught (PIL: ``OSError``
+including ``UnidentifiedImageError``, ``SyntaxError``, ``ValueError``,
+``DecompressionBombError``, ``struct.error``, ``EOFError``, ``zlib.error``;
+soundfile: ``SoundFileError``/``RuntimeError``, ``ValueError``, ``TypeError``,
+``EOFError``; json: ``JSONDecodeError``, ``RecursionError``); interrupts and
+timeouts (``KeyboardInterrupt``, ``TimeoutError``, ``InterruptedError``) always
+pass through.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
 import zlib
 from dataclasses import dataclass, field
 
@@ -34,6 +48,29 @@ from mot_lightning.modality import Modality
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 AUDIO_EXTS = ("wav", "flac")
 SAMPLE_RATE = 16_000
+
+
+# OSError subclasses that are not bad bytes: never turned into a skip
+PASS_THROUGH = (TimeoutError, InterruptedError)
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, struct.error, EOFError, zlib.error)
+AUDIO_ERRORS = (soundfile.SoundFileError, RuntimeError, ValueError, TypeError, EOFError)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Largest media decoded; bigger ones are skipped from their header (``data.loader`` keys of the
+    same names). PIL itself refuses images of more than twice its ``Image.MAX_IMAGE_PIXELS``
+    (``DecompressionBombError``, also counted as ``image_too_large``)."""
+
+    max_image_pixels: int = 8192 * 8192
+    max_audio_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 1 or not self.max_audio_seconds > 0:
+            raise ValueError(f"data.loader.max_image_pixels must be >= 1 and max_audio_seconds > 0, got {self}")
+
+
+NO_LIMITS = DecodeLimits()
 
 
 class BadSample(Exception):
@@ -56,17 +93,19 @@ class Document:
     dropped: int = 0  # segments removed by the modality filter
 
 
-def parse_sample(sample: dict, keep: frozenset[Modality], image_size: int) -> Document:
+def parse_sample(sample: dict, keep: frozenset[Modality], image_size: int,
+                 limits: DecodeLimits = NO_LIMITS) -> Document:
     """Decode one raw sample (``{"__key__": str, "<ext>": bytes, ...}``) keeping only ``keep`` modalities."""
     key = str(sample.get("__key__", "?"))
     image_ext = _first(sample, IMAGE_EXTS)
     audio_ext = _first(sample, AUDIO_EXTS)
+    media = _MediaLoader(image_size, limits)
     if image_ext or audio_ext:
         media_ext = image_ext or audio_ext
         modality = Modality.IMAGE if image_ext else Modality.SPEECH
-        return _pair(key, sample, media_ext, modality, keep, image_size)
+        return _pair(key, sample, media_ext, modality, keep, media)
     if "json" in sample:
-        return _interleaved(key, sample, keep, image_size)
+        return _interleaved(key, sample, keep, media)
     if "txt" in sample:
         return _build(key, [(Modality.TEXT, lambda: _text(sample["txt"], key))], keep)
     members = sorted(k for k in sample if not k.startswith("__"))
@@ -77,29 +116,43 @@ def _first(sample: dict, exts: tuple[str, ...]) -> str | None:
     return next((ext for ext in exts if ext in sample), None)
 
 
-def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, image_size: int) -> Document:
+class _MediaLoader:
+    """Decodes the media segments of one sample (image side and limits fixed)."""
+
+    def __init__(self, image_size: int, limits: DecodeLimits) -> None:
+        self.image_size, self.limits = image_size, limits
+
+    def __call__(self, modality: Modality, raw: bytes, name: str) -> torch.Tensor:
+        if modality == Modality.IMAGE:
+            return load_image(raw, self.image_size, name, self.limits.max_image_pixels)
+        return load_audio(raw, SAMPLE_RATE, name, self.limits.max_audio_seconds)
+
+
+def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, media: _MediaLoader) -> Document:
     if "txt" not in sample:
         raise BadSample("missing_member", f"{key}.{ext} has no {key}.txt caption/transcript")
     text = (Modality.TEXT, lambda: _text(sample["txt"], key))
-    media = (modality, lambda: _media(modality, sample[ext], f"{key}.{ext}", image_size))
+    item = (modality, lambda: media(modality, sample[ext], f"{key}.{ext}"))
     text_first = zlib.crc32(key.encode()) % 2 == 0
-    return _build(key, [text, media] if text_first else [media, text], keep)
+    return _build(key, [text, item] if text_first else [item, text], keep)
 
 
-def _interleaved(key: str, sample: dict, keep, image_size: int) -> Document:
+def _interleaved(key: str, sample: dict, keep, media: _MediaLoader) -> Document:
     segments = _segments_json(key, sample["json"])
     parts = []
     for i, seg in enumerate(segments):
         modality = _segment_modality(key, i, seg)
-        parts.append((modality, _segment_loader(key, i, seg, modality, sample, image_size)))
+        parts.append((modality, _segment_loader(key, i, seg, modality, sample, media)))
     return _build(key, parts, keep)
 
 
 def _segments_json(key: str, raw: bytes) -> list:
     try:
         meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadSample("bad_json", f"{key}.json: {err}") from None
+    except UnicodeDecodeError as err:
+        raise BadSample("bad_encoding", f"{key}.json is not UTF-8: {err}") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise BadSample("bad_json", f"{key}.json: {type(err).__name__}: {err}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("segments"), list):
         raise BadSample("bad_json", f'{key}.json: expected {{"segments": [...]}}')
     if not all(isinstance(s, dict) for s in meta["segments"]):
@@ -114,7 +167,7 @@ def _segment_modality(key: str, i: int, seg: dict) -> Modality:
         raise BadSample("unknown_modality", f"{key}.json segment {i}: {err}") from None
 
 
-def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dict, image_size: int):
+def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dict, media: _MediaLoader):
     if modality == Modality.TEXT:
         if not isinstance(seg.get("text"), str):
             raise BadSample("bad_json", f'{key}.json segment {i}: text segment needs a "text" string')
@@ -129,7 +182,7 @@ def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dic
             raise BadSample(
                 "missing_member", f"{key}.json names {name!r} but {key}.{name} is not in the shard"
             )
-        return _media(modality, sample[member], f"{key}.{name}", image_size)
+        return media(modality, sample[member], f"{key}.{name}")
 
     return load
 
@@ -149,31 +202,49 @@ def _text(raw: bytes, key: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadSample("unknown_layout", f"{key}.txt is not UTF-8: {err}") from None
+        raise BadSample("bad_encoding", f"{key}.txt is not UTF-8: {err}") from None
 
 
-def _media(modality: Modality, raw: bytes, name: str, image_size: int) -> torch.Tensor:
-    if modality == Modality.IMAGE:
-        return load_image(raw, image_size, name)
-    return load_audio(raw, SAMPLE_RATE, name)
+def load_image(raw: bytes, size: int, name: str = "image",
+               max_pixels: int = NO_LIMITS.max_image_pixels) -> torch.Tensor:
+    """Encoded image bytes -> ``float[3, size, size]`` in [0, 1] (RGB, resized + centre-cropped).
 
-
-def load_image(raw: bytes, size: int, name: str = "image") -> torch.Tensor:
-    """Encoded image bytes -> ``float[3, size, size]`` in [0, 1] (RGB, resized + centre-cropped)."""
+    Raises ``BadSample("image_too_large")`` from the header when width * height > ``max_pixels``.
+    """
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadSample("image_too_large", f"{name}: {width}x{height} = {width * height:,} pixels > "
+                                f"data.loader.max_image_pixels {max_pixels:,}")
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (others: no-op)
             img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    except Exception as err:  # noqa: BLE001 - PIL raises many types
+    except PASS_THROUGH:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadSample("image_too_large", f"{name}: {err}") from None
+    except IMAGE_ERRORS as err:
         raise BadSample("bad_image", f"{name}: {type(err).__name__}: {err}") from None
     array = np.asarray(img, dtype=np.float32) / 255.0  # (S, S, 3)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, S, S)
 
 
-def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> torch.Tensor:
-    """Encoded audio bytes (WAV/FLAC/...) -> mono ``float[samples]`` at ``sample_rate``."""
+def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
+               max_seconds: float = NO_LIMITS.max_audio_seconds) -> torch.Tensor:
+    """Encoded audio bytes (WAV/FLAC/...) -> mono ``float[samples]`` at ``sample_rate``.
+
+    Raises ``BadSample("audio_too_long")`` from the header when the recording is longer than ``max_seconds``.
+    """
     try:
-        data, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)  # (N, C)
-    except Exception as err:  # noqa: BLE001 - soundfile.LibsndfileError, RuntimeError, ...
+        with soundfile.SoundFile(io.BytesIO(raw)) as file:  # reads the header only
+            seconds = file.frames / file.samplerate if file.samplerate > 0 else 0.0
+            if seconds > max_seconds:
+                raise BadSample("audio_too_long", f"{name}: {seconds:.1f} s > data.loader.max_audio_seconds "
+                                f"{max_seconds:g}")
+            data, rate = file.read(dtype="float32", always_2d=True), file.samplerate  # (N, C)
+    except PASS_THROUGH:
+        raise
+    except AUDIO_ERRORS as err:
         raise BadSample("bad_audio", f"{name}: {type(err).__name__}: {err}") from None
     if data.shape[0] == 0:
         raise BadSample("bad_audio", f"{name}: no samples")

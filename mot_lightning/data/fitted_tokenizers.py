@@ -8,13 +8,28 @@ the training data and saves it; ``setup`` (every process) loads the file. A
 changed tokenizer config therefore gets a new file instead of silently reusing
 weights fitted under another config. ``explicit`` maps a modality to a file
 made elsewhere (``mot tokenizer fit``), which is then loaded and never refitted.
+
+Once per shared filesystem: each fit holds ``<file>.lock`` (``locks.once``), checks
+again that the file is missing, and saves under a name unique to the process
+before renaming it into place, so nodes sharing the directory fit it once.
+Fitting runs under a forked random state (torch, numpy, ``random``): a run that
+fits first and a run that loads the file start training from the same state.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from mot_lightning.data.locks import once, unique_temp
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.base import Tokenizer
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
@@ -56,15 +71,49 @@ def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
                 f"no fitted {modality.label} tokenizer at {path} and no data to fit one on: set "
                 "`data.tokenizer_files.fit_data` to shards/files of your data, or fit one with "
                 "`mot tokenizer fit`")
-        print(f"fitting the {modality.label} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
-        run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<stem>
+        with once(path, f"fitting the {modality.label} tokenizer"):
+            if not path.exists():  # another node may have fitted it while we waited
+                _fit_and_save(modality, tok, path, fit_data, train)
+
+
+def _fit_and_save(modality: Modality, tok: Tokenizer, path: Path, fit_data: str, train: TrainConfig | None) -> None:
+    """Fit a copy of ``tok`` and save it: every process then loads the same file in ``setup`` (the one that
+    fitted too, whose in-memory fit could differ from what the file holds)."""
+    print(f"fitting the {modality.label} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
+    run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<stem>
+    tok = copy.deepcopy(tok)
+    with forked_random_state():
         metrics = tok.fit(FitData(path=fit_data), run)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(path)  # atomic: other processes never see a half-written file
-        shown = ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
-        print(f"  saved {path} ({shown})", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_temp(path)
+    tok.save(str(tmp))
+    tmp.replace(path)  # atomic: other processes never see a half-written file
+    shown = ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+    print(f"  saved {path} ({shown})", flush=True)
+
+
+@contextmanager
+def forked_random_state() -> Iterator[None]:
+    """Run the body with torch's (CPU and CUDA), numpy's and ``random``'s global generators restored after,
+    and Lightning's seed variables (a neural tokenizer's fit calls ``seed_everything`` with its own seed,
+    which would also change how the data workers are seeded)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    env = {name: os.environ.get(name) for name in _SEED_VARIABLES}
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            for name, value in env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
 def load_fitted(tokenizers: Tokenizers, directory: str,

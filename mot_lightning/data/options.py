@@ -29,6 +29,7 @@ from typing import Literal
 import yaml
 
 from mot_lightning.data.demo import DemoConfig
+from mot_lightning.data.documents import DecodeLimits
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.fitting import TrainConfig
 
@@ -50,10 +51,22 @@ class LoaderConfig:
     # side images are resized/centre-cropped to before the image tokenizer; None = the image
     # tokenizer's config.resolution (32 without one)
     image_size: int | None = None
+    # larger media are skipped from their header, never decoded (image_too_large / audio_too_long)
+    max_image_pixels: int = 8192 * 8192
+    max_audio_seconds: float = 600.0
+    # seconds to wait for a batch from the workers before failing (0 = forever); the first batch of
+    # an epoch includes starting the workers and filling the shuffle buffer
+    timeout: float = 600.0
+    # warn once per stream when more than this fraction of its documents is skipped (None = never)
+    skip_warning: float | None = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"data.loader.caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.timeout < 0 or (self.skip_warning is not None and not 0.0 <= self.skip_warning <= 1.0):
+            raise ValueError(f"data.loader needs timeout >= 0 and skip_warning in [0, 1] (or null), got "
+                             f"timeout={self.timeout}, skip_warning={self.skip_warning}")
+        DecodeLimits(self.max_image_pixels, self.max_audio_seconds)  # checks them
         if self.num_workers < 0 or self.train_batches_per_epoch < 1 or self.pack_open_rows < 1:
             raise ValueError(f"data.loader needs num_workers >= 0, train_batches_per_epoch >= 1 and "
                              f"pack_open_rows >= 1, got {self}")

@@ -1,41 +1,47 @@
 """The streaming dataset: shards -> samples -> documents -> joint ids -> packed ``MultiModalBatch``.
 
-Runs entirely inside each DataLoader worker (decoding and tokenizing included).
+Runs entirely inside each DataLoader worker (decoding and tokenizing included;
+pre-tokenized documents, ``pretokenized.py``, skip both).
 
 Splitting (DESIGN.md "Known facts": WebDataset's node splitters are not used):
-the ``rank * num_workers + worker_id`` *consumer* reads
+the ``rank * num_workers + worker`` *consumer* reads its share of each source
+(``split.py``): its own shards when shards can be dealt out fairly, else every
+shard of its group keeping every ``group_size``-th sample. Either way the
+consumers read disjoint samples, and (in training) each consumer's share holds
+about as many documents as any other's, so no consumer repeats its documents
+more often than the others. The training stream is infinite (each consumer
+cycles over its share, reshuffling the shard order each pass); the training
+loader cuts it into epochs of a fixed number of batches (``loaders.EpochLoader``),
+so every rank yields the same number of batches. This replaces WebDataset's
+``resampled=True`` (which draws shards with replacement independently per
+consumer, so ranks would overlap) and ``with_epoch`` (which restarts the workers
+with the same seed every epoch). Validation streams are finite: one pass, the
+last partial row and batch kept.
 
-- its own shards, ``shards[consumer::consumers]``, when a source has at least
-  as many shards as there are consumers (each consumer in its own shuffled
-  order per pass);
-- otherwise every shard in one shared order, keeping every ``consumers``-th
-  sample starting at ``consumer``.
-
-Either way the consumers read disjoint samples. The training stream is
-infinite (each consumer cycles over its part, reshuffling the shard order
-each pass); the training loader cuts it into epochs of a fixed number of
-batches (``EpochLoader``), so every rank yields the same number of batches.
-This replaces WebDataset's ``resampled=True`` (which draws shards with
-replacement independently per consumer, so ranks would overlap) and
-``with_epoch`` (which restarts the workers with the same seed every epoch).
-Validation streams are finite: one pass, the last partial row and batch kept.
+A document is *usable* once it fits a row (``overlong="skip"`` drops longer ones
+here, counted ``too_long``). A training consumer whose whole pass over a source
+yields no usable document raises ``NoUsableDocument`` naming the cause (e.g. no
+document fits ``seq_len``) instead of looking for one forever.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
-from mot_lightning.data.batch import MultiModalBatch
+from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.data.counters import NullCounters, StreamCounters
-from mot_lightning.data.documents import BadSample, parse_sample
+from mot_lightning.data.documents import NO_LIMITS, BadSample, DecodeLimits, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import Packer, collate_rows
+from mot_lightning.data.pretokenized import PretokenizedReader
+from mot_lightning.data.split import Share, share
 from mot_lightning.modality import Modality
 from mot_lightning.shards.reader import shard_samples
 
@@ -48,6 +54,7 @@ class ResolvedSource:
     urls: tuple[str, ...]
     weight: float
     keep: frozenset[Modality]
+    sizes: tuple[int, ...] | None = None  # bytes per shard where known (local shards), for the split
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,11 @@ class StreamConfig:
     open_rows: int = 1  # rows packed at once (first fit); 1 = greedy in document order
     seed: int = 0
     caption_dropout: float = 0.0  # infinite streams only: P(a document with an image loses its text)
+    limits: DecodeLimits = NO_LIMITS  # largest image / audio decoded
+
+
+class NoUsableDocument(RuntimeError):
+    """A whole pass over a training source's share gave no document that fits a row."""
 
 
 class PackedStream(IterableDataset):
@@ -74,11 +86,13 @@ class PackedStream(IterableDataset):
         counters: StreamCounters,
         rank: int = 0,
         world_size: int = 1,
+        pretokenized: PretokenizedReader | None = None,
     ) -> None:
         if not sources:
             raise ValueError("PackedStream needs at least one source")
         self.sources, self.encoder, self.config, self.counters = sources, encoder, config, counters
         self.rank, self.world_size = rank, world_size
+        self.pretokenized = pretokenized or PretokenizedReader.for_encoder(encoder, config.image_size)
         self.epoch = 0
         self._drop_rng = random.Random(f"{config.seed}-caption-dropout")  # reseeded per iteration
 
@@ -127,102 +141,85 @@ class PackedStream(IterableDataset):
             yield next(stream)
 
     def _source_docs(self, source: ResolvedSource, consumer: int, consumers: int) -> Iterator[torch.Tensor]:
-        own_shards = len(source.urls) >= consumers
-        # Shared shards are read by every consumer: only consumer 0 counts their tar-level errors.
-        tar_counters = self.counters if own_shards or consumer == 0 else NullCounters()
+        part = share(source.sizes, len(source.urls), consumer, consumers)
+        tar_counters = self.counters if part.counts_shard_events else NullCounters()
         passes = 0
         while True:
-            urls = self._pass_order(source, consumer, consumers, passes, own_shards)
-            samples = shard_samples(urls, tar_counters)
-            produced = 0
-            for index, sample in enumerate(samples):
-                if not own_shards and index % consumers != consumer:
+            urls = self._pass_order(source, part, passes)
+            usable, shortest, reasons = 0, None, Counter()
+            for index, sample in enumerate(shard_samples(urls, tar_counters)):
+                if index % part.group_size != part.member:
                     continue
-                doc = self._encode(sample, source)
-                if doc is not None:
-                    produced += 1
-                    yield doc
+                doc = self._encode(sample, source, reasons)
+                if doc is None:
+                    continue
+                if len(doc) > self.config.seq_len and self.config.overlong == "skip":
+                    shortest = len(doc) if shortest is None else min(shortest, len(doc))
+                    self.counters.add("too_long", detail=f"{len(doc)} tokens > seq_len {self.config.seq_len}")
+                    reasons["too_long"] += 1
+                    continue
+                usable += 1
+                yield doc
             passes += 1
             if not self.config.infinite:
                 return
-            if produced == 0:
-                raise RuntimeError(
-                    f"source {source.name!r} yielded no usable document in a whole pass over its shards "
-                    f"(consumer {consumer} of {consumers}); check the skip counts and the shard contents"
-                )
+            if usable == 0:
+                raise NoUsableDocument(self._why_nothing(source, part, consumer, consumers, shortest, reasons))
 
-    def _pass_order(self, source, consumer: int, consumers: int, passes: int, own_shards: bool) -> list[str]:
-        urls = list(source.urls[consumer::consumers] if own_shards else source.urls)
+    def _why_nothing(self, source, part: Share, consumer: int, consumers: int, shortest, reasons) -> str:
+        where = (f"source {source.name!r} ({len(part.shards)} of its {len(source.urls)} shards, "
+                 f"consumer {consumer} of {consumers})")
+        if shortest is not None and sum(reasons.values()) == reasons["too_long"]:
+            return (f"{where}: no document fits seq_len {self.config.seq_len}: the shortest has {shortest} "
+                    "tokens; raise data.seq_len or set data.loader.overlong: truncate")
+        skipped = ", ".join(f"{k}={v}" for k, v in reasons.most_common()) or "no sample read"
+        return (f"{where} yielded no usable document in a whole pass (skipped: {skipped}); check the shards "
+                "with `mot data inspect` and the source's `modalities`")
+
+    def _pass_order(self, source: ResolvedSource, part: Share, passes: int) -> list[str]:
+        urls = [source.urls[i] for i in part.shards]
         if self.config.infinite:
-            # own shards: own order; shared shards: one order for all consumers (the split is by index)
-            who = consumer if own_shards else "all"
-            random.Random(f"{self.config.seed}-{self.epoch}-{source.name}-{who}-{passes}").shuffle(urls)
+            # one order per group: its members split the samples of that order by index
+            random.Random(f"{self.config.seed}-{self.epoch}-{source.name}-{part.group}-{passes}").shuffle(urls)
         return urls
 
-    def _encode(self, sample: dict, source: ResolvedSource) -> torch.Tensor | None:
+    def _encode(self, sample: dict, source: ResolvedSource, reasons: Counter) -> torch.Tensor | None:
         try:
-            doc = parse_sample(sample, source.keep, self.config.image_size)
-            if doc.dropped:
-                self.counters.add("dropped_segments", doc.dropped)
-            if not doc.segments and doc.dropped:
+            if self.pretokenized.holds(sample):
+                doc, dropped = self.pretokenized.decode(sample, source.keep, self._drop_text)
+            else:
+                parsed = parse_sample(sample, source.keep, self.config.image_size, self.config.limits)
+                doc, dropped = None, parsed.dropped
+                if parsed.segments or not dropped:
+                    doc = self.encoder.encode(parsed, self._drop_text([s.modality for s in parsed.segments]))
+            if dropped:
+                self.counters.add("dropped_segments", dropped)
+            if doc is None:
                 self.counters.add("filtered_docs")
-                return None
-            return self.encoder.encode(doc, drop_text=self._drop_text(doc))
+                reasons["filtered_docs"] += 1
+            return doc
         except BadSample as bad:
             self.counters.add(bad.reason, detail=bad.detail)
+            reasons[bad.reason] += 1
             return None
 
-    def _drop_text(self, doc) -> bool:
+    def _drop_text(self, modalities: list[Modality]) -> bool:
         """Caption dropout for classifier-free guidance: training documents that hold an image."""
         p = self.config.caption_dropout
-        if p <= 0 or not self.config.infinite or not any(s.modality == Modality.IMAGE for s in doc.segments):
+        if p <= 0 or not self.config.infinite or Modality.IMAGE not in modalities:
             return False
         return self._drop_rng.random() < p
 
 
-class EpochLoader:
-    """A training DataLoader cut into epochs of exactly ``batches`` batches (equal on every rank).
-
-    Each ``iter()`` starts a new epoch: the dataset is reseeded with the epoch
-    number before the workers start (so workers must not be persistent).
-
-    Resumable (Lightning saves ``state_dict()`` with the fit loop and restores it
-    before iterating): the state is the seed of the epoch in progress and how many
-    of its batches were handed out. A resumed ``iter()`` regenerates that epoch and
-    skips what was already trained on, so a resumed run sees exactly the batches an
-    unbroken run would, wherever the checkpoint was taken.
-    """
-
-    def __init__(self, loader: DataLoader, batches: int) -> None:
-        if loader.persistent_workers:
-            raise ValueError("EpochLoader reseeds the dataset per epoch; use persistent_workers=False")
-        self.loader, self.batches, self.epoch = loader, batches, 0
-        self._current: int | None = None  # seed of the epoch being iterated
-        self._yielded = 0
-        self._skip = 0
-
-    def __len__(self) -> int:
-        return self.batches
-
-    def state_dict(self) -> dict:
-        if self._current is None:
-            return {"epoch": self.epoch, "yielded": 0}
-        return {"epoch": self._current, "yielded": self._yielded}
-
-    def load_state_dict(self, state: dict) -> None:
-        # saved at an epoch end (yielded == batches), the next iter() is empty and the one after
-        # starts the next epoch: whichever way the trainer treats that epoch, no batch is lost or repeated
-        self.epoch, self._skip = int(state["epoch"]), min(int(state["yielded"]), self.batches)
-
-    def __iter__(self) -> Iterator[MultiModalBatch]:
-        seed, skip = self.epoch, self._skip
-        self.loader.dataset.set_epoch(seed)
-        self.epoch, self._skip = seed + 1, 0
-        self._current, self._yielded = seed, skip
-        iterator = iter(self.loader)
-        for _ in range(skip):  # already trained on before the checkpoint
-            next(iterator)
-        for _ in range(self.batches - skip):
-            batch = next(iterator)
-            self._yielded += 1
-            yield batch
+def empty_batch(seq_len: int, encoder: DocumentEncoder) -> MultiModalBatch:
+    """One row of padding and nothing to predict (``float[1, T, D]`` zero latents with latent images):
+    what a rank whose validation share ran out runs while the others finish (``loaders.EqualBatches``)."""
+    vocab = encoder.vocab
+    tokens = torch.full((1, seq_len), vocab.pad_id, dtype=torch.long)  # (1, T)
+    latents = span_ids = None
+    if vocab.image_latent:
+        latents = torch.zeros(1, seq_len, encoder.latent_dim)  # (1, T, D)
+        span_ids = torch.full((1, seq_len), -1, dtype=torch.long)
+    return MultiModalBatch(tokens=tokens, modality=vocab.modality_of(tokens), doc_ids=torch.zeros_like(tokens),
+                           positions=torch.arange(seq_len)[None], targets=torch.full_like(tokens, IGNORE_INDEX),
+                           latents=latents, span_ids=span_ids)

@@ -1,12 +1,14 @@
 """Tar shards -> raw samples (``{"__key__": ..., "<ext>": bytes}``), counting what cannot be read.
 
-Uses WebDataset's ``gopen`` (local paths, URLs, ``pipe:``) and ``group_by_keys``;
-the member loop is our own so that a damaged shard is one event: on the first
-error inside a shard (truncated or corrupt tar, unreadable file) reading of
-that shard stops, ``unreadable_shard`` is counted once, and the stream goes on
-with the next shard. The sample that was being read is dropped: the one whose
-member data failed, or, when a member *header* failed (its name unknown), the
-last sample started (a tar stream cannot tell whether it was complete).
+Opens shards with ``urls.open_url`` (local paths, ``pipe:``, fsspec for remote
+URLs) and groups members with WebDataset's ``group_by_keys``; the member loop
+is our own so that a damaged shard is one event: on the first error inside a
+shard (truncated or corrupt tar, unreadable file, a remote connection dropped
+halfway) reading of that shard stops, ``unreadable_shard`` is counted once, and
+the stream goes on with the next shard. The sample that was being read is
+dropped: the one whose member data failed, or, when a member *header* failed
+(its name unknown), the last sample started (a tar stream cannot tell whether
+it was complete).
 Earlier samples are kept. A member name occurring twice in one sample is
 counted as ``duplicate_member`` and its second copy ignored. Metadata members
 (``__*__``) and non-files are skipped. Nothing is decoded or unpickled here.
@@ -23,8 +25,9 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys
+
+from mot_lightning.shards.urls import open_url
 
 UNREADABLE_SHARD = "unreadable_shard"  # counted once per damaged shard
 DUPLICATE_MEMBER = "duplicate_member"  # counted once per repeated member name in a sample
@@ -43,7 +46,7 @@ def shard_files(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
     for url in urls:
         state = {"reading": None, "last": None}  # member whose data is being read / last member yielded
         try:
-            with wds.gopen(url) as stream:
+            with open_url(url) as stream:
                 for entry in _members(stream, state):
                     yield {**entry, "__url__": url}
         except Exception as exn:  # noqa: BLE001 - tarfile.ReadError, OSError, EOFError, ...

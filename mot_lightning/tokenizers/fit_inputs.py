@@ -1,7 +1,8 @@
 """Training inputs of a tokenizer fit (``FitData.path``): a folder (searched recursively), one file,
-a glob, or WebDataset tar shards (a ``.tar`` path, a folder of them, or a brace pattern
-``shards-{000..009}.tar``). Patterns are expanded by ``shards/urls.py`` and shards read by
-``shards/reader.py``, the same code the training data goes through.
+a glob, or WebDataset tar shards (a ``.tar`` path, a folder of them, a brace pattern
+``shards-{000..009}.tar``, ``::``-joined lists, or remote shard URLs: ``https://``, ``s3://``,
+``pipe:CMD``..., every remote URL being a shard). Patterns are expanded by ``shards/urls.py`` and
+shards read by ``shards/reader.py``, the same code the training data goes through.
 
 Inside shards every member whose name ends in a wanted extension is one item (so
 ``<key>.jpg``, ``<key>.wav``, ``<key>.txt`` and interleaved ``<key>.img0.png`` all count).
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mot_lightning.shards.reader import shard_samples
-from mot_lightning.shards.urls import expand, is_local, local_path
+from mot_lightning.shards.urls import check_openable, expand, is_local, local_path
 
 T = TypeVar("T")
 
@@ -29,8 +30,8 @@ def resolve(path: str, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     if p.is_file():  # one file is used whatever its extension
         return ([], [path]) if p.suffix.lower() == ".tar" else ([p], [])
     urls = [str(q) for q in sorted(p.rglob("*")) if q.is_file()] if p.is_dir() else _expand_pattern(path)
-    files = [Path(u) for u in urls if Path(u).suffix.lower() in exts]
-    shards = [u for u in urls if u.lower().endswith(".tar")]
+    files = [Path(u) for u in urls if is_local(u) and Path(u).suffix.lower() in exts]
+    shards = [u for u in urls if u.lower().endswith(".tar") or not is_local(u)]  # remote: always shards
     if not files and not shards:
         raise FileNotFoundError(
             f"no training data at {path!r}: expected a folder, file or glob of {'/'.join(exts)} files, or "
@@ -45,6 +46,7 @@ def _expand_pattern(path: str) -> list[str]:
         urls = expand(path, f"data.path {path!r}")
     except FileNotFoundError:  # a glob that matches nothing: reported as "no training data"
         return []
+    check_openable(urls, f"data.path {path!r}")
     local = [local_path(u) for u in urls if is_local(u)]
     missing = [u for u in local if not os.path.isfile(u)]
     if missing and len(missing) < len(urls):  # a partly missing shard list is a mistake, not "no data"

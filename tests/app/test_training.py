@@ -37,7 +37,7 @@ def test_tensorboard_holds_every_contract_tag(demo_env, tmp_path):
     assert [s for s, _ in tags["train/loss"]] == [0, 1, 2, 3]  # the optimizer step axis
     flops = [v for _, v in tags["train/total_flops"]]
     assert flops == sorted(flops) and flops[0] > 0
-    assert any(t.startswith("data/skipped_") for t in tags)
+    assert any(t.startswith("data/train/skipped_") for t in tags)
 
 
 @pytest.mark.slow

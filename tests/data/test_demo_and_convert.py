@@ -49,7 +49,7 @@ def test_prepare_data_generates_demo_and_it_reads_cleanly(tmp_path):
     for name, loader in zip(dm.val_set_names, dm.val_dataloader()):
         texts[name] = [text_of(d, dm.vocab) for d in unpack_checked(list(loader), dm.vocab)]
         assert len(texts[name]) == 48
-    assert sum(dm.skip_counts().values()) == 0
+    assert sum(dm.skip_counts("val").values()) == 0
     held = [f"{colour} {shape}" for colour, shape in HELD_OUT]
     assert all(any(h in t for h in held) for t in texts["val_heldout"] if "question" not in t)
     train = make_datamodule(
@@ -145,7 +145,7 @@ def test_convert_pairs_text_and_interleaved(tmp_path, capsys):
     dm = make_datamodule(tmp_path, [SourceConfig("c", everything)], val_sets=[SourceConfig("c", everything)])
     dm.setup("validate")
     docs = unpack_checked(list(dm.val_dataloader()[0]), dm.vocab)
-    assert len(docs) == 2 + 1 + 1 + 2 and sum(dm.skip_counts().values()) == 0
+    assert len(docs) == 2 + 1 + 1 + 2 and sum(dm.skip_counts("val").values()) == 0
     assert sorted(text_of(d, dm.vocab) for d in docs if dm.vocab.modality_of(d).eq(0).all()) == [
         "para one",
         "para two",

@@ -45,7 +45,7 @@ def test_stream_yields_every_document_exactly_once(tmp_path):
     expected = [dm.encoder.encode(parse_sample(s, keep, dm.image_size)) for s in samples]
     assert Counter(tuple(d.tolist()) for d in docs) == Counter(tuple(d.tolist()) for d in expected)
     stats = dm.stream_stats()["all"]
-    assert stats["docs"] == 24 and sum(dm.skip_counts().values()) == 0
+    assert stats["docs"] == 24 and sum(dm.skip_counts("val").values()) == 0
     assert stats["tokens"] == sum(len(d) for d in expected)
 
 
@@ -64,6 +64,7 @@ def bad_corpus(root):
         {"__key__": "empty", "txt": b""},
         {"__key__": "long", "txt": b"x" * 500},
         {"__key__": "label", "cls": b"3"},
+        {"__key__": "latin1", "txt": "caf\u00e9 cr\u00e8me".encode("latin-1")},  # not UTF-8
         interleaved(
             "good1", [seg("text", "good-001"), seg("image", png_bytes(2)), seg("speech", wav_bytes(3))]
         ),
@@ -96,15 +97,19 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     docs = unpack_checked(read_val(dm), dm.vocab)
     tags = sorted(text_of(d, dm.vocab)[:8] for d in docs)
     assert tags == survivors
-    assert dm.skip_counts() == {
+    assert dm.skip_counts("val") == {
         "bad_json": 2,
+        "bad_encoding": 1,
         "unknown_modality": 1,
         "missing_member": 2,
         "bad_image": 2,
+        "image_too_large": 0,
         "bad_audio": 1,
+        "audio_too_long": 0,
         "unknown_layout": 1,
         "empty_doc": 1,
         "too_long": 1,
+        "bad_pretokenized": 0,
         "unreadable_shard": 1,
         "duplicate_member": 0,
     }
@@ -116,7 +121,7 @@ def test_shard_errors_count_once_when_workers_share_a_shard(tmp_path):
     dm = make_datamodule(tmp_path, one, val_sets=one, num_workers=2)
     docs = unpack_checked(read_val(dm), dm.vocab)
     assert sorted(text_of(d, dm.vocab)[:8] for d in docs) == ["good-004", "good-005", "good-006"]
-    assert dm.skip_counts()["unreadable_shard"] == 1
+    assert dm.skip_counts("val")["unreadable_shard"] == 1
 
 
 @pytest.mark.parametrize("how", ["filter", "no_speech_tokenizer"])

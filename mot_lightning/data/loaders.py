@@ -1,0 +1,159 @@
+"""The loaders Lightning iterates: training epochs of a fixed length, validation sets of equal length
+on every rank, both turning a stalled worker into an error and warning once about high skip rates.
+
+- ``EpochLoader``: the infinite training stream cut into epochs of exactly ``batches`` batches.
+- ``EqualBatches``: one validation set; ranks whose share runs out early run ``empty_batch`` rows
+  (padding only, nothing to predict: zero weight in every loss) until the last rank is done, so every
+  rank runs the same number of validation steps (collectives inside a step, e.g. FSDP's all-gathers,
+  never wait for a rank that has stopped). One flag per step is all-reduced to know when all are done.
+- Both re-raise the DataLoader's ``timeout`` error with the key that sets it, and warn once per stream
+  (``DataSkipWarning``) when its skip rate passes ``data.loader.skip_warning``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+
+from torch.utils.data import DataLoader
+
+from mot_lightning.data.batch import MultiModalBatch
+from mot_lightning.data.counters import StreamCounters, skip_report
+
+_HINTS = {
+    "too_long": "documents longer than data.seq_len: raise it or set data.loader.overlong: truncate",
+    "image_too_large": "raise data.loader.max_image_pixels to decode them",
+    "audio_too_long": "raise data.loader.max_audio_seconds to decode them",
+}
+
+
+class DataSkipWarning(UserWarning):
+    """More documents of a stream were skipped than ``data.loader.skip_warning`` allows."""
+
+
+class SkipWatch:
+    """Warns once per stream (``counters.rate_warned``) when its skip rate passes ``threshold`` (None:
+    never)."""
+
+    def __init__(self, name: str, counters: StreamCounters, threshold: float | None) -> None:
+        self.name, self.counters, self.threshold = name, counters, threshold
+
+    def check(self, final: bool = False) -> None:
+        if self.counters.rate_warned or self.threshold is None:
+            return
+        totals = self.counters.totals()
+        report = skip_report(totals, self.threshold, final)
+        if report is None:
+            return
+        self.counters.rate_warned = True
+        hints = [hint for reason, hint in _HINTS.items() if totals.get(reason)]
+        warnings.warn(f"data stream {self.name!r}: {report}, above data.loader.skip_warning "
+                      f"{self.threshold:.0%}" + ("; " + "; ".join(hints) if hints else "")
+                      + " (counts: data/<stage>/skipped_<reason>; `mot data inspect` lists problems)",
+                      DataSkipWarning, stacklevel=2)
+
+
+def next_batch(iterator: Iterator, timeout: float) -> MultiModalBatch | None:
+    """The next batch, or None at the end; a DataLoader timeout becomes an error naming its key."""
+    try:
+        return next(iterator)
+    except StopIteration:
+        return None
+    except RuntimeError as err:
+        if "timed out" not in str(err):
+            raise
+        raise RuntimeError(f"no batch from the data workers in {timeout:g} s (data.loader.timeout): a worker "
+                           "is stuck or far too slow (remote shards, huge media?). Raise data.loader.timeout "
+                           "if that is expected, or set it to 0 to wait forever") from err
+
+
+class EpochLoader:
+    """A training DataLoader cut into epochs of exactly ``batches`` batches (equal on every rank).
+
+    Each ``iter()`` starts a new epoch: the dataset is reseeded with the epoch
+    number before the workers start (so workers must not be persistent).
+
+    Resumable (Lightning saves ``state_dict()`` with the fit loop and restores it
+    before iterating): the state is the seed of the epoch in progress and how many
+    of its batches were handed out. A resumed ``iter()`` regenerates that epoch and
+    skips what was already trained on, so a resumed run sees exactly the batches an
+    unbroken run would, wherever the checkpoint was taken. ``epoch_start_counts``
+    are the stream's counters when the epoch in progress started: what a checkpoint
+    carries over (the regenerated epoch counts its own part again).
+    """
+
+    def __init__(self, loader: DataLoader, batches: int, skip_warning: float | None = None) -> None:
+        if loader.persistent_workers:
+            raise ValueError("EpochLoader reseeds the dataset per epoch; use persistent_workers=False")
+        self.loader, self.batches, self.epoch = loader, batches, 0
+        self._current: int | None = None  # seed of the epoch being iterated
+        self._yielded = 0
+        self._skip = 0
+        counters = loader.dataset.counters
+        self.epoch_start_counts = counters.totals()
+        self.watch = SkipWatch("train", counters, skip_warning)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def state_dict(self) -> dict:
+        if self._current is None:
+            return {"epoch": self.epoch, "yielded": 0}
+        return {"epoch": self._current, "yielded": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        # saved at an epoch end (yielded == batches), the next iter() is empty and the one after
+        # starts the next epoch: whichever way the trainer treats that epoch, no batch is lost or repeated
+        self.epoch, self._skip = int(state["epoch"]), min(int(state["yielded"]), self.batches)
+
+    def __iter__(self) -> Iterator[MultiModalBatch]:
+        seed, skip = self.epoch, self._skip
+        stream = self.loader.dataset
+        stream.set_epoch(seed)
+        self.epoch_start_counts = stream.counters.totals()
+        self.epoch, self._skip = seed + 1, 0
+        self._current, self._yielded = seed, skip
+        iterator = iter(self.loader)
+        for _ in range(skip):  # already trained on before the checkpoint
+            self._next(iterator)
+        for _ in range(self.batches - skip):
+            batch = self._next(iterator)
+            self._yielded += 1
+            self.watch.check()
+            yield batch
+
+    def _next(self, iterator: Iterator) -> MultiModalBatch:
+        batch = next_batch(iterator, self.loader.timeout)
+        if batch is None:
+            raise RuntimeError("the training stream ended; it is infinite unless a worker failed")
+        return batch
+
+
+class EqualBatches:
+    """One validation set's DataLoader yielding the same number of batches on every rank.
+
+    ``any_rank(flag)`` is True when ``flag`` is True on any rank (an all-reduce; the identity in one
+    process). Every step all ranks learn whether any still has a batch; one that has none runs
+    ``empty`` instead. Counters are reset at the start of each pass (validation counts are per pass).
+    """
+
+    def __init__(self, loader: DataLoader, empty: MultiModalBatch, any_rank: Callable[[bool], bool],
+                 name: str, skip_warning: float | None = None) -> None:
+        self.loader, self.empty, self.any_rank = loader, empty, any_rank
+        self.watch = SkipWatch(name, loader.dataset.counters, skip_warning)
+        self.padded = 0  # empty batches run in the last pass
+
+    def __iter__(self) -> Iterator[MultiModalBatch]:
+        self.loader.dataset.counters.reset()
+        self.padded = 0
+        iterator: Iterator | None = iter(self.loader)
+        while True:
+            batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
+            if batch is None:
+                iterator = None  # exhausted: its workers are done
+            if not self.any_rank(batch is not None):
+                break
+            if batch is None:
+                self.padded += 1
+            yield self.empty if batch is None else batch
+        self.watch.check(final=True)
