@@ -1,0 +1,109 @@
+"""Data under real multi-process runs: a 2-process DDP run with 2 data workers per rank and full
+validation resumes to the unbroken run's losses; 2-rank validation equals 1-rank validation on the same
+sets (no limit_val_batches: every rank runs as many steps, padded with empty batches); `mot validate` /
+`mot test` report the skip counters per stage; a first run that fits its tokenizers and a rerun that
+loads them start from the same weights."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import CONFIGS, TRANSFUSION, _ordered, data_args, run_dir, run_fit
+from tests.app.test_training import only_version, scalars
+
+SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
+DDP = ["--config", str(CONFIGS / "trainer/ddp.yaml")]
+TRANSFUSION_CFG = ["--config", str(CONFIGS / "transfusion/mot.yaml")]
+LOGGING = ["--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
+VAL_TAGS = ("val/loss", "val/loss_text", "val/loss_image", "val/loss_speech",
+            "val/val_seen/loss_text", "val/val_heldout/loss_image")
+
+
+def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 600) -> str:
+    """`mot <command>` as a real command (Lightning relaunches it once per rank under DDP)."""
+    cmd = [sys.executable, "-m", "mot_lightning.cli", command, *_ordered(args, True), *data_args(env),
+           "--trainer.logger.init_args.save_dir", str(save_dir)]
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    save_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, cwd=save_dir, env=proc_env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def tags_of(group: Path, command: str = "fit") -> dict[str, dict[int, float]]:
+    """TensorBoard scalars of the one run under ``group`` (validate/test log in a subfolder of the run)."""
+    folder = run_dir(group) if command == "fit" else run_dir(group) / command
+    return {tag: dict(points) for tag, points in scalars(only_version(folder)).items()}
+
+
+def close(a: float, b: float, rel: float = 1e-4) -> bool:
+    """Same documents, other packing and reduction order: float32 sums agree to ~1e-6 relative."""
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ddp_two_workers_resume_and_exact_validation(demo_env, tmp_path):
+    common = [*SPEECH, *DDP, *LOGGING, "--data.loader.num_workers", "2",
+              "--data.loader.train_batches_per_epoch", "3", "--trainer.val_check_interval", "2",
+              "--model.scheduler.init_args.max_steps", "4"]  # one schedule: the split run stops early
+    run_mot("fit", [*common, "--trainer.max_steps", "4"], demo_env, tmp_path / "full")
+    run_mot("fit", [*common, "--trainer.max_steps", "2"], demo_env, tmp_path / "split")
+    first = tags_of(tmp_path / "split" / "speech" / "mot")
+    run_mot("fit", [*common, "--trainer.max_steps", "4", "--ckpt_path", "last"], demo_env, tmp_path / "split")
+    full, resumed = (tags_of(tmp_path / d / "speech" / "mot") for d in ("full", "split"))
+
+    assert sorted(resumed["train/loss"]) == [2, 3]  # stopped mid-epoch at step 2
+    for step in range(4):
+        got = (first if step < 2 else resumed)["train/loss"][step]
+        assert got == pytest.approx(full["train/loss"][step], abs=1e-5), step
+    for tag in VAL_TAGS:
+        assert sorted(full[tag]) == [1, 3], tag  # validation after steps 2 and 4
+        assert first[tag][1] == pytest.approx(full[tag][1], abs=1e-5), tag
+        assert resumed[tag][3] == pytest.approx(full[tag][3], abs=1e-5), tag
+    # the training skip counters went on from where the checkpoint left them
+    skipped = "data/train/skipped_too_long"
+    assert resumed[skipped][min(resumed[skipped])] >= first[skipped][max(first[skipped])] > 0
+
+    # the same checkpoint validated by 1 and by 2 processes, every batch of every set
+    ckpt = run_dir(tmp_path / "full" / "speech" / "mot") / "checkpoints" / "last.ckpt"
+    for name, extra in (("one", []), ("two", DDP)):
+        run_mot("validate", [*SPEECH, *extra, "--ckpt_path", str(ckpt)], demo_env, tmp_path / name)
+    one, two = (tags_of(tmp_path / d / "speech" / "mot", "validate") for d in ("one", "two"))
+    for tag in VAL_TAGS:
+        a, b = (list(run[tag].values())[-1] for run in (one, two))
+        assert close(a, b), (tag, a, b)
+        assert close(a, full[tag][3]), (tag, a, full[tag][3])  # and what the 2-process fit logged
+    assert two["data/val/skipped_too_long"] == one["data/val/skipped_too_long"]  # summed over ranks
+
+
+@pytest.mark.slow
+def test_validate_and_test_report_skip_counters(demo_env, tmp_path):
+    run_fit([*SPEECH, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"], demo_env, tmp_path / "f")
+    ckpt = run_dir(tmp_path / "f" / "speech" / "mot") / "checkpoints" / "last.ckpt"
+    for command in ("validate", "test"):
+        run_fit([*SPEECH, "--data.seq_len", "100", "--ckpt_path", str(ckpt)], demo_env, tmp_path / command,
+                command=command)
+        tags = tags_of(tmp_path / command / "speech" / "mot", command)
+        stage = "val" if command == "validate" else "test"
+        assert list(tags[f"data/{stage}/skipped_too_long"].values())[-1] > 0, sorted(tags)
+        assert f"data/{stage}/skipped_bad_encoding" in tags
+
+
+@pytest.mark.slow
+def test_fitting_tokenizers_leaves_the_model_seed_alone(demo_env, tmp_path):
+    """The first run fits its KL-VAE (which seeds and draws random numbers), the rerun loads the file:
+    both start from the same weights and data order."""
+    env = {**demo_env, "tokenizer_dir": str(tmp_path / "fresh_tokenizers")}
+    losses = []
+    for name in ("fits", "loads"):
+        run_fit([*TRANSFUSION_CFG, *TRANSFUSION, *LOGGING, "--trainer.max_steps", "1",
+                 "--trainer.limit_val_batches", "0"], env, tmp_path / name)
+        losses.append(tags_of(tmp_path / name / "transfusion" / "mot")["train/loss"][0])
+    assert len(list(Path(env["tokenizer_dir"]).glob("*.pt"))) == 1
+    assert losses[0] == losses[1]
