@@ -1,4 +1,6 @@
-"""Tokenizer fitting and encoding speeds (CPU), printed as a markdown table.
+"""Tokenizer fitting and encoding speeds (CPU), and the image tokenizers of the LM settings compared.
+
+Speeds, printed as a markdown table:
 
     mot tokenizer demo-data                       # once: data/demo/tokenizers (about 10 s)
     mot tokenizer fit --config configs/tokenizers/vqvae_image.yaml    # optional: learned image tokenizers,
@@ -8,6 +10,14 @@
 Fits the fast tokenizers (BPE, k-means image, speech units) here and times them; for the VQ-VAE
 and KL-VAE it reads the fit time and held-out metrics that `mot tokenizer fit` wrote
 (`<output>.metrics.json`) and times encoding/decoding of the saved tokenizer.
+
+The image tokenizers that the LM settings train on (k-means in configs/chameleon/*.yaml, the VQ-VAE of
+the configs/image_tokenizer/vqvae.yaml overlay), fitted as `mot fit` fits them (on the demo corpus'
+training shards, 10% of the images held out by key hash) and measured on the same held-out images:
+
+    python benchmarks/tokenizers.py compare-images --out benchmarks/results/tokenizers_demo.json
+
+writes the JSON and a markdown table beside it (``.md``).
 """
 from __future__ import annotations
 
@@ -18,12 +28,19 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import json
+import os
 import time
 from collections.abc import Callable
 
 import torch
+import yaml
 
+from mot_lightning.logs import configure_logging
+from mot_lightning.modality import Modality
 from mot_lightning.tokenizers import (
     BPEConfig,
     BPETokenizer,
@@ -33,8 +50,11 @@ from mot_lightning.tokenizers import (
     KMeansImageTokenizer,
     SpeechUnitConfig,
     SpeechUnitTokenizer,
+    TrainConfig,
+    VQImageTokenizer,
     load_tokenizer,
 )
+from mot_lightning.tokenizers.image_common import load_images, mean_psnr, to_float
 from mot_lightning.tokenizers.media import prepare_audio, prepare_image
 
 
@@ -117,14 +137,131 @@ def bench_learned(data: Path, path: Path, label: str) -> tuple[str, str, str, st
             f"encode {len(imgs) / t_enc:.0f} images/s, decode {len(imgs) / t_dec:.0f} images/s (batch 256)", quality)
 
 
+# --- the image tokenizers of the LM settings, fitted as `mot fit` fits them -----------------------------
+def resolved_data(configs: list[str]) -> dict:
+    """The ``data`` section that ``mot fit --config A --config B ...`` resolves (jsonargparse's merge)."""
+    from mot_lightning.lit_cli import cli_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli_main(["fit", *[a for c in configs for a in ("--config", c)], "--print_config"])
+    return yaml.safe_load(out.getvalue())["data"]
+
+
+def build_datamodule(data: dict):
+    """A ``MultiModalDataModule`` from a resolved ``data`` section (its tokenizers are not fitted yet)."""
+    from jsonargparse import ArgumentParser
+
+    from mot_lightning.data.datamodule import MultiModalDataModule
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(MultiModalDataModule, "data")
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # the name before 4.49
+    return instantiate(parser.parse_object({"data": data})).data
+
+
+def code_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """long[N, n] codes -> codes used, never used, and the perplexity of their histogram (max: codebook_size)."""
+    counts = torch.bincount(ids.flatten(), minlength=codebook_size).double()  # (K,)
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"codes_used": int((counts > 0).sum()), "unused_codes": int((counts == 0).sum()),
+            "perplexity": round(float(entropy.exp()), 1)}
+
+
+def measure_image_tokenizer(tok, images: torch.Tensor, held: torch.Tensor) -> dict:
+    """uint8 training / held-out images -> held-out PSNR and code usage, training-image usage (dead codes)."""
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tok.encode_batch(to_float(b)) for b in x.split(256)])
+
+    held_ids, train_ids = encode(held), encode(images)
+    recon = torch.cat([tok.decode_batch(b) for b in held_ids.split(256)])
+    K = tok.vocab_size
+    return {"tokens_per_image": int(held_ids.shape[1]), "codebook_size": K,
+            "held_out": {"images": len(held), "psnr_db": round(mean_psnr(recon, to_float(held)), 2),
+                         **code_usage(held_ids, K)},
+            "training_images": {"images": len(images), **code_usage(train_ids, K)}}
+
+
+def compare_images(settings: dict[str, list[str]], demo_dir: str | None) -> list[dict]:
+    """Fit each setting's image tokenizer on the demo corpus as ``prepare_data`` does; measure it."""
+    rows = []
+    for name, configs in settings.items():
+        data = resolved_data(configs)
+        if demo_dir:
+            data["demo"]["dir"] = demo_dir
+        dm = build_datamodule(data)
+        corpus = dm.demo.corpus(dm.image_size)
+        corpus.prepare()
+        fit_data = FitData(path=corpus.fit_data())  # the split prepare_data's fit uses (FitData defaults)
+        tok = dm.tokenizers[Modality.IMAGE]
+        train = dataclasses.replace(dm.tokenizer_files.train or TrainConfig(), run_name=f"compare_{len(rows)}")
+        t0 = time.perf_counter()
+        fit_metrics = tok.fit(fit_data, train)
+        fit_seconds = time.perf_counter() - t0
+        images, held = load_images(fit_data, tok.config.resolution)
+        row = {"setting": name, "configs": configs, "tokenizer": type(tok).__name__,
+               "tokenizer_config": dataclasses.asdict(tok.config), "fit_seconds": round(fit_seconds, 1)}
+        if isinstance(tok, VQImageTokenizer):
+            row["train"] = {k: v for k, v in dataclasses.asdict(train).items()
+                            if k in ("max_steps", "batch_size", "lr", "warmup_steps", "accelerator")}
+            row["codes_restarted"] = int(fit_metrics["codes_restarted"])  # dead codes moved during the fit
+        rows.append(row | measure_image_tokenizer(tok, images, held))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def image_table(rows: list[dict]) -> str:
+    header = ("| setting | tokenizer | tokens / image | codes | fit | held-out PSNR | codes used (held-out) "
+              "| perplexity (held-out) | dead codes (training images) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        held, train = r["held_out"], r["training_images"]
+        fit = f"{r['fit_seconds']:.0f} s" + (f" ({r['train']['max_steps']} steps)" if "train" in r else "")
+        restarts = f" ({r['codes_restarted']} restarts in the fit)" if "codes_restarted" in r else ""
+        lines.append(f"| {r['setting']} | {r['tokenizer']} | {r['tokens_per_image']} | {r['codebook_size']} | {fit} "
+                     f"| {held['psnr_db']:.1f} dB | {held['codes_used']} | {held['perplexity']:.0f} "
+                     f"| {train['unused_codes']} of {r['codebook_size']}{restarts} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare_images(args: argparse.Namespace) -> None:
+    settings = {args.base: [args.base]} | {f"+ {o}": [args.base, o] for o in args.overlay}
+    start_load = os.getloadavg()[0]
+    rows = compare_images(settings, args.demo_dir)
+    conditions = {"command": " ".join(["python", *sys.argv]), "torch_threads": torch.get_num_threads(),
+                  "cpu_count": os.cpu_count(), "load_average_1min": [round(start_load, 1),
+                                                                     round(os.getloadavg()[0], 1)],
+                  "torch": torch.__version__}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=1) + "\n")
+    table = image_table(rows)
+    out.with_suffix(".md").write_text(
+        f"<!-- written by `{conditions['command']}`; {conditions['torch_threads']} torch threads, load average "
+        f"{conditions['load_average_1min'][0]} -> {conditions['load_average_1min'][1]} -->\n" + table)
+    print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/demo/tokenizers")
     parser.add_argument("--runs", default="runs/tokenizers")
     parser.add_argument("--threads", type=int, default=2)
+    sub = parser.add_subparsers(dest="command")
+    images = sub.add_parser("compare-images", help="k-means vs overlay image tokenizers of the LM settings")
+    images.add_argument("--base", default="configs/chameleon/mot.yaml", help="the setting (k-means codes)")
+    images.add_argument("--overlay", nargs="+", default=["configs/image_tokenizer/vqvae.yaml"],
+                        help="overlays that swap data.image_tokenizer")
+    images.add_argument("--demo-dir", default=None, help="demo corpus dir (default: the config's data.demo.dir)")
+    images.add_argument("--out", default="benchmarks/results/tokenizers_demo.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.command == "compare-images":
+        configure_logging()  # the fits' progress lines, as under `mot fit`
+        run_compare_images(args)
+        return
     data, runs = Path(args.data), Path(args.runs)
     if not (data / "images").is_dir():
         raise SystemExit(f"no demo data at {data}: run `mot tokenizer demo-data --out {data}` first")

@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from mot_lightning.logs import configure_logging
+
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
     "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     # process (a data worker, a second DDP rank) wants the same cores; sleeping threads cost ~nothing.
     # Must be set before torch loads its OpenMP runtime; an explicit user setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:  # progress lines of tokenizer fits, demo generation and the tools (MOT_LOG_LEVEL to change)
+        configure_logging()
+    except ValueError as err:
+        raise SystemExit(f"mot: {err}") from None
     argv_from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -47,12 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--prefix", default=None, help="shard name prefix (default: the kind)")
         p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
         p.add_argument("--shard-mb", type=float, default=1000.0, help="max MB per shard")
+        p.add_argument("--quiet", action="store_true", help="no progress bar (shown only on a terminal)")
         if kind == "text":
             p.add_argument("--split", choices=("file", "paragraph"), default="file")
 
     inspect = sub.add_parser("inspect", help="read shards and count layouts and problems (no tokenizers)")
     inspect.add_argument("urls", nargs="+", help="shard paths, brace patterns or globs")
     inspect.add_argument("--image-size", type=int, default=32)
+    inspect.add_argument("--quiet", action="store_true", help="no progress bar (shown only on a terminal)")
     return parser
 
 
@@ -91,7 +93,7 @@ def _demo(args) -> None:
 def _convert(args) -> None:
     from mot_lightning.data import convert
 
-    kw = {"shard_size": args.shard_size, "shard_mb": args.shard_mb}
+    kw = {"shard_size": args.shard_size, "shard_mb": args.shard_mb, "show_progress": not args.quiet}
     if args.kind in ("images", "speech"):
         modality = Modality.IMAGE if args.kind == "images" else Modality.SPEECH
         summary = convert.convert_pairs(args.src, args.out, modality, prefix=args.prefix or args.kind, **kw)
@@ -105,6 +107,7 @@ def _convert(args) -> None:
 
 
 def _inspect(args) -> None:
+    from mot_lightning.data.convert import progress
     from mot_lightning.data.counters import StreamCounters
     from mot_lightning.data.documents import BadSample, parse_sample
     from mot_lightning.shards.reader import shard_samples
@@ -112,7 +115,7 @@ def _inspect(args) -> None:
 
     urls = [u for pattern in args.urls for u in expand(pattern, "mot data inspect")]
     counters, kinds = StreamCounters(), Counter()
-    for sample in shard_samples(urls, counters):
+    for sample in shard_samples(progress(urls, "inspect", not args.quiet, "shard"), counters):
         try:
             doc = parse_sample(sample, frozenset(Modality), args.image_size)
             kinds["+".join(s.modality.label for s in doc.segments) or "empty"] += 1

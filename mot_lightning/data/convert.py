@@ -22,6 +22,7 @@ from pathlib import Path
 import soundfile
 import webdataset as wds
 from PIL import Image
+from tqdm import tqdm
 
 from mot_lightning.data.documents import AUDIO_EXTS, IMAGE_EXTS
 from mot_lightning.modality import Modality
@@ -89,12 +90,17 @@ def make_key(index: int, name: str) -> str:
     return f"{index:08d}_" + re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:48]
 
 
-def _files(src: str, exts: tuple[str, ...]) -> Iterator[Path]:
+def _files(src: str, exts: tuple[str, ...]) -> list[Path]:
     root = Path(src)
     if not root.exists():
         raise FileNotFoundError(f"{src!r} does not exist")
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return (p for p in paths if p.suffix.lower().lstrip(".") in exts)
+    return [p for p in paths if p.suffix.lower().lstrip(".") in exts]
+
+
+def progress(items, desc: str, enabled: bool = True, unit: str = "file"):
+    """``items`` with a tqdm bar on stderr, shown if ``enabled`` and stderr is a terminal (never in logs)."""
+    return tqdm(items, desc=desc, unit=unit, disable=None if enabled else True, dynamic_ncols=True)
 
 
 def _caption(media: Path) -> bytes:
@@ -147,13 +153,15 @@ def checked_audio(path: Path) -> tuple[str, bytes]:
     return "flac", buf.getvalue()
 
 
-def convert_pairs(src: str, out: str, modality: Modality, prefix: str | None = None, **writer_kw) -> Summary:
-    """``name.<image|audio>`` + ``name.txt`` in a folder tree -> image-caption / speech-transcript shards."""
+def convert_pairs(src: str, out: str, modality: Modality, prefix: str | None = None,
+                  show_progress: bool = False, **writer_kw) -> Summary:
+    """``name.<image|audio>`` + ``name.txt`` in a folder tree -> image-caption / speech-transcript shards
+    (``show_progress``: a bar over the files on a terminal)."""
     exts, check = (
         (READABLE_IMAGES, checked_image) if modality == Modality.IMAGE else (READABLE_AUDIO, checked_audio)
     )
     writer = Writer(out, prefix or modality.label, **writer_kw)
-    for path in _files(src, exts):
+    for path in progress(_files(src, exts), f"convert {modality.label}", show_progress):
         try:
             caption = _caption(path)
             ext, data = check(path)
@@ -167,12 +175,13 @@ def convert_pairs(src: str, out: str, modality: Modality, prefix: str | None = N
     return writer.close()
 
 
-def convert_text(src: str, out: str, split: str = "file", prefix: str = "text", **writer_kw) -> Summary:
+def convert_text(src: str, out: str, split: str = "file", prefix: str = "text", show_progress: bool = False,
+                 **writer_kw) -> Summary:
     """``.txt`` files (one document per file, or per blank-line paragraph) and ``.jsonl`` (``{"text": ...}`` lines)."""
     if split not in ("file", "paragraph"):
         raise ValueError(f"split must be 'file' or 'paragraph', got {split!r}")
     writer = Writer(out, prefix, **writer_kw)
-    for path in _files(src, ("txt", "jsonl")):
+    for path in progress(_files(src, ("txt", "jsonl")), "convert text", show_progress):
         for name, text in _text_docs(path, split, writer):
             if not text.strip():
                 writer.skip("empty")
@@ -206,7 +215,8 @@ def _text_docs(path: Path, split: str, writer: Writer) -> Iterator[tuple[str, st
         yield path.stem, content
 
 
-def convert_interleaved(src: str, out: str, prefix: str = "interleaved", **writer_kw) -> Summary:
+def convert_interleaved(src: str, out: str, prefix: str = "interleaved", show_progress: bool = False,
+                        **writer_kw) -> Summary:
     """A JSONL file (or a JSON list) of ``{"segments": [{"modality": "text", "text": ...},
     {"modality": "image"|"speech", "path": "relative/or/absolute"}, ...]}`` -> interleaved shards.
 
@@ -217,7 +227,7 @@ def convert_interleaved(src: str, out: str, prefix: str = "interleaved", **write
     if not path.is_file():
         raise FileNotFoundError(f"{src!r} is not a file; give a .jsonl (one document per line) or .json list")
     writer = Writer(out, prefix, **writer_kw)
-    for i, doc in enumerate(_json_docs(path, writer)):
+    for i, doc in enumerate(progress(_json_docs(path, writer), "convert interleaved", show_progress, "doc")):
         try:
             sample = _interleaved_sample(doc, path.parent)
         except Skip as skip:

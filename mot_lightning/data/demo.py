@@ -19,6 +19,7 @@ is written last; its presence marks a complete corpus.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -31,6 +32,7 @@ from mot_lightning.data.sources import SourceConfig
 from mot_lightning.world import speech
 from mot_lightning.world.scenes import Scene, description, random_scene, render
 
+log = logging.getLogger("mot_lightning.data")
 TRAIN_KINDS = {"image_caption": 0.3, "speech_caption": 0.2, "interleaved": 0.35, "text": 0.15}
 VAL_SETS = ("val_seen", "val_heldout")
 GENERATOR = "mot_lightning demo v1"
@@ -170,6 +172,8 @@ def _write(root: str, split: str, prefix: str, samples: list[dict], shard_size: 
         for sample in samples:
             sink.write(sample)
         shards = sink.shard
+    # one line per split and kind: the progress of prepare_data and `mot data demo`
+    log.info("demo corpus: wrote %s/%s: %d documents in %d shards", split, prefix, len(samples), shards)
     return {
         "docs": len(samples),
         "shards": shards,

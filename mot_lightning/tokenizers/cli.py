@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from mot_lightning.logs import configure_logging
 from mot_lightning.tokenizers.fitting import FitData, FittableTokenizer, TrainConfig
 
 log = logging.getLogger("mot_lightning.tokenizers")
@@ -62,12 +63,13 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[mot tokenizer] %(message)s", stream=sys.stderr)
+    configure_logging()  # progress lines (MOT_LOG_LEVEL changes the level)
     parser = build_parser()
     cfg = parser.parse_args(argv)
     sub = cfg[cfg.command]
     if cfg.command == "fit":
-        run_fit(parser.instantiate_classes(cfg)["fit"])
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # its name < 4.49
+        run_fit(instantiate(cfg)["fit"])
     elif cfg.command == "info":
         print(json.dumps(describe(sub.path), indent=2))
     elif cfg.command == "roundtrip":

@@ -1,15 +1,27 @@
 """Every shipped YAML parses; every CPU-runnable one trains one step (fast_dev_run)."""
+import contextlib
+import io
+from pathlib import Path
+
 import pytest
 import yaml
 
 from mot_lightning.lit_cli import cli_main
 from mot_lightning.model import PRESETS
-from tests.app.conftest import CONFIGS, TRANSFUSION, run_fit
+from mot_lightning.run_identity import flatten
+from mot_lightning.sweep import plan
+from tests.app.conftest import CONFIGS, ROOT, TRANSFUSION, run_fit
 
 SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml")
                   if p.parent.name in ("chameleon", "speech", "transfusion", "ablations"))
 FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer"))
 CPU_MODELS = ["tiny", "cpu-small", "cpu-base", "chameleon-37m"]
+# overlays that swap one tokenizer (and its fit settings) in a setting, and the settings they apply to
+OVERLAYS = {"image_tokenizer": ("chameleon", "speech"), "text_tokenizer": ("chameleon", "speech", "transfusion")}
+OVERLAY_PAIRS = sorted((overlay, CONFIGS / setting / f"{variant}.yaml")
+                       for overlay in CONFIGS.glob("*_tokenizer/*.yaml")
+                       for setting in OVERLAYS[overlay.parent.name] for variant in ("dense", "mot"))
+VQ_FIT = ["--data.tokenizer_files.train.max_steps", "5", "--data.tokenizer_files.train.val_every_n_steps", "1000"]
 
 
 def _rel(p):
@@ -99,3 +111,48 @@ def test_old_flat_data_keys_fail_naming_the_new_key(tmp_path, capsys):
     data = yaml.safe_load(capsys.readouterr().out)["data"]
     assert data["loader"]["num_workers"] == 0 and data["demo"]["dir"] == "d"
     assert data["tokenizer_files"]["dir"] == "data/tokenizers"
+
+
+def _resolved(*configs: Path) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *[a for c in configs for a in ("--config", str(c))], "--print_config"])
+    assert exit_.value.code in (0, None)
+    return flatten(yaml.safe_load(out.getvalue()))
+
+
+@pytest.mark.parametrize("overlay,setting", OVERLAY_PAIRS, ids=lambda p: _rel(p))
+def test_overlays_change_only_the_tokenizer_they_name(overlay, setting):
+    """base + overlay resolves to base with only the overlay's own data.<key> sections changed: a dense/MoT
+    pair on an overlay still differs in one line, and a k-means vs VQ-VAE pair only in its tokenizer."""
+    base, merged = _resolved(setting), _resolved(setting, overlay)
+    sections = {f"data.{key}" for key in yaml.safe_load(overlay.read_text())["data"]}
+    changed = {k for k in base.keys() | merged.keys() if base.get(k) != merged.get(k)}
+    assert changed and all(".".join(k.split(".")[:2]) in sections for k in changed), changed
+
+
+def test_every_overlay_is_covered():
+    assert {p.parent.name for p in CONFIGS.glob("*_tokenizer/*.yaml")} == set(OVERLAYS)
+    assert len(OVERLAY_PAIRS) >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay,setting", [(CONFIGS / "image_tokenizer/vqvae.yaml", CONFIGS / "chameleon/mot.yaml"),
+                                             (CONFIGS / "text_tokenizer/bpe.yaml", CONFIGS / "speech/mot.yaml")],
+                         ids=lambda p: _rel(p))
+def test_fast_dev_run_overlays(overlay, setting, demo_env, tmp_path):
+    """The tokenizer an overlay names is fitted by prepare_data (the VQ-VAE for 5 steps here) and trained on."""
+    run_fit(["--config", str(setting), "--config", str(overlay), "--config", str(CONFIGS / "trainer/cpu.yaml"),
+             "--trainer.fast_dev_run", "1", *VQ_FIT], demo_env, tmp_path)
+    kind = "image-VQImageTokenizer" if "image" in overlay.parent.name else "text-BPETokenizer"
+    assert list(Path(demo_env["tokenizer_dir"]).glob(f"{kind}-*.pt"))
+
+
+@pytest.mark.parametrize("sweep", sorted(CONFIGS.glob("sweeps/*.yaml")), ids=_rel)
+def test_shipped_sweeps_plan_runs_of_existing_configs(sweep):
+    spec = yaml.safe_load(sweep.read_text())
+    jobs = plan(spec, spec["name"])
+    assert len(jobs) == len(spec["variants"]) * len(spec.get("seeds", [0]))
+    for job in jobs:
+        configs = [job.args[i + 1] for i, a in enumerate(job.args) if a == "--config"]
+        assert configs and all((ROOT / c).is_file() for c in configs), job.command()
