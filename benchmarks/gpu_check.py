@@ -10,8 +10,8 @@ writes ``<out_file>`` as JSON at the end of training: median step time over the 
 ``python benchmarks/gpu_check.py summarize OUT`` reads every ``OUT/runs/*.json``, the backbone
 benchmark's ``OUT/backbone.json`` and ``OUT/gpu_tests.log`` and prints one table (also written to
 ``OUT/gpu_check.md``). MFU = tokens/s x FLOPs per token / the device's dense bf16 peak, computed here
-from the table below (override with ``PEAK_TFLOPS``); the throughput callback's own ``train/mfu`` is
-not read.
+from the throughput callback's table (``mot_lightning/callbacks/throughput.py``; override with
+``PEAK_TFLOPS``); the callback's own ``train/mfu`` is not read.
 """
 from __future__ import annotations
 
@@ -26,19 +26,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-# dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of torch.cuda.get_device_name()
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "GH200": 989.4, "A100": 312.0,
-                    "L40S": 362.1, "A10G": 70.0}
+from mot_lightning.callbacks.throughput import peak_flops as table_peak_flops
 
 
 def peak_flops(device_name: str) -> float | None:
     """FLOP/s of ``device_name``'s dense bf16 peak, or None when unknown (``PEAK_TFLOPS`` overrides)."""
     if os.environ.get("PEAK_TFLOPS"):
         return float(os.environ["PEAK_TFLOPS"]) * 1e12
-    for key, tflops in PEAK_BF16_TFLOPS.items():  # "H100 PCIe" before "H100": dict order
-        if key in device_name:
-            return tflops * 1e12
-    return None
+    return table_peak_flops(device_name) if device_name else None
 
 
 class StepProbe(pl.Callback):
@@ -176,7 +171,8 @@ def summarize(out: Path) -> str:
         if r["name"].startswith("backbone ") and "ratio" in r and r["name"] != "backbone dense":
             lines.append(f"{r['name']} / backbone dense step time: {r['ratio']:.3f}")
     lines.append("MFU = tokens/s x training FLOPs per token (model accounting) / dense bf16 peak of the "
-                 "device (table in benchmarks/gpu_check.py, or PEAK_TFLOPS); '-' where the peak is unknown.")
+                 "device (table in mot_lightning/callbacks/throughput.py, or PEAK_TFLOPS); '-' where the "
+                 "peak is unknown.")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@
 # full: both settings everywhere, 12 runs), STEPS (30), SKIP (first steps left out of the median step time:
 # compilation, warm-up; 5), BATCH (rows of SEQ tokens per step; 8), SEQ (4096),
 # WORKERS (data loader processes; 8), RUN_TIMEOUT (seconds per run; 240), PEAK_TFLOPS (MFU denominator
-# for a GPU the table in gpu_check.py does not know).
+# for a GPU the table in mot_lightning/callbacks/throughput.py does not know).
 set -uo pipefail
 
 OUT=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [--cpu-smoke]}

@@ -5,15 +5,20 @@ reports for it (``batch_flops``: every position, plus the latent-image ends at l
 ``model/accounting.py`` conventions) to the running totals ``train/total_tokens`` and
 ``train/total_flops`` (the FLOPs axis of ``mot compare``; they survive a resume).
 
-Timed: training work only. A batch's clock runs from ``on_train_batch_start`` to the end of its work:
-its backward, or, when it ends an optimizer step, the optimizer's update (a post-step hook on the
-optimizer). Validation, sample generation and checkpoint saving (other hooks) and waiting for the
-data loader fall outside every such interval. On CUDA the clock is read after a synchronize.
+Timed: wall time between optimizer steps (CUDA synchronised at each end), less what is not training:
+validation (from the step it follows to ``on_validation_end``, as Lightning's ``ThroughputMonitor``
+subtracts it) and generation from callbacks (``SampleLogger``, ``GenerationMetrics``: they run it through
+``callbacks/generation.py``, which pauses this clock with ``paused_clock``). Everything else counts,
+because a run pays for it: waiting for the data loader (a slow loader lowers tokens/s and MFU), the
+optimizer, checkpoint writing, other callbacks. The first window starts at the first batch of a fit:
+starting the loader's workers and loading its first batches (Lightning fetches one batch ahead) is a
+one-time cost, not throughput; from then on, each step's window holds the loading of the batch after its
+own.
 
 Every ``log_every_n_steps`` optimizer steps (however many micro-batches a step accumulates), over the
 steps since the last log, at the step index its ``train/loss`` carries:
 
-- ``train/tokens_per_s``: positions of all ranks per second of training time;
+- ``train/tokens_per_s``: positions of all ranks per second of that time;
 - ``train/flops_per_s_per_device`` and ``train/mfu`` = that / the device's peak, as Lightning's
   ``ThroughputMonitor`` defines ``device/mfu``; the peak is ``peak_flops_per_device`` if given, else
   the accelerator's dense bf16 tensor peak from ``PEAK_TFLOPS`` (bf16 is the usual MFU denominator);
@@ -28,6 +33,8 @@ It also logs the module's parameter accounting once at the start (``params/<name
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import lightning.pytorch as pl
 import torch
@@ -46,7 +53,9 @@ PEAK_TFLOPS: list[tuple[tuple[str, ...], float]] = [
     (("l40s",), 362.0),
     (("l40",), 181.0),
     (("l4",), 121.0),
-    (("a10g",), 125.0),
+    # A10G: the AWS (G5) part, no NVIDIA datasheet; 70 is the dense bf16 tensor figure the A10-vs-A10G
+    # spec comparisons give it (its FP32 is 31.2-35). The A10's own datasheet: 125 dense (250 sparse).
+    (("a10g",), 70.0),
     (("a10",), 125.0),
     (("rtx", "4090"), 165.0),
     (("mi300x",), 1307.0),
@@ -79,10 +88,10 @@ class FlopsThroughput(pl.Callback):
         self.total_flops, self.total_tokens = 0.0, 0
         self.peak: float | None = None
         self._window = {"tokens": 0, "flops": 0.0, "time": 0.0}
-        self._batch_start: float | None = None
-        self._work_end: float | None = None
+        self._mark: float | None = None  # the clock at the last optimizer step (before one: the first batch)
+        self._excluded: list[list] = []  # [start, end or None while open] spans of non-training time
+        self._validation: list | None = None  # the open span of a validation run
         self._last_step = -1
-        self._hooks: list = []
         self._cuda = False
 
     # the running totals survive a resume
@@ -114,37 +123,63 @@ class FlopsThroughput(pl.Callback):
         if self.peak is not None:
             metrics["train/mfu_peak_tflops"] = self.peak / 1e12
         self._log(trainer, metrics, trainer.global_step)
-        self._hooks = [opt.register_step_post_hook(self._after_optimizer_step) for opt in trainer.optimizers]
         self._window = {"tokens": 0, "flops": 0.0, "time": 0.0}
         self._last_step = trainer.global_step
         self._cuda = trainer.strategy.root_device.type == "cuda"
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        self._excluded, self._validation, self._mark = [], None, None
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._mark is None:
+            self._mark = self._now()
 
     def _now(self) -> float:
         if self._cuda:
             torch.cuda.synchronize()  # the GPU's queued work belongs to the interval it was queued in
         return time.perf_counter()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
-        self._batch_start, self._work_end = self._now(), None
+    # ---- time that is not training
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The block's wall time is left out of tokens/s and MFU (generation from a callback)."""
+        span = [self._now(), None]
+        self._excluded.append(span)
+        try:
+            yield
+        finally:
+            span[1] = self._now()
 
-    def on_after_backward(self, trainer: pl.Trainer, pl_module) -> None:
-        self._work_end = self._now()
+    def on_validation_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._mark is not None and not trainer.sanity_checking:
+            # from the step it follows: other callbacks' work before this hook belongs to the validation
+            self._validation = [self._mark, None]
+            self._excluded.append(self._validation)
 
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        self._work_end = self._now()
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._validation is not None:
+            self._validation[1] = self._now()
+            self._validation = None
 
+    def _training_time(self, now: float) -> float:
+        """Seconds since the last optimizer step less the union of the excluded spans in it; open spans go on
+        into the next interval."""
+        excluded, reach = 0.0, self._mark
+        spans = sorted((max(s, self._mark), now if e is None else min(e, now)) for s, e in self._excluded)
+        for start, end in spans:
+            start = max(start, reach)  # overlapping spans count once
+            if end > start:
+                excluded += end - start
+                reach = end
+        elapsed = now - self._mark - excluded
+        self._excluded = [span for span in self._excluded if span[1] is None]
+        for span in self._excluded:
+            span[0] = now
+        self._mark = now
+        return max(elapsed, 0.0)
+
+    # ---- counting
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        end = self._work_end if self._work_end is not None else self._now()
-        if self._batch_start is not None:
-            self._window["time"] += end - self._batch_start
-        self._batch_start = None
         tokens = batch.tokens.numel() * trainer.world_size
         flops = pl_module.batch_flops(batch) * trainer.world_size
         self.total_tokens += tokens
@@ -153,7 +188,11 @@ class FlopsThroughput(pl.Callback):
         self._window["flops"] += flops
         step = trainer.global_step
         stepped, self._last_step = step != self._last_step, step
-        if stepped and step % self.log_every_n_steps == 0:  # once per optimizer step, not per micro-batch
+        if not stepped:  # a micro-batch inside an accumulated optimizer step
+            return
+        if self._mark is not None:
+            self._window["time"] += self._training_time(self._now())
+        if step % self.log_every_n_steps == 0:  # once per optimizer step, not per micro-batch
             self._log(trainer, self._window_metrics(trainer), step - 1)  # the step train/loss was logged at
             self._window = {"tokens": 0, "flops": 0.0, "time": 0.0}
 
@@ -180,3 +219,11 @@ class FlopsThroughput(pl.Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+
+
+def paused_clock(trainer: pl.Trainer | None):
+    """Context manager: the block's wall time is not training time for the trainer's ``FlopsThroughput``
+    (a no-op without one)."""
+    callbacks = getattr(trainer, "callbacks", None) or []
+    throughput = next((c for c in callbacks if isinstance(c, FlopsThroughput)), None)
+    return throughput.paused() if throughput is not None else nullcontext()

@@ -1,26 +1,34 @@
-"""Throughput and MFU (``callbacks/throughput.py``): windows hold training time only (validation and work
-in other callbacks' hooks excluded), MFU = FLOP/s per device / the peak it names, and under gradient
-accumulation everything is counted once per optimizer step."""
+"""Throughput and MFU (``callbacks/throughput.py``): windows hold wall time between optimizer steps less
+validation and generation from callbacks (a slow data loader counts), MFU = FLOP/s per device / the peak it
+names, and under gradient accumulation everything is counted once per optimizer step."""
 from __future__ import annotations
 
 import time
 
 import lightning.pytorch as pl
 import pytest
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset
 
 from mot_lightning.callbacks import FlopsThroughput
+from mot_lightning.callbacks.generation import generate_in_run
 from mot_lightning.callbacks.throughput import peak_flops
 from tests.app.conftest import CONFIGS, run_dir, run_fit
+from tests.app.controls_run import T, tiny_module
+from tests.app.fixed_batches import logged
 from tests.app.test_training import only_version, scalars
+from tests.objectives.batches import token_batch
 
-SLEEP = 0.5  # seconds; a training step of the tiny test model takes a few tens of milliseconds
+SLEEP = 1.0  # seconds; an optimizer step of the tiny test model, loading its demo batches, takes ~0.3 s
 
 
 class Sleep(pl.Callback):
-    """Stands in for slow work outside training steps: sample generation after a batch, a long validation."""
+    """Stands in for slow work outside training steps: sample generation after a batch (through the helper
+    SampleLogger and GenerationMetrics generate with), and a long validation (before any other of its hooks
+    could pause a clock: the throughput callback's own runs after this one)."""
 
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        time.sleep(SLEEP)
+    def on_train_batch_end(self, trainer, pl_module, *args, **kwargs) -> None:
+        generate_in_run(trainer, pl_module, lambda: time.sleep(SLEEP))
 
     def on_validation_start(self, *args, **kwargs) -> None:
         time.sleep(SLEEP)
@@ -33,7 +41,8 @@ def test_peaks_of_common_accelerators():
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("NVIDIA L40S") == 362e12
     assert peak_flops("NVIDIA L4") == 121e12
-    assert peak_flops("NVIDIA A10G") == 125e12
+    assert peak_flops("NVIDIA A10G") == 70e12  # the AWS part; the A10 is 125
+    assert peak_flops("NVIDIA A10") == 125e12
     assert peak_flops("Some Future Accelerator") is None
 
 
@@ -67,3 +76,41 @@ def test_windows_exclude_validation_and_count_optimizer_steps(demo_env, tmp_path
         assert flops_per_s == pytest.approx(flops_per_token * tags["train/tokens_per_s"][s], rel=1e-5)
         assert tags["train/mfu"][s] == pytest.approx(flops_per_s / peak, rel=1e-5)
     assert "train/peak_memory_gb" not in tags  # CPU: no device memory to report
+
+
+class SlowBatches(Dataset):
+    """Token batches of 2 rows, each taking ``delay`` seconds to load (in the training process: no
+    workers)."""
+
+    def __init__(self, n: int, delay: float) -> None:
+        self.n, self.delay = n, delay
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        time.sleep(self.delay)
+        return token_batch(B=2, T=T, seed=i)
+
+
+def seconds_per_step(tmp_path, delay: float, steps: int = 4) -> dict[int, float]:
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=CSVLogger(tmp_path),
+                         log_every_n_steps=1, callbacks=[FlopsThroughput(log_every_n_steps=1)],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    loader = DataLoader(SlowBatches(steps + 2, delay), batch_size=None)  # more batches than steps: always one
+    trainer.fit(tiny_module(), train_dataloaders=loader)  # being loaded ahead
+    tokens_per_s = logged(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")["train/tokens_per_s"]
+    assert sorted(tokens_per_s) == list(range(steps))
+    return {s: 2 * T / v for s, v in tokens_per_s.items()}  # one optimizer step: 2 rows of T positions
+
+
+def test_a_slow_data_loader_lowers_tokens_per_s(tmp_path):
+    delay = 0.5
+    fast = seconds_per_step(tmp_path / "fast", delay=0.0)
+    slow = seconds_per_step(tmp_path / "slow", delay=delay)
+    assert all(seconds < delay for seconds in fast.values()), fast
+    # Lightning loads one batch ahead: by the first step's start (where the clock starts) the first two
+    # batches are loaded; each later step's time holds the loading of the batch after it
+    for step in range(1, len(slow)):
+        assert slow[step] >= delay, (step, slow)
