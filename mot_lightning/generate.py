@@ -5,6 +5,7 @@
         [--prompt "a red circle" ...]
         [--n 4] [--temperature 1.0] [--top_k K] [--seed 0] [--device cpu] [--data.tokenizer_files.dir DIR]
         [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50]     (Transfusion: continuous images)
+        [--ema]            (the EMA averages the run's EMA callback saved, instead of the live weights)
     mot generate --export DIR --out samples/ [...]    (a folder written by `mot export`: carries its config)
 
 The data module and model are built from the same YAML as training (any further
@@ -21,7 +22,9 @@ Without ``--task``, every task the model's modalities allow. The tasks are
 ``sampling.GenerationTasks`` (the same as SampleLogger's): with a continuous image
 tokenizer (Transfusion setting) ``caption_to_image`` is guided diffusion
 (``--guidance``, ``--sampler``, ``--steps``) and ``image_to_caption`` reads the
-clean latents.
+clean latents. ``--ema`` samples from the exponential moving average of the weights
+(``callbacks/ema.py``) that a run with the ``EMA`` callback saved in its checkpoints (a consolidated FSDP2
+checkpoint keeps it), or from an export written with ``mot export --ema``.
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
     p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ema", action="store_true", help="sample from the EMA averages of the weights (the run "
+                   "had an EMA callback) instead of the live weights")
     return p
 
 
@@ -89,10 +94,10 @@ def build(configs: list[str], overrides: list[str]):
     return cli.model, cli.datamodule
 
 
-def load_weights(model, ckpt: str, device: str) -> None:
+def load_weights(model, ckpt: str, device: str, ema: bool = False) -> None:
     """Checkpoint weights into ``model``, moved to ``device``, eval mode (loaded weights-only; a checkpoint
-    of another model config is refused, naming the differences)."""
-    WeightsSource(Path(ckpt), [], []).load_into(model, device)
+    of another model config is refused, naming the differences); ``ema``: its EMA averages."""
+    WeightsSource(Path(ckpt), [], [], ema).load_into(model, device)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -115,7 +120,7 @@ def _with_references(generated: list[str], references: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
-    source = weights_source(args.ckpt, args.export, args.config, overrides)  # inputs checked before building
+    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)  # checked first
     model, dm = build(source.configs, source.overrides)
     # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
     have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}

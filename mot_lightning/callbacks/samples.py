@@ -1,4 +1,4 @@
-"""Log what the model generates to TensorBoard every N optimizer steps (global rank 0).
+"""Log what the model generates to TensorBoard every N optimizer steps (written by global rank 0).
 
 Tags (each only when the model has the modalities it needs):
 
@@ -19,6 +19,11 @@ Validation images and speech come from the first validation set
 (``image_text_pairs`` / ``speech_text_pairs`` of the data module), read once.
 Sampling uses its own seeded generator, so it never moves the training RNG, and
 the same seed at every logging step makes samples comparable over time.
+
+Every strategy: generation runs through ``callbacks/generation.py`` (every rank
+for a sharded model, FSDP1 and FSDP2; global rank 0 alone otherwise), with the
+EMA weights when the run has an ``EMA`` callback (``ema: false`` for the live
+weights), and outside the throughput clock.
 """
 from __future__ import annotations
 
@@ -27,10 +32,9 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.distributed.tensor import DTensor
 from torchvision.utils import make_grid
 
+from mot_lightning.callbacks.generation import generate_in_run
 from mot_lightning.modality import Modality
 from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings
 
@@ -41,7 +45,7 @@ class SampleLogger(pl.Callback):
     def __init__(self, every_n_steps: int = 500, n_samples: int = 4, temperature: float = 1.0,
                  top_k: int | None = None, captions: list[str] | None = None, max_caption_tokens: int = 64,
                  max_speech_units: int = 75, seed: int = 0, guidance: float = 3.0,
-                 diffusion_sampler: str = "ddim", diffusion_steps: int = 50) -> None:
+                 diffusion_sampler: str = "ddim", diffusion_steps: int = 50, ema: bool = True) -> None:
         """
         Args:
             every_n_steps: log after every N-th optimizer step.
@@ -53,10 +57,11 @@ class SampleLogger(pl.Callback):
             seed: seed of the sampling generator (the same at every logging step).
             guidance / diffusion_sampler / diffusion_steps: classifier-free guidance scale (1 = none), sampler
                 ("ddim", "ddpm", "flow") and its steps for continuous (diffusion) images.
+            ema: sample with the EMA weights when the run has an ``EMA`` callback (else the live weights).
         """
         if every_n_steps < 1 or n_samples < 1:
             raise ValueError(f"every_n_steps and n_samples must be >= 1, got {every_n_steps}, {n_samples}")
-        self.every_n_steps, self.n_samples = every_n_steps, n_samples
+        self.every_n_steps, self.n_samples, self.ema = every_n_steps, n_samples, ema
         self.captions = list(captions or DEMO_CAPTIONS)
         self.settings = SamplingSettings(
             temperature=temperature, top_k=top_k, guidance=guidance, sampler=diffusion_sampler,
@@ -71,68 +76,80 @@ class SampleLogger(pl.Callback):
         if step == 0 or step % self.every_n_steps or step == self._last_step:  # once per optimizer step
             return
         self._last_step = step
-        if trainer.is_global_zero:
-            self.log_samples(trainer, pl_module)
+        self.log_samples(trainer, pl_module)  # every rank: a sharded model generates on all of them
 
-    @torch.no_grad()
     def log_samples(self, trainer: pl.Trainer, pl_module) -> None:
+        """Generate (``generation.generate_in_run``) and write the samples (global rank 0); call on every
+        rank."""
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        net = pl_module.net
-        if writer is None or net is None:
+        if writer is None or pl_module.net is None:
             return
-        if any(isinstance(p, DTensor) for p in net.parameters()):
-            rank_zero_warn("SampleLogger: the model is sharded (FSDP2); sampling on rank 0 alone would hang, "
-                           "so no samples are logged")
-            return
-        dm, step = trainer.datamodule, trainer.global_step
+        dm = trainer.datamodule
         have = set(pl_module.modalities) & set(getattr(dm, "modalities", []))  # in the model and trained on
         media = [m for m in (Modality.IMAGE, Modality.SPEECH)
                  if m in have and dm.tokenizers.get(m) is not None]
         if not media:
             return
-        tasks = GenerationTasks.of(pl_module, dm, self.settings)
-        was_training = net.training
-        net.eval()
-        try:
-            if Modality.IMAGE in media:
-                self._images(writer, dm, tasks, step)
-            if Modality.SPEECH in media:
-                self._speech(writer, dm, tasks, step)
-        finally:
-            net.train(was_training)
+        records = generate_in_run(trainer, pl_module, lambda: self.samples(pl_module, dm, media), self.ema)
+        if records is not None:
+            _write(writer, records, trainer.global_step)
 
-    def _images(self, writer, dm, tasks: GenerationTasks, step: int) -> None:
+    def samples(self, pl_module, dm, media: list[Modality]) -> list[tuple]:
+        """What ``log_samples`` writes, as ``(kind, tag, value)`` records (kind: image, text, audio; an audio
+        value is ``(clip, sample_rate)``). Needs the network in eval mode; the same work on every call."""
+        tasks = GenerationTasks.of(pl_module, dm, self.settings)
+        records: list[tuple] = []
+        if Modality.IMAGE in media:
+            records += self._images(dm, tasks)
+        if Modality.SPEECH in media:
+            records += self._speech(dm, tasks)
+        return records
+
+    def _images(self, dm, tasks: GenerationTasks) -> list[tuple]:
         captions = self.captions[: self.n_samples]
         images = tasks.caption_to_image(captions)
-        writer.add_image("samples/caption_to_image", make_grid(images, nrow=len(images)), step)
-        writer.add_text("samples/caption_to_image_prompts", _numbered(captions), step)
+        records = [("image", "samples/caption_to_image", make_grid(images, nrow=len(images))),
+                   ("text", "samples/caption_to_image_prompts", _numbered(captions))]
         if self._val_images is None:
             self._val_images = dm.image_text_pairs(self.n_samples)
         originals, references = self._val_images
         if not len(originals):
-            return
+            return records
         image_tok = dm.tokenizers[Modality.IMAGE]
         recon = image_tok.decode(image_tok.encode(originals))  # (N, 3, R, R)
         grid = make_grid(torch.cat([originals, recon]), nrow=len(originals))
-        writer.add_image("samples/image_reconstructions", grid, step)
         captions = tasks.image_to_caption(originals)
-        writer.add_text("samples/image_to_caption", _numbered(_with_references(captions, references)), step)
+        described = _numbered(_with_references(captions, references))
+        return records + [("image", "samples/image_reconstructions", grid),
+                          ("text", "samples/image_to_caption", described)]
 
-    def _speech(self, writer, dm, tasks: GenerationTasks, step: int) -> None:
+    def _speech(self, dm, tasks: GenerationTasks) -> list[tuple]:
         speech_tok = dm.tokenizers[Modality.SPEECH]
         texts = self.captions[: self.n_samples]
         waves = tasks.text_to_speech(texts)
         rate = getattr(speech_tok, "sample_rate", 16000)
         gap = torch.zeros(int(SILENCE_S * rate))
         clip = torch.cat([piece for w in waves for piece in (w.float().clamp(-1, 1), gap)])
-        writer.add_audio("samples/text_to_speech", clip[None], step, sample_rate=rate)
-        writer.add_text("samples/text_to_speech_prompts", _numbered(texts), step)
+        records = [("audio", "samples/text_to_speech", (clip[None], rate)),
+                   ("text", "samples/text_to_speech_prompts", _numbered(texts))]
         if self._val_speech is None:
             self._val_speech = dm.speech_text_pairs(self.n_samples)
         clips, references = self._val_speech
         if clips:
             texts = tasks.speech_to_text(clips)
-            writer.add_text("samples/speech_to_text", _numbered(_with_references(texts, references)), step)
+            records.append(("text", "samples/speech_to_text", _numbered(_with_references(texts, references))))
+        return records
+
+
+def _write(writer, records: list[tuple], step: int) -> None:
+    for kind, tag, value in records:
+        if kind == "image":
+            writer.add_image(tag, value, step)
+        elif kind == "audio":
+            clip, rate = value
+            writer.add_audio(tag, clip, step, sample_rate=rate)
+        else:
+            writer.add_text(tag, value, step)
 
 
 def _with_references(generated: list[str], references: list[str]) -> list[str]:

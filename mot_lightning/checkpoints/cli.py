@@ -1,8 +1,9 @@
 """``mot checkpoint``: tools for checkpoint files.
 
     mot checkpoint consolidate <sharded checkpoint dir> --out model.ckpt
-        one file (full state_dict + step + hyperparameters) from an FSDP2 sharded checkpoint, for
-        `mot generate --ckpt` and `mot export --ckpt` (not for resuming: no optimizer state)
+        one file (full state_dict + step + hyperparameters + callback states such as the EMA averages)
+        from an FSDP2 sharded checkpoint, for `mot generate --ckpt [--ema]` and `mot export --ckpt [--ema]`
+        (not for resuming: no optimizer state)
 """
 from __future__ import annotations
 

@@ -3,8 +3,11 @@
 ``ModelParallelStrategy`` writes ``last.ckpt`` as a directory: ``torch.distributed.checkpoint`` shards
 (``.metadata``, ``__<rank>_0.distcp``) plus Lightning's ``meta.pt`` (step, hyperparameters, loops).
 ``consolidate`` reads the model's tensor shards in one process (no process group; the pickled
-``.metadata`` is checked first, ``loading.check_sharded_metadata``) and writes a Lightning-style file holding the full ``state_dict`` and the metadata ``mot generate`` and ``mot export`` use. The
-optimizer and loop states are left out: the file is for inference and export, not for resuming.
+``.metadata`` is checked first, ``loading.check_sharded_metadata``) and writes a Lightning-style file
+holding the full ``state_dict`` and the metadata ``mot generate`` and ``mot export`` use, with the
+callbacks' states (``meta.pt`` holds them whole: the ``EMA`` callback's averages, gathered, for
+``--ema``). The optimizer and loop states are left out: the file is for inference and export, not for
+resuming.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from mot_lightning.checkpoints.atomic import atomic_torch_save
 from mot_lightning.checkpoints.loading import META_FILE, check_sharded_metadata, is_sharded, load_checkpoint
 
-KEPT_META = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters")
+KEPT_META = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters",
+             "callbacks")  # the callbacks' states: the EMA averages
 
 
 def sharded_state_dict(directory: str | Path) -> dict:

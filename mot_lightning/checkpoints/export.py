@@ -1,11 +1,14 @@
 """``mot export``: a trained model as one folder that travels (weights, config, tokenizers).
 
     mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
+        [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
         [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
 
 Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
 ``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
-rebuilds ``TokenLM``). A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``).
+rebuilds ``TokenLM``); ``export.json`` and the README say which weights it holds (``live`` or ``ema``).
+A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``, which keeps the EMA
+averages).
 Pretrained (diffusers) tokenizers are referenced by their folder in config.yaml, not copied.
 """
 from __future__ import annotations
@@ -20,8 +23,10 @@ import yaml
 
 from mot_lightning.checkpoints.weights import (
     CONFIG_FILE,
+    EMA,
     EXPORT_FILE,
     EXPORT_FORMAT,
+    LIVE,
     MODEL_FILE,
     TOKENIZER_DIR,
     WEIGHTS_FILE,
@@ -55,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="a checkpoint file (consolidate a sharded one first)")
     p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
     p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    p.add_argument("--ema", action="store_true", help="export the EMA averages of the weights (the "
+                   "checkpoint must hold them: the run had an EMA callback) instead of the live weights")
     return p
 
 
@@ -75,9 +82,11 @@ def resolved_config(cli, tokenizer_files: dict[str, str]) -> dict:
     return {"seed_everything": config.get("seed_everything"), "model": config["model"], "data": data}
 
 
-def write_export(cli, out: Path, checkpoint_path: Path, global_step: int | None, final: Path | None = None) -> None:
+def write_export(cli, out: Path, checkpoint_path: Path, global_step: int | None, final: Path | None = None,
+                 weights_kind: str = LIVE) -> None:
     """Write the export folder ``out`` of ``cli``'s model (weights loaded) and data module (tokenizers
-    loaded); ``final``: where it will live (named in its README), default ``out``."""
+    loaded); ``final``: where it will live (named in its README), default ``out``; ``weights_kind``: which
+    weights the model holds (``LIVE`` or ``EMA``), recorded in export.json and the README."""
     from safetensors.torch import save_file
 
     from mot_lightning.tokenizers.fitting import FittableTokenizer
@@ -97,16 +106,18 @@ def write_export(cli, out: Path, checkpoint_path: Path, global_step: int | None,
     (out / MODEL_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
     (out / WEIGHTS_FILE).chmod((out / MODEL_FILE).stat().st_mode)  # safetensors writes it owner-only
     (out / CONFIG_FILE).write_text(yaml.safe_dump(resolved_config(cli, files), sort_keys=False))
-    (out / "README.md").write_text(readme(final or out, checkpoint_path, global_step))
+    (out / "README.md").write_text(readme(final or out, checkpoint_path, global_step, weights_kind))
     manifest = {"format": EXPORT_FORMAT, "version": 1, "checkpoint": str(checkpoint_path),
-                "global_step": global_step, "tokenizer_files": files}
+                "global_step": global_step, "weights": weights_kind, "tokenizer_files": files}
     (out / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks the folder complete
 
 
-def readme(out: Path, checkpoint_path: Path, global_step: int | None) -> str:
+def readme(out: Path, checkpoint_path: Path, global_step: int | None, weights_kind: str = LIVE) -> str:
+    which = ("the exponential moving average of the weights (EMA callback)" if weights_kind == EMA
+             else "the trained weights (not an EMA average)")
     return f"""# Exported model
 
-Written by `mot export` from `{checkpoint_path}` (optimizer step {global_step}).
+Written by `mot export` from `{checkpoint_path}` (optimizer step {global_step}): {which}.
 
 | file | what |
 |---|---|
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     from mot_lightning.generate import build_cli
 
     args, overrides = _parser().parse_known_args(argv)
-    source = weights_source(args.ckpt, None, args.config, overrides)  # inputs checked before building
+    source = weights_source(args.ckpt, None, args.config, overrides, ema=args.ema)  # checked before building
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SystemExit(f"mot export: --out {out} exists and is not empty: choose a new folder")
@@ -143,11 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_export(cli, tmp, source.path.resolve(), step, final=out)
+        write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)  # the folder appears complete or not at all
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"exported {source.path} (step {step}) to {out}")
+    print(f"exported {source.path} (step {step}, {source.kind} weights) to {out}")

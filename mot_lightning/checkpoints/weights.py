@@ -1,10 +1,17 @@
 """Where ``mot generate`` takes its model from: a checkpoint file + the run's YAML, or an export folder.
 
-``weights_source`` checks the inputs (files exist, the folder is an export) before anything heavy is
-built, and says which configs and overrides build the model; ``WeightsSource.load_into`` then loads
-the weights (weights-only, config compared first). An export folder (``export.py``) holds::
+``weights_source`` checks the inputs (files exist, the folder is an export, EMA averages are there when
+asked for) before anything heavy is built, and says which configs and overrides build the model;
+``WeightsSource.load_into`` then loads the weights (weights-only, config compared first).
 
-    export.json        what it is, made from which checkpoint at which step
+``ema=True`` takes the exponential moving average of the weights instead of the live ones: from a
+checkpoint, the averages the ``EMA`` callback saved in it (``callbacks/ema.py``: ``ema_state_dict``; a
+consolidated FSDP2 checkpoint keeps them); from an export folder, only when it was written with
+``mot export --ema`` (its ``export.json`` says which weights it holds).
+
+An export folder (``export.py``) holds::
+
+    export.json        what it is, made from which checkpoint at which step, which weights (live or EMA)
     model.safetensors  TokenLM weights (the LightningModule's ``net.`` prefix removed)
     model.yaml         TokenLM's constructor: backbone (TransformerConfig fields), vocab_size, latent_dim,
                        and the joint vocabulary's ranges
@@ -26,6 +33,7 @@ from mot_lightning.checkpoints.model_config import check_model_config
 EXPORT_FILE, WEIGHTS_FILE, MODEL_FILE, CONFIG_FILE = "export.json", "model.safetensors", "model.yaml", "config.yaml"
 TOKENIZER_DIR = "tokenizers"
 EXPORT_FORMAT = "mot_lightning.export"
+LIVE, EMA = "live", "ema"  # which weights an export holds (export.json "weights"; older exports: live)
 
 
 def is_export(path: str | Path) -> bool:
@@ -37,15 +45,23 @@ class WeightsSource:
     path: Path  # a checkpoint file or an export folder
     configs: list[str]  # --config files that build the model and data (the export's config.yaml first)
     overrides: list[str]  # further --key value arguments, in order
+    ema: bool = False  # the EMA averages instead of the live weights
 
     @property
     def exported(self) -> bool:
         return is_export(self.path)
 
+    @property
+    def kind(self) -> str:
+        """Which weights ``load_into`` loads: ``EMA`` (the averages) or ``LIVE``."""
+        if self.exported:
+            return json.loads((self.path / EXPORT_FILE).read_text()).get("weights", LIVE)
+        return EMA if self.ema else LIVE
+
     def load_into(self, model, device: str = "cpu") -> int | None:
         """Weights into ``model`` (a ``MultiModalLM`` after ``configure_model``), moved to ``device``, eval
         mode; returns the optimizer step they were saved at. Refuses weights trained with another model
-        config, naming the differences."""
+        config, naming the differences. With ``ema``, the EMA averages (checked by ``weights_source``)."""
         if self.exported:
             from safetensors.torch import load_file
 
@@ -55,6 +71,8 @@ class WeightsSource:
             step = json.loads((self.path / EXPORT_FILE).read_text()).get("global_step")
         else:
             checkpoint = load_checkpoint(self.path, mmap=True)  # tensors read as load_state_dict copies them
+            if self.ema:
+                checkpoint = {**checkpoint, "state_dict": _ema_weights(checkpoint, self.path)}
             model.on_load_checkpoint(checkpoint)  # model config and shapes compared, differences named
             model.load_state_dict(checkpoint["state_dict"])
             step = checkpoint.get("global_step")
@@ -68,11 +86,12 @@ def exported_model_spec(model) -> dict:
 
 
 def weights_source(ckpt: str | None, export: str | None, configs: list[str] | None,
-                   overrides: list[str]) -> WeightsSource:
+                   overrides: list[str], ema: bool = False) -> WeightsSource:
     """Check the inputs of a command that loads a trained model, before anything is built.
 
     ``ckpt``: a checkpoint file (needs ``configs``, the run's YAML) or an export folder; ``export``: an
-    export folder (``configs`` then apply on top of its config.yaml)."""
+    export folder (``configs`` then apply on top of its config.yaml); ``ema``: load the EMA averages
+    (refused, saying why, where there are none)."""
     if (ckpt is None) == (export is None):
         raise ValueError("give a trained model: --ckpt <checkpoint file> --config <the run's YAML>, "
                          "or --export <folder written by `mot export`>")
@@ -90,17 +109,35 @@ def weights_source(ckpt: str | None, export: str | None, configs: list[str] | No
         if not Path(config).is_file():
             raise FileNotFoundError(f"--config {config}: no such file")
     if exported:
-        return _export_source(path, configs or [], overrides)
+        return _export_source(path, configs or [], overrides, ema)
     if not configs:
         raise ValueError(f"--ckpt {path} needs --config <the YAML it was trained with> (or use an export folder, "
                          "which carries its config)")
-    return WeightsSource(path, list(configs), list(overrides))
+    if ema:
+        _ema_weights(load_checkpoint(path, mmap=True), path)  # refused here, before the model is built
+    return WeightsSource(path, list(configs), list(overrides), ema)
 
 
-def _export_source(path: Path, configs: list[str], overrides: list[str]) -> WeightsSource:
+def _ema_weights(checkpoint: dict, path: Path) -> dict:
+    from mot_lightning.callbacks.ema import ema_state_dict  # a tool's import: loaded only when asked for
+
+    state_dict = ema_state_dict(checkpoint)
+    if state_dict is None:
+        raise ValueError(f"--ema: {path} holds no EMA averages: the run had no EMA callback (add "
+                         "`- class_path: mot_lightning.callbacks.ema.EMA` to trainer.callbacks when "
+                         "training), or it is a sharded checkpoint consolidated before `mot checkpoint "
+                         "consolidate` kept them (consolidate it again). Without --ema the live weights are "
+                         "used.")
+    return state_dict
+
+
+def _export_source(path: Path, configs: list[str], overrides: list[str], ema: bool) -> WeightsSource:
     manifest = json.loads((path / EXPORT_FILE).read_text())
     if manifest.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path / EXPORT_FILE} is not a mot_lightning export (format {manifest.get('format')!r})")
+    if ema and manifest.get("weights", LIVE) != EMA:
+        raise ValueError(f"--ema: export folder {path} holds the live weights: export the checkpoint again "
+                         "with `mot export --ema ...` for the EMA averages, or drop --ema")
     for name in (WEIGHTS_FILE, MODEL_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"export folder {path} lacks {name}: write it again with `mot export`")
@@ -110,4 +147,4 @@ def _export_source(path: Path, configs: list[str], overrides: list[str]) -> Weig
     if missing:
         raise FileNotFoundError(f"export folder {path} lacks its tokenizer files {missing}")
     own = ["--data.tokenizer_files.files", json.dumps(files)] if files else []
-    return WeightsSource(path, [str(path / CONFIG_FILE), *configs], [*own, *overrides])
+    return WeightsSource(path, [str(path / CONFIG_FILE), *configs], [*own, *overrides], ema)

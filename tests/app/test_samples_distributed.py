@@ -1,0 +1,168 @@
+"""SampleLogger under 2-process DDP and FSDP2 (CPU, gloo): the run finishes (a rank left waiting would hang
+it past the subprocess timeout), TensorBoard holds the samples, and they are the samples one process draws
+from the weights the run saved: `mot generate` with the same prompts, seed and limits on its last checkpoint
+(FSDP2: consolidated). The runs keep an EMA (listed after SampleLogger, so the sampler folds in the step
+itself) and sample from it; `mot generate --ema` reads the averages back from the checkpoint.
+
+FSDP1 (Lightning's strategy refuses CPU): the generation helper with a raw FSDP1 root over 2 gloo processes
+samples what the unsharded module samples."""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.utils import make_grid
+
+from mot_lightning.callbacks.generation import generate_in_run, is_sharded
+from mot_lightning.callbacks.samples import SILENCE_S
+from mot_lightning.checkpoints.consolidate import consolidate
+from mot_lightning.sampling import DEMO_CAPTIONS, generate
+from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_dir, run_fit_subprocess
+from tests.app.controls_run import tiny_module
+from tests.objectives.batches import token_batch
+
+SPEECH = str(CONFIGS / "speech/mot.yaml")
+N, CAPTION_TOKENS, SPEECH_UNITS = 2, 8, 6
+SAMPLER = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger", "--trainer.callbacks.every_n_steps", "2",
+           "--trainer.callbacks.n_samples", str(N), "--trainer.callbacks.max_caption_tokens", str(CAPTION_TOKENS),
+           "--trainer.callbacks.max_speech_units", str(SPEECH_UNITS),
+           "--trainer.callbacks+=mot_lightning.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.5"]
+RUN = ["--config", SPEECH, "--trainer.max_steps", "2", "--data.loader.train_batches_per_epoch", "2",
+       "--trainer.limit_val_batches", "0", "--model.scheduler.init_args.warmup_steps", "1", *SAMPLER]
+TEXT_TAGS = ("image_to_caption", "speech_to_text")
+
+
+def logged_samples(version: Path, step: int) -> dict:
+    """The samples TensorBoard holds at ``step``: the caption->image grid (uint8 [H, W, 3]), the speech clip
+    (float [samples]) and the generated texts by task."""
+    acc = EventAccumulator(str(version), size_guidance={"images": 0, "audio": 0, "tensors": 0})
+    acc.Reload()
+    [grid] = [e for e in acc.Images("samples/caption_to_image") if e.step == step]
+    [audio] = [e for e in acc.Audio("samples/text_to_speech") if e.step == step]
+    texts = {}
+    for task in TEXT_TAGS:
+        [event] = [e for e in acc.Tensors(f"samples/{task}/text_summary") if e.step == step]
+        texts[task] = _lines(event.tensor_proto.string_val[0].decode())
+    clip, rate = sf.read(io.BytesIO(audio.encoded_audio_string), dtype="float32")
+    return {"grid": np.asarray(Image.open(io.BytesIO(grid.encoded_image_string)).convert("RGB")),
+            "clip": clip, "rate": rate, "texts": texts}
+
+
+def generated_samples(out: Path) -> dict:
+    """What `mot generate` wrote, laid out as SampleLogger logs it (grid, one clip with silences between)."""
+    images = [torch.from_numpy(np.array(Image.open(out / f"caption_to_image_{i:02d}.png"))).permute(2, 0, 1)
+              for i in range(N)]
+    waves = [sf.read(out / f"text_to_speech_{i:02d}.wav", dtype="float32") for i in range(N)]
+    rate = waves[0][1]
+    gap = np.zeros(int(SILENCE_S * rate), dtype=np.float32)
+    clip = np.concatenate([piece for wave, _ in waves for piece in (wave, gap)])
+    texts = {task: _lines((out / f"{task}.txt").read_text()) for task in TEXT_TAGS}
+    return {"grid": make_grid(torch.stack(images), nrow=N).permute(1, 2, 0).numpy(), "clip": clip, "rate": rate,
+            "texts": texts}
+
+
+def _lines(text: str) -> list[str]:
+    """Numbered lines ("1. x" in TensorBoard, "00: x" in files; entries are reprs: one line each) -> x."""
+    return [re.sub(r"^\d+[.:] ", "", line) for line in text.splitlines() if line]
+
+
+def mot_generate(ckpt: Path, env: dict[str, str], out: Path) -> None:
+    """`mot generate --ema` as a command, one thread like each rank of the run (the same kernels)."""
+    cmd = [sys.executable, "-m", "mot_lightning.cli", "generate", "--ckpt", str(ckpt), "--config", SPEECH, "--ema",
+           "--out", str(out), "--n", str(N), "--max_caption_tokens", str(CAPTION_TOKENS), "--max_speech_units",
+           str(SPEECH_UNITS), "--device", "cpu", *[a for c in DEMO_CAPTIONS[:N] for a in ("--prompt", c)],
+           *TINY_MODEL, *data_args(env)]
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=proc_env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_process_samples_are_the_one_process_samples_of_the_saved_weights(strategy, demo_env, tmp_path):
+    run_fit_subprocess([*RUN, "--config", str(CONFIGS / f"trainer/{strategy}.yaml")], demo_env, tmp_path / "run")
+    run = run_dir(tmp_path / "run" / "speech" / "mot")
+    [version] = run.glob("version_*")
+    logged = logged_samples(version, step=2)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if ckpt.is_dir():  # FSDP2: a sharded checkpoint
+        assert strategy == "fsdp2"
+        consolidate(ckpt, tmp_path / "model.ckpt")  # keeps the EMA averages
+        ckpt = tmp_path / "model.ckpt"
+    mot_generate(ckpt, demo_env, tmp_path / "generated")
+    expected = generated_samples(tmp_path / "generated")
+
+    assert logged["texts"] == expected["texts"]  # captions and transcriptions, id for id
+    assert [len(lines) for lines in logged["texts"].values()] == [N, N]
+    # images and audio: the same samples, quantised by each writer's own rounding (truncation vs round: 1 level)
+    assert logged["grid"].shape == expected["grid"].shape
+    assert np.abs(logged["grid"].astype(int) - expected["grid"].astype(int)).max() <= 1
+    assert logged["rate"] == expected["rate"] and logged["clip"].shape == expected["clip"].shape
+    np.testing.assert_allclose(logged["clip"], expected["clip"], rtol=0, atol=2 / 32767)
+
+
+def sample(net) -> torch.Tensor:
+    """20 ids after 2 prompts of 6 token_batch ids, temperature 1, KV cache, a fixed seed."""
+    prompt = token_batch(B=2, T=16, seed=3).tokens[:, :6]
+    return generate(net, prompt, _modality_of, 20, generator=torch.Generator().manual_seed(0))
+
+
+def _modality_of(ids: torch.Tensor) -> torch.Tensor:
+    return (ids >= 20).long() + (ids >= 30).long()  # token_batch's ranges
+
+
+def _fsdp1_rank(rank: int, port: int, out: str) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from mot_lightning.model.block import Block
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    module = tiny_module()
+    module.configure_model()
+    with torch.no_grad():
+        expected = sample(copy.deepcopy(module.net).eval())  # the unsharded twin, in this process
+    # as Lightning's FSDPStrategy wraps it: the LightningModule in the root, every block in its own unit
+    root = FullyShardedDataParallel(module, device_id=torch.device("cpu"), use_orig_params=True,
+                                    auto_wrap_policy=ModuleWrapPolicy({Block}),
+                                    sharding_strategy=ShardingStrategy.FULL_SHARD)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(model=root), is_global_zero=rank == 0, callbacks=[],
+                              training=True, global_step=0)  # the parts of a Trainer the helper reads
+    got = generate_in_run(trainer, module, lambda: sample(module.net))
+    if rank == 0:
+        torch.save({"sharded": is_sharded(trainer, module), "expected": expected, "got": got,
+                    "training": module.net.training}, out)
+    else:
+        assert got is None
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_fsdp1_ranks_generate_together_what_one_process_generates(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
+    result = torch.load(tmp_path / "fsdp1.pt")
+    assert result["sharded"] and result["training"]  # train mode restored after sampling in eval mode
+    assert result["got"].shape == (2, 26)
+    assert torch.equal(result["got"], result["expected"])
