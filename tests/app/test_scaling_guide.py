@@ -1,0 +1,227 @@
+"""The scaling guide's commands (docs/scaling.md), run as far as one machine allows, on CPU with gloo:
+
+- ``torchrun --standalone --nproc_per_node 2`` and two ``torchrun --nnodes 2`` agents meeting at a c10d
+  endpoint on 127.0.0.1 (the multi-node command), each running 2 ranks of ``mot fit``;
+- the SLURM script ``docs/examples/slurm_fit.sbatch``, its ``srun`` replaced by a stand-in that starts
+  the tasks on this machine with the per-task variables srun sets, so Lightning detects a SLURM job;
+- resuming on another number of processes: a DDP checkpoint 2 -> 1, and a sharded FSDP2 checkpoint
+  2 -> 1 and 1 -> 2 processes equal to the unbroken run to float64 rounding.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mot_lightning.checkpoints import load_checkpoint
+from tests.app.conftest import CONFIGS, ROOT, _ordered, data_args, run_dir
+from tests.app.test_training import only_version, scalars
+
+SBATCH = ROOT / "docs" / "examples" / "slurm_fit.sbatch"
+BIN = Path(sys.executable).parent  # `mot` and `torchrun` of this environment
+SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
+SHORT = ["--data.loader.train_batches_per_epoch", "4", "--trainer.limit_val_batches", "0",
+         "--trainer.log_every_n_steps", "1", "--model.scheduler.init_args.max_steps", "4"]
+RANK_LINE = re.compile(r"Initializing distributed: GLOBAL_RANK: (\d+), MEMBER: \d+/(\d+)")
+
+# srun on one node: SLURM_NTASKS_PER_NODE copies of the command (STANDIN_TASKS of them if set), each with
+# the variables srun gives a task; srun's own options are dropped.
+SRUN_STANDIN = """#!/bin/bash
+while [[ $1 == -* ]]; do shift; done
+tasks=${STANDIN_TASKS:-$SLURM_NTASKS_PER_NODE}
+pids=()
+for ((task = 0; task < tasks; task++)); do
+  SLURM_PROCID=$task SLURM_LOCALID=$task SLURM_NODEID=0 SLURM_NTASKS=$SLURM_NTASKS_PER_NODE "$@" &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit "$status"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any launcher's variables (a test run inside a SLURM job or torchrun must
+    not leak them), one thread per process, plus ``extra``."""
+    launcher = ("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_",
+                "TORCHELASTIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher)}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "OMP_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE", **extra}
+
+
+def finish(procs: list[subprocess.Popen], timeout: int = 600) -> str:
+    """Wait for every process; all must succeed. Returns their output, joined."""
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        outputs.append(out)
+        assert proc.returncode == 0, out[-4000:]
+    return "\n".join(outputs)
+
+
+def start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def ranks(output: str) -> list[tuple[int, int]]:
+    """(global rank, world size) of every process that joined a process group, sorted."""
+    return sorted((int(r), int(w)) for r, w in RANK_LINE.findall(output))
+
+
+def fit_args(args: list[str], env: dict[str, str], save_dir: Path) -> list[str]:
+    return ["fit", *_ordered(args, True), *data_args(env), "--trainer.logger.init_args.save_dir", str(save_dir)]
+
+
+def resumed_steps(save_dir: Path) -> list[int]:
+    """Steps at which the one run under ``save_dir`` logged train/loss."""
+    return [step for step, _ in scalars(only_version(run_dir(save_dir / "speech" / "mot")))["train/loss"]]
+
+
+def last_checkpoint(save_dir: Path) -> Path:
+    return run_dir(save_dir / "speech" / "mot") / "checkpoints" / "last.ckpt"
+
+
+# --- torchrun ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_torchrun_one_node_two_nodes_and_resume_on_one_process(demo_env, tmp_path):
+    ddp = [*SPEECH, "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", *SHORT]
+    module = ["-m", "mot_lightning.cli"]
+    torchrun = str(BIN / "torchrun")
+
+    # one node: the guide's single-node command, 2 ranks, 2 steps
+    one_node = [torchrun, "--standalone", "--nproc_per_node", "2", *module,
+                *fit_args([*ddp, "--trainer.devices", "2", "--trainer.max_steps", "2"], demo_env, tmp_path / "a")]
+    out = finish([start(one_node, clean_env(), tmp_path / "a")])
+    assert ranks(out) == [(0, 2), (1, 2)]  # torchrun started both; Lightning started none of its own
+    ckpt = last_checkpoint(tmp_path / "a")
+    assert load_checkpoint(ckpt)["global_step"] == 2
+
+    # two "nodes": the guide's multi-node command, one agent per node, resuming that checkpoint to step 4
+    rdzv = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "scaling-guide"]
+    nodes_args = fit_args([*ddp, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.max_steps", "4",
+                           "--ckpt_path", str(ckpt)], demo_env, tmp_path / "b")
+    agents = [start([torchrun, *rdzv, *module, *nodes_args], clean_env(), tmp_path / "b") for _ in range(2)]
+    out = finish(agents)
+    assert ranks(out) == [(0, 2), (1, 2)] and "Restored all states" in out
+    assert resumed_steps(tmp_path / "b") == [2, 3]
+    assert load_checkpoint(last_checkpoint(tmp_path / "b"))["global_step"] == 4
+
+    # the 2-process DDP checkpoint resumed by one process (another world size: a new run dir, same steps)
+    single = [sys.executable, *module, *fit_args([*SPEECH, *SHORT, "--trainer.max_steps", "4", "--ckpt_path",
+                                                  str(ckpt)], demo_env, tmp_path / "c")]
+    out = finish([start(single, clean_env(), tmp_path / "c")])
+    assert ranks(out) == [] and "Restored all states" in out
+    assert resumed_steps(tmp_path / "c") == [2, 3]
+    assert load_checkpoint(last_checkpoint(tmp_path / "c"))["global_step"] == 4
+
+
+# --- SLURM ---------------------------------------------------------------------------------------------
+def sbatch(tmp_path: Path, args: list[str], tasks: int, strategy: str, **env: str) -> tuple[list[str], dict]:
+    """(command, environment) of ``bash slurm_fit.sbatch ARGS`` as sbatch would start it on one node of
+    ``tasks`` tasks, with the srun stand-in first on PATH and $SHARED = ``tmp_path / "shared"``."""
+    shim = tmp_path / "bin" / "srun"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(SRUN_STANDIN)
+    shim.chmod(0o755)
+    job = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mot-fit", "SLURM_NODELIST": "127.0.0.1",
+           "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": str(tasks),
+           "SLURM_SUBMIT_DIR": str(ROOT), "MASTER_PORT": str(free_port())}
+    run_env = clean_env(**{**job, "SHARED": str(tmp_path / "shared"), "STRATEGY": strategy, **env})
+    run_env["PATH"] = f"{shim.parent}{os.pathsep}{run_env['PATH']}"
+    return ["bash", str(SBATCH), *args], run_env
+
+
+@pytest.mark.slow
+def test_sbatch_script_is_valid_bash_and_its_command_parses(tmp_path):
+    subprocess.run(["bash", "-n", str(SBATCH)], check=True)
+    text = SBATCH.read_text()
+    for key in ("--trainer.num_nodes", "--trainer.devices", "--data.demo.dir", "--data.tokenizer_files.dir",
+                "--trainer.logger.init_args.save_dir", "--ckpt_path last"):
+        assert key in text, key
+    # 2 nodes x 8 GPUs, as sbatch would set them; one task prints the resolved config instead of training
+    for strategy, expected in (("ddp", "ddp"), ("fsdp2", "ModelParallelStrategy"), ("fsdp1", "FSDPStrategy")):
+        cmd, env = sbatch(tmp_path / strategy, ["--print_config"], 8, strategy, STANDIN_TASKS="1",
+                          SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2")
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        config = yaml.safe_load(proc.stdout)
+        trainer = config["trainer"]
+        assert (trainer["accelerator"], int(trainer["devices"]), trainer["num_nodes"]) == ("gpu", 8, 2)
+        assert expected in str(trainer["strategy"]), trainer["strategy"]
+        if strategy == "fsdp2":  # one data-parallel mesh over every process
+            assert trainer["strategy"]["init_args"]["data_parallel_size"] == 16
+        shared = tmp_path / strategy / "shared"
+        assert config["data"]["demo"]["dir"] == str(shared / "demo")
+        assert config["data"]["tokenizer_files"]["dir"] == str(shared / "tokenizers")
+        assert trainer["logger"]["init_args"]["save_dir"] == str(shared / "runs")
+        assert config["ckpt_path"] == "last"
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sbatch_script_trains_fsdp2_on_two_tasks_and_resumes_on_one(demo_env, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "demo").symlink_to(demo_env["demo_dir"])  # the script's $SHARED layout over the test corpus
+    (shared / "tokenizers").symlink_to(demo_env["tokenizer_dir"])
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # later arguments win
+    tiny = _ordered([*cpu, *SHORT], True)
+
+    out = finish([start(*sbatch(tmp_path, [*tiny, "--trainer.max_steps", "2"], 2, "fsdp2"), tmp_path)])
+    assert ranks(out) == [(0, 2), (1, 2)]  # the stand-in's tasks, each detected as a SLURM rank
+    ckpt = last_checkpoint(shared / "runs")
+    assert (ckpt / ".metadata").is_file()  # sharded: every rank wrote its part
+
+    # the guide's recipe for fewer GPUs: the same script on 1 task, --ckpt_path naming the old run's checkpoint
+    cmd, env = sbatch(tmp_path, [*tiny, "--trainer.max_steps", "4", "--ckpt_path", str(ckpt)], 1, "fsdp2")
+    out = finish([start(cmd, env, tmp_path)])
+    assert ranks(out) == [(0, 1)] and "Restored all states" in out
+    runs = sorted(d for d in (shared / "runs" / "speech" / "mot").iterdir() if d != ckpt.parent.parent)
+    assert len(runs) == 1  # another world size: another run dir
+    tags = scalars(only_version(runs[0]))
+    assert [step for step, _ in tags["train/loss"]] == [2, 3]
+
+
+# --- FSDP2 resharding ----------------------------------------------------------------------------------
+def controls_run(tmp_path: Path, name: str, *args: str) -> dict:
+    """tests/app/controls_run.py: fixed global batches split over the ranks, float64, weights per step."""
+    out = tmp_path / f"{name}.pt"
+    proc = start([sys.executable, "-m", "tests.app.controls_run", "--out", str(out), *args], clean_env(), ROOT)
+    finish([proc])
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_checkpoint_resumes_on_another_process_count(tmp_path):
+    """Saved by 2 processes, resumed by 1, and the other way round: torch.distributed.checkpoint reshards the
+    weights and the AdamW moments, so two more steps land where the unbroken run does."""
+    weights = controls_run(tmp_path, "unbroken", "--steps", "4")["weights"]  # one process, no sharding
+    unbroken = weights[4]
+    assert max(float((unbroken[k] - w).abs().max()) for k, w in weights[2].items()) > 1e-3  # >> tolerance
+    for saved_by, resumed_by in ((2, 1), (1, 2)):
+        ckpt = tmp_path / f"step2_{saved_by}.ckpt"
+        controls_run(tmp_path, f"first{saved_by}", "--steps", "2", "--strategy", "fsdp2", "--devices",
+                     str(saved_by), "--save", str(ckpt))
+        assert (ckpt / ".metadata").is_file()
+        resumed = controls_run(tmp_path, f"resumed{resumed_by}", "--steps", "4", "--strategy", "fsdp2",
+                               "--devices", str(resumed_by), "--ckpt_path", str(ckpt))["weights"][4]
+        for name, w in unbroken.items():  # float64: only the summation order differs
+            torch.testing.assert_close(resumed[name], w, rtol=1e-9, atol=1e-9 * float(w.abs().max()), msg=name)
