@@ -7,6 +7,7 @@ mot data convert speech      --src FOLDER    --out DIR   # name.wav + name.txt p
 mot data convert text        --src FILES     --out DIR [--split file|paragraph]
 mot data convert interleaved --src DOCS.jsonl --out DIR
 mot data inspect URLS...                                 # count layouts and problems in shards
+mot data tokenize --config TRAIN.yaml --out DIR [--split train|<val set>] [--device cuda] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "text":
             p.add_argument("--split", choices=("file", "paragraph"), default="file")
 
+    sub.add_parser("tokenize", add_help=False,
+                   help="raw shards -> pre-tokenized shards for a training config (`mot data tokenize --help`)")
+
     inspect = sub.add_parser("inspect", help="read shards and count layouts and problems (no tokenizers)")
     inspect.add_argument("urls", nargs="+", help="shard paths, brace patterns or globs")
     inspect.add_argument("--image-size", type=int, default=32)
@@ -59,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["tokenize"]:  # its own parser: the data module's arguments, as `mot fit` reads them
+        from mot_lightning.data.tokenize_shards import main as tokenize
+
+        tokenize(argv[1:])
+        return
     args = _parser().parse_args(argv)
     if args.command == "demo":
         _demo(args)

@@ -62,6 +62,7 @@ class StreamCounters:
 
     def __init__(self, slots: int = 1) -> None:
         self.table = torch.zeros(max(slots, 1), len(FIELDS), dtype=torch.long).share_memory_()
+        self._cells = self.table.numpy()  # the same memory: numpy's += costs ~1 us, torch's ~15 us
         self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
         self.rate_warned = False  # the skip-rate warning was given (main process, loaders.SkipWatch)
         self._warned: dict[str, int] = {}
@@ -73,7 +74,7 @@ class StreamCounters:
                 f"StreamCounters has {self.table.shape[0]} slots but worker {slot} is running; "
                 "create the counters with slots=num_workers"
             )
-        self.table[slot, _INDEX[name]] += n
+        self._cells[slot, _INDEX[name]] += n
         if name in SKIP_REASONS:
             self._warn(name, detail)
 
@@ -109,6 +110,7 @@ class StreamCounters:
 
     def __setstate__(self, state: dict) -> None:
         self.table = state["table"]
+        self._cells = self.table.numpy()
         self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
         self.rate_warned = False
         self._warned = {}

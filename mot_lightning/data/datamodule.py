@@ -187,6 +187,15 @@ class MultiModalDataModule(pl.LightningDataModule):
         urls = self.sources[0].urls if self.sources else None
         return urls if isinstance(urls, str) else ("::".join(urls) if urls else None)  # every URL, any scheme
 
+    def split_sources(self, split: str) -> list[SourceConfig]:
+        """The sources of ``split``: ``"train"`` (the training sources) or a validation set's name."""
+        if split == "train":
+            return self._train_configs()
+        named = {c.name: c for c in self._val_configs()}
+        if split not in named:
+            raise ValueError(f"split {split!r}: expected 'train' or a validation set name, one of {sorted(named)}")
+        return [named[split]]
+
     def check_sources(self) -> None:
         """Resolve the configured sources and validation sets (names the bad key or file); cheap."""
         for cfg in [*(self.sources or []), *(self.val_sets or [])]:
@@ -242,7 +251,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             open_rows=opts.pack_open_rows,
             seed=self.seed,
             caption_dropout=opts.caption_dropout if infinite else 0.0,
-            limits=self._limits(),
+            limits=self.decode_limits(),
         )
         for source in resolved:
             self._check_pretokenized(source)
@@ -257,7 +266,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             try:
                 self.pretokenized.decode(first, source.keep, lambda modalities: False)
             except BadSample:
-                pass  # a damaged document: the stream counts it
+                pass  # a damaged chunk: the stream counts it
 
     # --- loaders -------------------------------------------------------------------
     def _loader(self, stream: PackedStream) -> DataLoader:
@@ -323,7 +332,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             source = resolve(configs[0], frozenset({Modality.TEXT, modality}))
             for sample in shard_samples(source.urls, NullCounters()):
                 try:
-                    doc = parse_sample(sample, source.keep, self.image_size, self._limits())
+                    doc = parse_sample(sample, source.keep, self.image_size, self.decode_limits())
                 except BadSample:
                     continue
                 value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
@@ -334,7 +343,7 @@ class MultiModalDataModule(pl.LightningDataModule):
                     break
         return media, texts
 
-    def _limits(self) -> DecodeLimits:
+    def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(self.loader.max_image_pixels, self.loader.max_audio_seconds)
 
     # --- counters ------------------------------------------------------------------

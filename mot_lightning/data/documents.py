@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -212,7 +213,10 @@ def load_image(raw: bytes, size: int, name: str = "image",
     Raises ``BadSample("image_too_large")`` from the header when width * height > ``max_pixels``.
     """
     try:
-        with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+        with warnings.catch_warnings():  # our own limit decides; PIL's bomb warning would only add noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))  # reads the header only
+        with img:
             width, height = img.size
             if width * height > max_pixels:
                 raise BadSample("image_too_large", f"{name}: {width}x{height} = {width * height:,} pixels > "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import webdataset as wds
@@ -121,7 +121,7 @@ class PackedStream(IterableDataset):
             yield self._collate(rows[i : i + cfg.batch_size])
 
     def _collate(self, rows: list) -> MultiModalBatch:
-        return collate_rows(rows, self.config.seq_len, self.encoder.vocab)
+        return one_storage(collate_rows(rows, self.config.seq_len, self.encoder.vocab))
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -150,16 +150,15 @@ class PackedStream(IterableDataset):
             for index, sample in enumerate(shard_samples(urls, tar_counters)):
                 if index % part.group_size != part.member:
                     continue
-                doc = self._encode(sample, source, reasons)
-                if doc is None:
-                    continue
-                if len(doc) > self.config.seq_len and self.config.overlong == "skip":
-                    shortest = len(doc) if shortest is None else min(shortest, len(doc))
-                    self.counters.add("too_long", detail=f"{len(doc)} tokens > seq_len {self.config.seq_len}")
-                    reasons["too_long"] += 1
-                    continue
-                usable += 1
-                yield doc
+                for doc in self._encode(sample, source, reasons):  # one, or a chunk of pre-tokenized ones
+                    length = len(doc)
+                    if length > self.config.seq_len and self.config.overlong == "skip":
+                        shortest = length if shortest is None else min(shortest, length)
+                        self.counters.add("too_long", detail=f"{length} tokens > seq_len {self.config.seq_len}")
+                        reasons["too_long"] += 1
+                        continue
+                    usable += 1
+                    yield doc
             passes += 1
             if not self.config.infinite:
                 return
@@ -183,25 +182,34 @@ class PackedStream(IterableDataset):
             random.Random(f"{self.config.seed}-{self.epoch}-{source.name}-{part.group}-{passes}").shuffle(urls)
         return urls
 
-    def _encode(self, sample: dict, source: ResolvedSource, reasons: Counter) -> torch.Tensor | None:
+    def _encode(self, sample: dict, source: ResolvedSource, reasons: Counter) -> list[torch.Tensor]:
+        """The sample's documents (none when skipped, many for a pre-tokenized chunk), counting skips."""
         try:
             if self.pretokenized.holds(sample):
-                doc, dropped = self.pretokenized.decode(sample, source.keep, self._drop_text)
+                items = self.pretokenized.decode(sample, source.keep, self._drop_text)
             else:
                 parsed = parse_sample(sample, source.keep, self.config.image_size, self.config.limits)
-                doc, dropped = None, parsed.dropped
-                if parsed.segments or not dropped:
+                doc = None
+                if parsed.segments or not parsed.dropped:
                     doc = self.encoder.encode(parsed, self._drop_text([s.modality for s in parsed.segments]))
+                items = [(doc, parsed.dropped)]
+        except BadSample as bad:
+            items = [bad]
+        docs = []
+        for item in items:
+            if isinstance(item, BadSample):
+                self.counters.add(item.reason, detail=item.detail)
+                reasons[item.reason] += 1
+                continue
+            doc, dropped = item
             if dropped:
                 self.counters.add("dropped_segments", dropped)
             if doc is None:
                 self.counters.add("filtered_docs")
                 reasons["filtered_docs"] += 1
-            return doc
-        except BadSample as bad:
-            self.counters.add(bad.reason, detail=bad.detail)
-            reasons[bad.reason] += 1
-            return None
+            else:
+                docs.append(doc)
+        return docs
 
     def _drop_text(self, modalities: list[Modality]) -> bool:
         """Caption dropout for classifier-free guidance: training documents that hold an image."""
@@ -209,6 +217,15 @@ class PackedStream(IterableDataset):
         if p <= 0 or not self.config.infinite or Modality.IMAGE not in modalities:
             return False
         return self._drop_rng.random() < p
+
+
+def one_storage(batch: MultiModalBatch) -> MultiModalBatch:
+    """The same batch with its ``long[B, T]`` fields as views of one ``long[F, B, T]`` tensor: a worker
+    hands the main process one shared-memory block per batch instead of one per field (the main
+    process's share of a pre-tokenized stream's CPU time drops by about half)."""
+    names = [f.name for f in fields(batch) if f.name != "latents" and getattr(batch, f.name) is not None]
+    stacked = torch.stack([getattr(batch, name) for name in names])  # (F, B, T)
+    return replace(batch, **dict(zip(names, stacked.unbind(0))))
 
 
 def empty_batch(seq_len: int, encoder: DocumentEncoder) -> MultiModalBatch:
