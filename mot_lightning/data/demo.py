@@ -14,6 +14,19 @@ generator writes (``data/README.md`` shows the files):
 
 Same config -> byte-identical shards (tar mtimes are fixed). ``manifest.json``
 is written last; its presence marks a complete corpus.
+
+The procedural mode (``data.demo.mode: procedural``, ``ProceduralConfig``) trains on
+an endless stream of virtual shards of the procedural world (``world/virtual.py``:
+``world://train/<kind>/<index>?...`` URLs, generated when read) and writes only
+what must stay fixed, under ``<data.demo.dir>/procedural/``:
+
+- ``val_seen/mixed-*.tar``     documents of the training distribution (own seed);
+- ``val_heldout/mixed-*.tar``  documents whose scenes show a held-out colour/shape pair;
+- ``fit/<kind>-*.tar``         the first virtual training shards, written out for
+  fitting tokenizers on (the tokenizer fitter reads files).
+
+Both modes' configs answer the same four questions for the data module:
+``prepare()``, ``train_sources()``, ``val_sets()``, ``fit_data()``.
 """
 
 from __future__ import annotations
@@ -29,11 +42,11 @@ import webdataset as wds
 
 from mot_lightning.data.locks import unique_temp
 from mot_lightning.data.sources import SourceConfig
-from mot_lightning.world import speech
+from mot_lightning.world import speech, virtual
 from mot_lightning.world.scenes import Scene, description, random_scene, render
 
 log = logging.getLogger("mot_lightning.data")
-TRAIN_KINDS = {"image_caption": 0.3, "speech_caption": 0.2, "interleaved": 0.35, "text": 0.15}
+TRAIN_KINDS = virtual.KINDS  # one table of kind weights for both modes
 VAL_SETS = ("val_seen", "val_heldout")
 GENERATOR = "mot_lightning demo v1"
 
@@ -48,6 +61,20 @@ class DemoConfig:
     val_docs: int = 96  # per validation set
     shard_size: int = 50  # samples per shard (>= 4 shards per source lets 2 ranks x 2 workers split by shard)
     speech: str = "builtin"  # "builtin" synthesizer or "espeak" (needs espeak-ng installed)
+
+    def prepare(self) -> None:
+        """Generate the corpus unless ``out`` holds a complete one."""
+        if not is_complete(self.out):
+            generate(self)
+
+    def train_sources(self) -> list[SourceConfig]:
+        return default_sources(self.out)
+
+    def val_sets(self) -> list[SourceConfig]:
+        return default_val_sets(self.out)
+
+    def fit_data(self) -> str:
+        return os.path.join(self.out, "train")
 
 
 # --- documents ----------------------------------------------------------------
@@ -197,6 +224,84 @@ def default_sources(out: str = "data/demo") -> list[SourceConfig]:
 def default_val_sets(out: str = "data/demo") -> list[SourceConfig]:
     manifest = _manifest(out)
     return [SourceConfig(name, os.path.join(out, info["pattern"])) for name, info in manifest["val"].items()]
+
+
+# --- procedural mode ------------------------------------------------------------
+PROCEDURAL_DIR = "procedural"  # the procedural mode's files, below data.demo.dir
+
+
+@dataclass
+class ProceduralConfig:
+    """The procedural demo: virtual training shards, fixed validation and tokenizer-fitting shards."""
+
+    out: str = "data/demo/procedural"
+    seed: int = 0
+    image_size: int = 32  # rendered side in pixels (the data module renders at its own image size)
+    fit_docs: int = 4000  # written to fit/ for tokenizer fitting, split over the kinds by TRAIN_KINDS
+    val_docs: int = 512  # per validation set (benchmarks/README.md: how its standard error shrinks)
+    shard_docs: int = 50  # documents per virtual shard (and per written shard)
+    virtual_shards: int = 100_000  # virtual training shards per kind: 5M documents each, never written
+
+    def written(self) -> dict:
+        """What the files on disk depend on (the manifest records it; a change rewrites them)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "virtual_shards")}
+
+    def prepare(self) -> None:
+        """Write the fixed files unless ``out`` holds them for this config."""
+        path = os.path.join(self.out, "manifest.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                if json.load(fh).get("config") == self.written():
+                    return
+        generate_procedural(self)
+
+    def train_sources(self) -> list[SourceConfig]:
+        """One source of ``virtual_shards`` virtual shards per kind, weighted as the fixed corpus."""
+        return [SourceConfig(kind, virtual.shard_pattern("train", kind, self.virtual_shards, self.seed,
+                                                         self.shard_docs, self.image_size), weight=weight)
+                for kind, weight in TRAIN_KINDS.items()]
+
+    def val_sets(self) -> list[SourceConfig]:
+        if not os.path.isfile(os.path.join(self.out, "manifest.json")):
+            raise FileNotFoundError(f"no procedural demo files at {self.out!r} (missing manifest.json): "
+                                    "the data module's prepare_data() writes them (`mot fit` calls it)")
+        return default_val_sets(self.out)
+
+    def fit_data(self) -> str:
+        return os.path.join(self.out, "fit")
+
+
+def generate_procedural(cfg: ProceduralConfig) -> dict:
+    """Write ``fit/``, ``val_seen/``, ``val_heldout/`` and ``manifest.json`` (last) into ``cfg.out``.
+
+    The validation sets are the virtual shards ``world://val_seen/mixed/<i>`` and
+    ``world://val_heldout/mixed/<i>`` (own splits, so own random streams) cut to ``val_docs``; ``fit/``
+    holds the first virtual training shards of each kind. Built in a sibling temp folder and moved in.
+    """
+    tmp = str(unique_temp(cfg.out.rstrip("/"), ".partial"))  # per process: nodes never share it
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = {"generator": virtual.GENERATOR, "mode": "procedural", "config": cfg.written(), "fit": {},
+                "val": {}}
+    for kind, share in TRAIN_KINDS.items():
+        docs = max(1, round(cfg.fit_docs * share))
+        samples = _virtual_docs(cfg, "train", kind, docs)
+        manifest["fit"][kind] = _write(tmp, "fit", kind, samples, cfg.shard_docs)
+    for name in VAL_SETS:
+        docs = _virtual_docs(cfg, name, virtual.MIXED, cfg.val_docs)
+        manifest["val"][name] = _write(tmp, name, virtual.MIXED, docs, cfg.shard_docs)
+    with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    _move_in(tmp, cfg.out, ["fit", *VAL_SETS, "manifest.json"])
+    return manifest
+
+
+def _virtual_docs(cfg: ProceduralConfig, split: str, kind: str, docs: int) -> list[dict]:
+    """The first ``docs`` documents of virtual shards ``0, 1, ...`` of ``split``/``kind``."""
+    out: list[dict] = []
+    for index in range(-(-docs // cfg.shard_docs)):
+        shard = virtual.VirtualShard(split, kind, index, cfg.seed, cfg.shard_docs, cfg.image_size)
+        out += virtual.samples(shard)
+    return out[:docs]
 
 
 def _manifest(out: str) -> dict:

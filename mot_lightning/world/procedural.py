@@ -29,6 +29,7 @@ import io
 import math
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -161,22 +162,28 @@ def _group(rng: random.Random, region: str, held_out: bool, allow_held_out: bool
 
 
 def _place_all(rng: random.Random, groups: tuple[Group, ...], tries: int = 12):
-    """Non-overlapping objects for every group, or None when ``tries`` attempts fail."""
+    """Non-overlapping objects for every group (in the order of ``groups``), or None when ``tries``
+    attempts fail. The groups needing the most room are placed first: fewer crowded scenes fail."""
+    order = sorted(range(len(groups)), key=lambda i: -_room(groups[i]))
     for _ in range(tries):
-        placed: list[_Footprint] = []
-        out = []
-        for group in groups:
-            objs = _place_group(rng, group, placed)
+        placed: list[Footprint] = []
+        out: dict[int, tuple[Placed, ...]] = {}
+        for i in order:
+            objs = _place_group(rng, groups[i], placed)
             if objs is None:
                 break
-            out.append(objs)
+            out[i] = objs
         else:
-            return tuple(out)
+            return tuple(out[i] for i in range(len(groups)))
     return None
 
 
-@dataclass(frozen=True)
-class _Footprint:
+def _room(group: Group) -> float:
+    """The most area a group's bounding circles can take (up to a constant)."""
+    return group.count * (SIZES[group.size][1] * extent(group.shape)) ** 2
+
+
+class Footprint(NamedTuple):
     """Where an object is: its bounding circle and its bounding box (either one keeps others out)."""
 
     x: float
@@ -184,22 +191,22 @@ class _Footprint:
     reach: float  # radius of the bounding circle
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1)
 
-    def clear_of(self, other: _Footprint) -> bool:
+    def clear_of(self, other: Footprint) -> bool:
         """At least ``GAP`` between the two circles or between the two boxes: the shapes cannot touch."""
-        if math.hypot(self.x - other.x, self.y - other.y) >= self.reach + other.reach + GAP:
+        dx, dy, reach = self.x - other.x, self.y - other.y, self.reach + other.reach + GAP
+        if dx * dx + dy * dy >= reach * reach:
             return True
         a, b = self.box, other.box
         return a[0] >= b[2] + GAP or b[0] >= a[2] + GAP or a[1] >= b[3] + GAP or b[1] >= a[3] + GAP
 
 
-def footprint(shape: str, x: float, y: float, radius: float) -> _Footprint:
+def footprint(shape: str, x: float, y: float, radius: float) -> Footprint:
     """The bounding circle and box of a shape centred (area centroid) at ``(x, y)``."""
     top = y - radius * (4 / 3 if shape == "triangle" else 1)  # a triangle's centroid: r/3 below its box's
-    box = (x - radius, top, x + radius, top + 2 * radius)
-    return _Footprint(x, y, radius * extent(shape), box)
+    return Footprint(x, y, radius * extent(shape), (x - radius, top, x + radius, top + 2 * radius))
 
 
-def _place_group(rng: random.Random, group: Group, placed: list[_Footprint], tries: int = 60):
+def _place_group(rng: random.Random, group: Group, placed: list[Footprint], tries: int = 60):
     lo, hi = SIZES[group.size]
     x0, y0, x1, y1 = _box(group.region)
     objs = []
