@@ -9,6 +9,7 @@ samples what the unsharded module samples."""
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import os
 import re
@@ -128,14 +129,21 @@ def _modality_of(ids: torch.Tensor) -> torch.Tensor:
 
 
 def _fsdp1_rank(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    _fsdp1_generate(rank, out)
+    dist.barrier()
+    gc.collect()  # the FSDP module (it holds the process group) is gone before the group is destroyed
+    dist.destroy_process_group()
+
+
+def _fsdp1_generate(rank: int, out: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from mot_lightning.model.block import Block
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     module = tiny_module()
     module.configure_model()
@@ -153,7 +161,6 @@ def _fsdp1_rank(rank: int, port: int, out: str) -> None:
                     "training": module.net.training}, out)
     else:
         assert got is None
-    dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess
