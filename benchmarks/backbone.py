@@ -215,7 +215,8 @@ def main(argv=None) -> None:
     report = run(args)
     print_table(report)
     out = Path(args.out) if args.out else (
-        Path(__file__).resolve().parent / "results" / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}"
+        Path(__file__).resolve().parent / "results"
+        / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}"
         f"_{len(args.cases.split(','))}cases.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -96,7 +96,8 @@ def bench_kmeans_image(data: Path) -> tuple[str, str, str, str]:
     t_fit = time.perf_counter() - t0
     imgs = torch.stack([prepare_image(p, 32) for p in sorted((data / "images").glob("*.png"))[:256]])
     t_enc = timed(lambda: tok.encode_batch(imgs))
-    return ("KMeansImageTokenizer (32px, 4x4 patches, 512 codes)", f"{t_fit:.1f} s ({metrics['train_images']:.0f} images)",
+    return ("KMeansImageTokenizer (32px, 4x4 patches, 512 codes)",
+            f"{t_fit:.1f} s ({metrics['train_images']:.0f} images)",
             f"{len(imgs) / t_enc:.0f} images/s (batch 256)",
             f"held-out PSNR {metrics['psnr']:.1f} dB, usage {metrics['codebook_usage']:.0%}")
 
@@ -111,7 +112,8 @@ def bench_speech(data: Path) -> tuple[str, str, str, str]:
     t_enc = timed(lambda: [tok.encode(w) for w in waves])
     ids = tok.encode(waves[0])
     t_dec = timed(lambda: tok.decode(ids), repeat=1)
-    return ("SpeechUnitTokenizer (25 Hz, 256 units)", f"{t_fit:.1f} s ({metrics['train_seconds_of_audio']:.0f} s audio)",
+    return ("SpeechUnitTokenizer (25 Hz, 256 units)",
+            f"{t_fit:.1f} s ({metrics['train_seconds_of_audio']:.0f} s audio)",
             (f"encode {seconds / t_enc:.0f}x real time; decode (Griffin-Lim 32 it.) "
              f"{waves[0].numel() / 16000 / t_dec:.1f}x real time"),
             f"held-out unit log-mel corr {metrics['held_out_logmel_corr']:.3f}, usage {metrics['codebook_usage']:.0%}")

@@ -172,4 +172,5 @@ def main(argv: list[str]) -> None:
           + shlex.join(["mot", "compare", *(f"{save_dir}/{g}" for g in groups[1:]),
                         "--baseline", f"{save_dir}/{groups[0]}"]))
     if failed:
-        raise SystemExit(f"mot sweep: {len(failed)} runs failed: " + ", ".join(f"{j.group} seed {j.seed}" for j in failed))
+        raise SystemExit(f"mot sweep: {len(failed)} runs failed: "
+                         + ", ".join(f"{j.group} seed {j.seed}" for j in failed))

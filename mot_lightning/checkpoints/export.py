@@ -138,7 +138,7 @@ Plain PyTorch (needs `mot_lightning` for the module's code, not its training con
 
 ```python
 {SNIPPET.format(export_dir=out.resolve())}```
-"""
+"""  # noqa: E501 (the table's rows are markdown: they cannot wrap)
 
 
 def main(argv: list[str] | None = None) -> None:

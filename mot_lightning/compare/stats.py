@@ -67,7 +67,8 @@ class Range:
         return f"{self.mean:.{digits}f} (range {self.lo:.{digits}f} .. {self.hi:.{digits}f})"
 
 
-def pair_by_seed(base_seeds: Sequence[int | None], cand_seeds: Sequence[int | None]) -> tuple[list[tuple[int, int]], str]:
+def pair_by_seed(base_seeds: Sequence[int | None],
+                 cand_seeds: Sequence[int | None]) -> tuple[list[tuple[int, int]], str]:
     """Index pairs (baseline, candidate): by seed number where both sides carry the same seeds, else by
     position in seed order (the shorter group sets the count). Returns the pairs and how they were made."""
     common = sorted({s for s in base_seeds if s is not None} & {s for s in cand_seeds if s is not None})

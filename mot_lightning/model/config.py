@@ -4,8 +4,8 @@ Dense, MoT, partially-untied MoT (the paper's component ablation) and grouped
 towers (leave-one-modality-out) differ only in ``sparsity``, ``untie`` and
 ``towers``. MoE-4x is ``sparsity="moe"`` (dense attention and norms, an
 ``n_experts`` feed-forward, see ``model/moe.py``); the hybrid MoT+MoE is
-``sparsity="mot"`` with ``moe_towers`` naming the towers whose FFN is an MoE. Derived fields are computed in ``__post_init__``; named presets
-hold the paper's size ladder (``TransformerConfig.from_preset``).
+``sparsity="mot"`` with ``moe_towers`` naming the towers whose FFN is an MoE. Derived fields are computed in
+``__post_init__``; named presets hold the paper's size ladder (``TransformerConfig.from_preset``).
 
 Initialisation (the one place it is described; ``model/init.py`` implements it):
 linear weights ~ N(0, init_std); the output projection of every sublayer

@@ -37,7 +37,8 @@ class VectorQuantizerEMA(nn.Module):
     def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, restart_every: int = 20,
                  eps: float = 1e-5) -> None:
         super().__init__()
-        self.codebook_size, self.dim, self.decay, self.restart_every, self.eps = codebook_size, dim, decay, restart_every, eps
+        self.codebook_size, self.dim, self.decay = codebook_size, dim, decay
+        self.restart_every, self.eps = restart_every, eps
         self.register_buffer("codebook", torch.randn(codebook_size, dim))  # (K, D)
         self.register_buffer("ema_count", torch.ones(codebook_size))  # (K,) EMA of assignments per step
         self.register_buffer("ema_sum", self.codebook.clone())  # (K, D) EMA of assigned vectors' sum

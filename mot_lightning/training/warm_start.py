@@ -180,8 +180,8 @@ def _source_modality(cfg: TransformerConfig, src_cfg: TransformerConfig, tower: 
     source_towers = {None if m is None else src_cfg.towers[m] for m in chosen}
     if len(source_towers) > 1:
         labels = "+".join(Modality(m).label for m in tower_modalities(cfg, tower))
-        problems.append(f"tower {tower} ({labels}) would start from several checkpoint towers {sorted(chosen, key=str)}: "
-                        "set model.init_from.towers so its modalities name one source")
+        problems.append(f"tower {tower} ({labels}) would start from several checkpoint towers "
+                        f"{sorted(chosen, key=str)}: set model.init_from.towers so its modalities name one source")
         return None
     return next(iter(chosen))
 

@@ -6,9 +6,9 @@ per rank).
         --freeze '{"modalities": ["text"], "rows": ["embed", "head"], "until_step": 3}' --ema 0.9
 
 Step ``s`` trains on ``token_batch(ROWS, seed=s % 2)`` (rank ``r`` of ``W`` takes its ``ROWS / W`` rows); a
-resumed run restarts the loader's list, so one resumed at an even step sees what the unbroken run saw. The model is built in float64, so strategies agree
-to float64 rounding. Every parameter (full tensors) and whether it has optimizer state are recorded after
-each optimizer step; rank 0 writes them with the EMA averages to ``--out``.
+resumed run restarts the loader's list, so one resumed at an even step sees what the unbroken run saw. The model
+is built in float64, so strategies agree to float64 rounding. Every parameter (full tensors) and whether it has
+optimizer state are recorded after each optimizer step; rank 0 writes them with the EMA averages to ``--out``.
 """
 from __future__ import annotations
 

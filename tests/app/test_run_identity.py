@@ -46,7 +46,8 @@ def test_different_experiments_get_different_dirs_and_seeds_share_the_hash(tmp_p
     # ... and seeds of one experiment share the hash suffix.
     seed1 = place(["--config", MOT, "--seed_everything", "1", "--data.seed", "1"], tmp_path).run
     assert seed1.run_dir.name == f"s1-{plain.identity.hash}"
-    assert place(["--config", MOT, "--seed_everything", "1"], tmp_path).run.run_dir.name == f"s1d0-{plain.identity.hash}"
+    assert (place(["--config", MOT, "--seed_everything", "1"], tmp_path).run.run_dir.name
+            == f"s1d0-{plain.identity.hash}")
     named = place(["--config", MOT, "--trainer.logger.init_args.name", "exp/a", "--run_id", "first"], tmp_path).run
     assert named.run_dir == tmp_path / "exp" / "a" / "first"
 

@@ -38,7 +38,8 @@ def test_print_and_write_emit_one_command_per_run(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 6 and all(line.startswith("mot fit --config configs/speech/") for line in lines)
     assert sum("--seed_everything 2" in line for line in lines) == 2
-    mot_main(["sweep", "--config", str(SHIPPED), "--write", str(tmp_path / "jobs.txt"), "--", "--trainer.max_steps", "9"])
+    mot_main(["sweep", "--config", str(SHIPPED), "--write", str(tmp_path / "jobs.txt"),
+              "--", "--trainer.max_steps", "9"])
     written = (tmp_path / "jobs.txt").read_text().splitlines()
     assert len(written) == 6 and all(shlex.split(line)[-2:] == ["--trainer.max_steps", "9"] for line in written)
 

@@ -45,7 +45,8 @@ def test_tensorboard_holds_every_contract_tag(demo_env, tmp_path):
 def test_resume_from_last_reaches_the_same_losses(epoch_len, demo_env, tmp_path):
     """Stop at step N, resume with --ckpt_path last: steps N..2N-1 match an unbroken run (|diff| <= 1e-5)."""
     n = 3
-    common = [*SPEECH, *SHORT, "--data.loader.train_batches_per_epoch", str(epoch_len), "--trainer.limit_val_batches", "0"]
+    common = [*SPEECH, *SHORT, "--data.loader.train_batches_per_epoch", str(epoch_len),
+              "--trainer.limit_val_batches", "0"]
     common += ["--model.scheduler.init_args.max_steps", str(2 * n)]  # one schedule: the split run is stopped early
     run_fit([*common, "--trainer.max_steps", str(2 * n)], demo_env, tmp_path / "full")
     run_fit([*common, "--trainer.max_steps", str(n)], demo_env, tmp_path / "split")

@@ -113,7 +113,8 @@ def test_a_dir_mixing_experiments_is_refused_and_can_be_selected(tmp_path: Path)
     kept = write_run(group, 0, {"val/loss": [(0, 1.0)]}, {"model": {"dim": 32}})
     write_run(group, 1, {"val/loss": [(0, 1.0)]}, {"model": {"dim": 32}})
     write_run(group, 0, {"val/loss": [(0, 1.0)]}, {"model": {"dim": 64}})
-    with pytest.raises(RunError, match=r"(?s)holds 2 different experiments.*@[0-9a-f]{8}.*model.dim: (32 -> 64|64 -> 32)"):
+    with pytest.raises(RunError,
+                       match=r"(?s)holds 2 different experiments.*@[0-9a-f]{8}.*model.dim: (32 -> 64|64 -> 32)"):
         load_group(group, "mot")
     h = kept.name.split("-")[1]
     selected = load_group(f"{group}@{h}", "mot")

@@ -25,7 +25,8 @@ def test_grayscale_rgba_palette_and_16bit_pngs(tmp_path):
     assert torch.allclose(red, torch.tensor([1.0, 127 / 255, 127 / 255]), atol=0.01)
     assert torch.allclose(image_to_tensor(tmp_path / "pal.png")[:, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
     g16 = image_to_tensor(tmp_path / "gray16.png")
-    assert Image.open(tmp_path / "gray16.png").mode.startswith("I") and torch.allclose(g16, torch.full_like(g16, 0.25), atol=1e-3)
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    assert torch.allclose(g16, torch.full_like(g16, 0.25), atol=1e-3)
 
 
 def test_array_layouts_agree_and_odd_sizes_are_resized_and_cropped():
