@@ -1,4 +1,4 @@
-"""The one ``Modality`` enum every layer uses (DESIGN.md: ids 0, 1, 2 in this order).
+"""The one ``Modality`` enum every layer uses (docs/contracts.md: ids 0, 1, 2 in this order).
 
 Boundary tokens (begin/end of image, begin/end of speech) belong to the *text*
 modality: they are predicted by the text tower and embedded like text.

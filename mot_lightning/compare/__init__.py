@@ -1,4 +1,4 @@
-"""Step-matching comparison of groups of runs (PAPER.md, "How results are measured").
+"""Step-matching comparison of groups of runs (docs/paper.md, "How results are measured").
 
 Files, in pipeline order:
     runs.py      read TensorBoard logs of a run (its version_* of one experiment merged) -> tag -> Series
@@ -10,7 +10,7 @@ Files, in pipeline order:
     plots.py     loss vs steps / FLOPs / time PNGs: seeds thin, group mean bold with a band
     cli.py       ``mot compare GROUP... [--baseline GROUP] [--out DIR]``
 
-Imports only ``mot_lightning.modality``, ``mot_lightning.run_identity`` and libraries (DESIGN.md layers).
+Imports only ``mot_lightning.modality``, ``mot_lightning.run_identity`` and libraries (docs/architecture.md, "Layers").
 """
 from mot_lightning.compare.groups import Group, load_group
 from mot_lightning.compare.matching import Match, Series, first_crossing, match_curves, smooth

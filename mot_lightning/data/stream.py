@@ -3,7 +3,7 @@
 Runs entirely inside each DataLoader worker (decoding and tokenizing included;
 pre-tokenized documents, ``pretokenized.py``, skip both).
 
-Splitting (DESIGN.md "Known facts": WebDataset's node splitters are not used):
+Splitting (WebDataset's node splitters are not used):
 the ``rank * num_workers + worker`` *consumer* reads its share of each source
 (``split.py``): its own shards when shards can be dealt out fairly, else every
 shard of its group keeping every ``group_size``-th sample. Either way the

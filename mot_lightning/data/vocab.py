@@ -7,7 +7,7 @@ Layout (contiguous ranges, in this order)::
     [image_offset, +image_size)    image codes  (image tokenizer id + image_offset)
     [speech_offset, +speech_size)  speech codes (speech tokenizer id + speech_offset)
 
-**Special tokens are TEXT-modality tokens** (DESIGN.md "Modalities"): document
+**Special tokens are TEXT-modality tokens** (docs/contracts.md, "Modalities and the joint vocabulary"): document
 begin/end, padding and the begin/end markers of image and speech spans are
 embedded and predicted by the text tower. Deciding *that* an image starts is
 a language decision (it is what a caption-then-image document asks of the

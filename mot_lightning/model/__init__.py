@@ -1,4 +1,4 @@
-"""The backbone (DESIGN.md contract): ``Transformer(TransformerConfig(...))(x, modality)``."""
+"""The backbone (docs/contracts.md, "Backbone"): ``Transformer(TransformerConfig(...))(x, modality)``."""
 from mot_lightning.model.accounting import BackboneStats, backbone_stats
 from mot_lightning.model.config import PRESETS, TransformerConfig
 from mot_lightning.model.moe import MoEStats

@@ -7,7 +7,8 @@ towers (leave-one-modality-out) differ only in ``sparsity``, ``untie`` and
 ``sparsity="mot"`` with ``moe_towers`` naming the towers whose FFN is an MoE. Derived fields are computed in
 ``__post_init__``; named presets hold the paper's size ladder (``TransformerConfig.from_preset``).
 
-Initialisation (the one place it is described; ``model/init.py`` implements it):
+Initialisation (the one place it is described; ``UntiedLinear`` and ``scaled_std`` in ``model/untied.py``
+and ``TokenLM`` in ``model/lm.py`` implement it):
 linear weights ~ N(0, init_std); the output projection of every sublayer
 (attention W_O, FFN W_2) uses ``init_std / sqrt(2 * n_layers)`` (GPT-2); norm
 weights are ones. ``tower_init="independent"`` (default, as the paper's
@@ -211,7 +212,7 @@ class TransformerConfig:
 
 
 # Size presets. Paper sizes count a 65,536-token vocabulary with untied input
-# embedding and output head (the parameter names in PAPER.md); the backbone
+# embedding and output head (the sizes docs/paper.md names); the backbone
 # itself holds only the non-embedding part. Heads are unconfirmed (head_dim 64
 # up to 1536, 128 above), as are Transfusion widths/depths (taken from the
 # Transfusion paper's ladder).

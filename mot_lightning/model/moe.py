@@ -1,4 +1,4 @@
-"""Mixture-of-Experts feed-forward: a router and ``n_experts`` SwiGLU experts (MoE-4x, PAPER.md).
+"""Mixture-of-Experts feed-forward: a router and ``n_experts`` SwiGLU experts (MoE-4x, docs/paper.md).
 
 Every expert has the dense FFN's width, so at capacity factor 1 a token costs
 one expert's FLOPs plus the router's ``dim x n_experts`` matmul: MoE-4x is

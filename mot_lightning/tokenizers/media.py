@@ -1,6 +1,6 @@
 """Raw media in, canonical tensors out: any image -> float[3, H, W] in [0, 1]; any audio -> mono float[S].
 
-Conversions (DESIGN.md: images of any size and mode, audio of any rate/channels):
+Conversions (docs/contracts.md, "Shards": images of any size and mode, audio of any rate/channels):
 - image modes: grayscale (L, 1, I;16, I, F) is repeated to RGB, 16-bit is scaled by 65535,
   alpha (RGBA, LA, PA) is composited over white, palette/CMYK/YCbCr are converted to RGB;
 - layouts: numpy arrays are HWC/HW (as PIL and imageio give them), torch tensors are CHW/HW;
