@@ -219,6 +219,9 @@ class PretokenizedReader:
             raise BadSample("empty_doc", f"{where}: no segment")
         if drop_text([modalities[i] for i in kept]):
             kept = [i for i in kept if modalities[i] != Modality.TEXT]
+        if len(kept) == len(modalities):  # the usual case, every piece kept: one copy, no per-piece slicing
+            # (a copy, not a view: a view would keep the whole chunk alive in the shuffle buffer)
+            return (ids.clone() if latents is None else LatentDoc(ids.clone(), latents.clone())), dropped
         starts = np.cumsum([1, *lengths.tolist()])  # piece i spans starts[i] .. starts[i+1]
         spans = [(0, 1), *((int(starts[i]), int(starts[i + 1])) for i in kept), (len(ids) - 1, len(ids))]
         out = torch.cat([ids[a:b] for a, b in spans])
