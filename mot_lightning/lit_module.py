@@ -3,11 +3,11 @@
 Thin by design: the backbone config, objective, optimizer and scheduler are injected; heavy work
 (building weights, sharding, checkpointing wrappers, compilation) happens in ``configure_model``; one
 ``_shared_step`` serves train/val/test by calling the objective, and the steps log what it returns:
-``train/loss``, ``train/loss_<modality>`` and the objective's extra scalars (``train/loss_lm``,
-``train/z_loss``), ``val/loss``, ``val/loss_<modality>`` (all validation sets together) and
-``val/<set>/loss_<modality>`` per named set, each with its standard error over documents (``..._se``), and
-``train/grad_norm`` before clipping (any strategy); one step axis, the optimizer step, whose training losses
-are those of all its micro-batches (``training/``).
+``train/loss``, ``train/loss_<modality>``, ``train/<source>/loss_<modality>`` (several training sources),
+the objective's extras (``train/loss_lm``, ``train/z_loss``), ``val/loss``, ``val/loss_<modality>`` (all
+validation sets together) and ``val/<set>/loss_<modality>`` per named set, each with its standard error over
+documents (``..._se``), and ``train/grad_norm`` before clipping (any strategy); one step axis, the optimizer
+step, whose training losses are those of all its micro-batches (``training/``).
 """
 from __future__ import annotations
 
@@ -112,8 +112,8 @@ class MultiModalLM(pl.LightningModule):
 
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
         out = self.step_losses = self._shared_step(batch, "train", self._train_seed(batch_idx))
-        step = self._step_average.add(self.trainer.global_step, out)  # micro-batches of this step so far
-        log_train_losses(self, step, batch.batch_size)  # train/loss, train/loss_<modality>, extras, MoE
+        step = self._step_average.add(self.trainer.global_step, out, batch)  # this step's micro-batches so far
+        log_train_losses(self, step, batch.batch_size, self._step_average.by_source)  # losses, per source, MoE
         return out.total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -25,6 +25,11 @@ Continuous images (Transfusion setting) add two fields, both ``None`` otherwise:
                 (0, 1, ... per row), -1 for every other position; the backbone
                 attends bidirectionally inside a span (``model/masks.py``).
 
+Training batches of several sources add one more field (``None`` otherwise):
+
+- ``source_ids`` ``long[B, T]``: the index of the training source (``data.sources`` order) of each
+                position's document, -1 for padding; what per-source training losses group by.
+
 Loss masks per modality follow from ``targets`` and the modality of the
 *target* position ``t + 1`` (``loss_mask``): the prediction of the first image
 code (made at the ``BOI`` token) counts as image loss, the prediction of ``EOI``
@@ -51,6 +56,7 @@ class MultiModalBatch:
     targets: torch.Tensor  # long[B, T], IGNORE_INDEX where there is no target
     latents: torch.Tensor | None = None  # float[B, T, D] clean image latents (continuous images only)
     span_ids: torch.Tensor | None = None  # long[B, T] image span per position, -1 outside images
+    source_ids: torch.Tensor | None = None  # long[B, T] training source of each position, -1 for padding
 
     def __post_init__(self) -> None:
         shape = self.tokens.shape

@@ -20,8 +20,9 @@ rank and worker, ``stream.py``); each named validation set an ``EqualBatches``
 (``val_set_names`` in ``dataloader_idx`` order; every rank runs as many steps as the
 rank with the most, padding with empty batches that weigh nothing); ``test`` reuses
 the validation sets. Both fail after ``loader.timeout`` s without a batch and warn
-once when a stream skips more than ``loader.skip_warning``. Rank and world size come
-from the attached trainer (else RANK/WORLD_SIZE). ``image_text_pairs`` /
+once when a stream skips more than ``loader.skip_warning``. Training sources are mixed by
+their weights, or by ``loader.weights_schedule`` by optimizer step (``mix.py``). Rank and world
+size come from the attached trainer (else RANK/WORLD_SIZE). ``image_text_pairs`` /
 ``speech_text_pairs`` read raw validation images / speech and their text.
 
 Inputs are checked before anything heavy: ``prepare_data`` first resolves every
@@ -51,6 +52,7 @@ from mot_lightning.data.documents import BadSample, DecodeLimits, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.loaders import EpochLoader, EqualBatches
 from mot_lightning.data.locks import once
+from mot_lightning.data.mix import BatchClock, MixSchedule
 from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles
 from mot_lightning.data.pretokenized import PretokenizedReader
 from mot_lightning.data.sources import SourceConfig, resolve
@@ -204,6 +206,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         """Resolve the configured sources and validation sets (names the bad key or file); cheap."""
         for cfg in [*(self.sources or []), *(self.val_sets or [])]:
             resolve(cfg, self.kept)
+        if self.sources:
+            self._mix(self.sources)
 
     def setup(self, stage: str | None = None) -> None:
         if any(fitted.needs_file(t) for t in self.tokenizers.values()):
@@ -242,6 +246,15 @@ class MultiModalDataModule(pl.LightningDataModule):
             raise ValueError(f"validation set names must be unique, got {names}")
         return configs
 
+    def _mix(self, configs: list[SourceConfig]) -> MixSchedule:
+        """``data.loader.weights_schedule`` over the training sources (names an unknown source)."""
+        return MixSchedule.build(self.loader.weights_schedule, [c.name for c in configs], [c.weight for c in configs])
+
+    @property
+    def train_source_names(self) -> list[str]:
+        """The training sources in ``MultiModalBatch.source_ids`` order (after ``setup("fit")``)."""
+        return [s.name for s in self.train_stream.sources] if self.train_stream is not None else []
+
     def _stream(self, configs: list[SourceConfig], infinite: bool, rank: int, world: int) -> PackedStream:
         resolved = [resolve(cfg, self.kept) for cfg in configs]
         opts = self.loader
@@ -260,8 +273,11 @@ class MultiModalDataModule(pl.LightningDataModule):
         for source in resolved:
             self._check_pretokenized(source)
         counters = StreamCounters(slots=opts.num_workers)
-        return PackedStream(resolved, self.encoder, config, counters, rank=rank, world_size=world,
-                            pretokenized=self.pretokenized)
+        stream = PackedStream(resolved, self.encoder, config, counters, rank=rank, world_size=world,
+                              pretokenized=self.pretokenized)
+        if infinite:
+            stream.mix = self._mix(configs)
+        return stream
 
     def _check_pretokenized(self, source) -> None:
         """Refuse a pre-tokenized source made with other tokenizers now, not in a worker later (local shards:
@@ -291,6 +307,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         if self.train_stream is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         self.train_stream.counters.carry(self._carried)
+        self.train_stream.clock = BatchClock.of(self.trainer, self.loader.train_batches_per_epoch)  # mix.py
         self._train_loader = EpochLoader(self._loader(self.train_stream), self.loader.train_batches_per_epoch,
                                          self.loader.skip_warning)
         return self._train_loader

@@ -31,6 +31,7 @@ import yaml
 
 from mot_lightning.data.demo import PROCEDURAL_DIR, DemoConfig, ProceduralConfig
 from mot_lightning.data.documents import DecodeLimits
+from mot_lightning.data.mix import MixEntry, check_entries
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.fitting import TrainConfig
 
@@ -60,8 +61,14 @@ class LoaderConfig:
     timeout: float = 600.0
     # warn once per stream when more than this fraction of its documents is skipped (None = never)
     skip_warning: float | None = 0.1
+    # training source weights by optimizer step (data/mix.py), e.g.
+    # [{step: 0, weights: {image_caption: 3, text: 1}}, {step: 200, weights: {image_caption: 1}}]; None = the
+    # sources' own `weight:` throughout
+    weights_schedule: list[MixEntry] | None = None
 
     def __post_init__(self) -> None:
+        if self.weights_schedule is not None:
+            self.weights_schedule = check_entries(self.weights_schedule)  # source names: at setup
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"data.loader.caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.timeout < 0 or (self.skip_warning is not None and not 0.0 <= self.skip_warning <= 1.0):

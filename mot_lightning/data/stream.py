@@ -18,6 +18,11 @@ consumer, so ranks would overlap) and ``with_epoch`` (which restarts the workers
 with the same seed every epoch). Validation streams are finite: one pass, the
 last partial row and batch kept.
 
+Mixing (training): each document's source is drawn with the weights of the optimizer step of the batch
+the worker is filling (``mix.py``: the ``MixSchedule`` and the ``BatchClock`` set by the data module,
+constant weights without a schedule). With more than one source every training batch carries
+``source_ids`` (the source of each position's document, -1 for padding): per-source training losses.
+
 A document is *usable* once it fits a row (``overlong="skip"`` drops longer ones
 here, counted ``too_long``). A training consumer whose whole pass over a source
 yields no usable document raises ``NoUsableDocument`` naming the cause (e.g. no
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -39,7 +44,8 @@ from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.data.counters import NullCounters, StreamCounters
 from mot_lightning.data.documents import NO_LIMITS, BadSample, DecodeLimits, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
-from mot_lightning.data.packing import Packer, collate_rows
+from mot_lightning.data.mix import BatchClock, MixSchedule
+from mot_lightning.data.packing import Doc, Packer, collate_rows
 from mot_lightning.data.pretokenized import PretokenizedReader
 from mot_lightning.data.split import Share, share
 from mot_lightning.modality import Modality
@@ -94,6 +100,9 @@ class PackedStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.pretokenized = pretokenized or PretokenizedReader.for_encoder(encoder, config.image_size)
         self.epoch = 0
+        self.mix = MixSchedule.constant([s.weight for s in sources])  # the data module sets both
+        self.clock = BatchClock(1)
+        self._tags = config.infinite and len(sources) > 1  # batches carry source_ids
         self._drop_rng = random.Random(f"{config.seed}-caption-dropout")  # reseeded per iteration
 
     def set_epoch(self, epoch: int) -> None:
@@ -106,7 +115,10 @@ class PackedStream(IterableDataset):
         rng = random.Random(f"{cfg.seed}-{self.epoch}-{consumer}")
         # its own generator: turning caption dropout on or off leaves the document order alone
         self._drop_rng = random.Random(f"{cfg.seed}-{self.epoch}-{consumer}-caption-dropout")
-        docs = self._documents(consumer, consumers, rng)
+        made = [0]  # batches this worker has yielded in this epoch: it is filling batch made * W + w
+        workers, worker = consumers // self.world_size, consumer % (consumers // self.world_size)
+        filling = lambda: self.clock.step(self.epoch, made[0] * workers + worker)
+        docs = self._documents(consumer, consumers, rng, filling)
         if cfg.shuffle_buffer > 1:
             docs = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)(docs)
         packer = Packer(cfg.seq_len, cfg.overlong, self.counters, open_rows=cfg.open_rows)
@@ -115,13 +127,17 @@ class PackedStream(IterableDataset):
             rows += packer.add(doc)
             if len(rows) >= cfg.batch_size:
                 yield self._collate(rows[: cfg.batch_size])
+                made[0] += 1
                 rows = rows[cfg.batch_size :]
         rows += packer.flush()
         for i in range(0, len(rows), cfg.batch_size):
             yield self._collate(rows[i : i + cfg.batch_size])
 
     def _collate(self, rows: list) -> MultiModalBatch:
-        return one_storage(collate_rows(rows, self.config.seq_len, self.encoder.vocab))
+        if not self._tags:
+            return one_storage(collate_rows(rows, self.config.seq_len, self.encoder.vocab))
+        batch = collate_rows([[d.doc for d in row] for row in rows], self.config.seq_len, self.encoder.vocab)
+        return one_storage(replace(batch, source_ids=source_ids(rows, self.config.seq_len)))
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -129,16 +145,20 @@ class PackedStream(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     # --- documents ------------------------------------------------------------
-    def _documents(self, consumer: int, consumers: int, rng: random.Random) -> Iterator[torch.Tensor]:
+    def _documents(self, consumer: int, consumers: int, rng: random.Random,
+                   filling: Callable[[], int]) -> Iterator[torch.Tensor | SourcedDoc]:
+        """Documents in reading order; training ones drawn from the sources with the weights of step
+        ``filling()`` (tagged with their source when batches carry ``source_ids``)."""
         streams = [self._source_docs(s, consumer, consumers) for s in self.sources]
         if not self.config.infinite:
             for stream in streams:
                 yield from stream
             return
-        weights = [s.weight for s in self.sources]
+        indices = range(len(streams))
         while True:  # every source stream is infinite
-            (stream,) = rng.choices(streams, weights)
-            yield next(stream)
+            (i,) = rng.choices(indices, self.mix.at(filling()))
+            doc = next(streams[i])
+            yield SourcedDoc(doc, i) if self._tags else doc
 
     def _source_docs(self, source: ResolvedSource, consumer: int, consumers: int) -> Iterator[torch.Tensor]:
         part = share(source.sizes, len(source.urls), consumer, consumers)
@@ -217,6 +237,30 @@ class PackedStream(IterableDataset):
         if p <= 0 or not self.config.infinite or Modality.IMAGE not in modalities:
             return False
         return self._drop_rng.random() < p
+
+
+@dataclass(frozen=True)
+class SourcedDoc:
+    """A document (``long[n]`` ids or ``LatentDoc``) and the index of its training source; packs like it."""
+
+    doc: Doc
+    source: int
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+    def __getitem__(self, index: slice) -> SourcedDoc:
+        return SourcedDoc(self.doc[index], self.source)
+
+
+def source_ids(rows: list[list[SourcedDoc]], seq_len: int) -> torch.Tensor:
+    """``long[B, T]``: the source index of each position's document, -1 for the padding after the last."""
+    out = torch.full((len(rows), seq_len), -1, dtype=torch.long)  # (B, T)
+    for b, row in enumerate(rows):
+        lengths = torch.tensor([len(d) for d in row])
+        ids = torch.repeat_interleave(torch.tensor([d.source for d in row]), lengths)  # (used,)
+        out[b, : len(ids)] = ids
+    return out
 
 
 def one_storage(batch: MultiModalBatch) -> MultiModalBatch:

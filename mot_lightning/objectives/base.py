@@ -30,10 +30,11 @@ class StepLosses:
     ``values`` / ``weights``: float[M] loss of each modality and what it averages over (target tokens;
     latent positions for diffusion images); logged as ``<stage>/loss_<modality>`` where the weight is > 0.
     ``extras``: named scalars logged in training as ``train/<name>`` (e.g. ``loss_lm``, ``z_loss``).
-    ``doc_sums`` / ``doc_weights`` (validation and test only, else ``None``): float[N, M], the same
-    sums split by document (``document_index``): ``values[m] == doc_sums[:, m].sum() / weights[m]`` and
-    ``weights == doc_weights.sum(0)``. Validation turns them into each loss and its standard error over
-    documents (``eval_losses.py``); rows of padding hold zeros.
+    ``doc_sums`` / ``doc_weights`` (where ``per_document``: validation and test, and training batches that
+    carry ``source_ids``; else ``None``): float[N, M], the same sums split by document (``document_index``):
+    ``values[m] == doc_sums[:, m].sum() / weights[m]`` and ``weights == doc_weights.sum(0)``. Validation
+    turns them into each loss and its standard error over documents (``eval_losses.py``), training into
+    losses per source (``training/source_losses.py``); rows of padding hold zeros (detached).
     """
 
     total: Tensor
@@ -42,6 +43,12 @@ class StepLosses:
     extras: dict[str, Tensor] = field(default_factory=dict)
     doc_sums: Tensor | None = None
     doc_weights: Tensor | None = None
+
+
+def per_document(stage: str, batch: MultiModalBatch) -> bool:
+    """Whether a step's ``StepLosses`` hold ``doc_sums``: in validation and test, and in training when the
+    batch carries ``source_ids`` (several training sources: losses per source)."""
+    return stage != "train" or batch.source_ids is not None
 
 
 def document_index(batch: MultiModalBatch) -> tuple[Tensor, int]:

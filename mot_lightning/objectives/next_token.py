@@ -19,7 +19,7 @@ from torch import Tensor
 from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.modality import Modality
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums
+from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums, per_document
 
 
 @dataclass
@@ -109,6 +109,6 @@ class NextToken(Objective):
         logits = net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
         out = self.token_losses(logits, batch)
         extras = {"z_loss": out.z_loss} if self.z_loss else {}
-        doc_sums, doc_weights = self.document_losses(out, batch) if stage != "train" else (None, None)
+        doc_sums, doc_weights = self.document_losses(out, batch) if per_document(stage, batch) else (None, None)
         return StepLosses(total=out.loss, values=out.ce_sum / out.count.clamp_min(1), weights=out.count,
                           extras=extras, doc_sums=doc_sums, doc_weights=doc_weights)

@@ -21,7 +21,7 @@ from torch import Tensor
 from mot_lightning.data.batch import MultiModalBatch
 from mot_lightning.modality import Modality
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums
+from mot_lightning.objectives.base import Objective, StepLosses, document_index, document_sums, per_document
 from mot_lightning.objectives.diffusion import (
     EpsFn,
     FlowMatching,
@@ -143,7 +143,7 @@ class Transfusion(Objective):
         values[Modality.IMAGE], weights[Modality.IMAGE] = diff, mask.sum()  # images: the diffusion loss
         extras = {"loss_lm": lm.loss, **({"z_loss": lm.z_loss} if self.next_token.z_loss else {})}
         out = StepLosses(total=lm.loss + self.lam * diff, values=values, weights=weights, extras=extras)
-        if stage != "train":
+        if per_document(stage, batch):
             out.doc_sums, out.doc_weights = self.next_token.document_losses(lm, batch)
             index, n = document_index(batch)
             one = torch.zeros_like(index)  # a single column: the image's

@@ -1,8 +1,8 @@
 """What ``MultiModalLM`` uses besides the objective.
 
-- ``step_metrics.py``: the training losses of a whole optimizer step (gradient accumulation) and the MoE
-  statistics, logged; ``eval_losses.py``: validation losses with standard errors over documents;
-  ``grad_clip.py``: gradient clipping under DDP, FSDP1 and FSDP2.
+- ``step_metrics.py``: the training losses of a whole optimizer step (gradient accumulation), per training
+  source (``source_losses.py``), and the MoE statistics, logged; ``eval_losses.py``: validation losses with
+  standard errors over documents; ``grad_clip.py``: gradient clipping under DDP, FSDP1 and FSDP2.
 - ``controls.py`` (with ``warm_start.py``, ``freezing.py``, ``param_groups.py``, ``vocab_rows.py``): warm
   start, frozen towers and per-tower optimisation.
 """

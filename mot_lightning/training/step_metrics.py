@@ -16,7 +16,9 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
+from mot_lightning.data.batch import MultiModalBatch
 from mot_lightning.objectives import StepLosses
+from mot_lightning.training.source_losses import SourceSums, add_sums, source_names, source_sums
 
 
 class StepAverage:
@@ -27,9 +29,11 @@ class StepAverage:
     def _reset(self) -> None:
         self._n, self._total, self._sums, self._weights = 0, 0.0, 0.0, 0.0
         self._extras: dict = {}
+        self.by_source: SourceSums = {}  # the step's losses per training source so far (source_losses.py)
 
-    def add(self, step: int, out: StepLosses) -> StepLosses:
-        """Add micro-batch ``out`` of optimizer step ``step``; -> the step's losses so far (detached)."""
+    def add(self, step: int, out: StepLosses, batch: MultiModalBatch | None = None) -> StepLosses:
+        """Add micro-batch ``out`` (of ``batch``) of optimizer step ``step``; -> the step's losses so far
+        (detached), and in ``by_source`` its losses per source when the batch carries ``source_ids``."""
         if step != self.step:  # a new optimizer step
             self.step = step
             self._reset()
@@ -37,6 +41,7 @@ class StepAverage:
         self._n += 1
         self._total = self._total + out.total.detach()
         self._sums, self._weights = self._sums + sums, self._weights + out.weights
+        self.by_source = add_sums(self.by_source, source_sums(out, batch))
         for name, value in out.extras.items():
             self._extras[name] = self._extras.get(name, 0.0) + value.detach()
         n = self._n
@@ -66,9 +71,11 @@ def moe_metrics(backbone) -> dict[str, float]:
             "train/moe_aux_loss": sum(float(s.aux_loss) for s in stats) / n}
 
 
-def log_train_losses(module: pl.LightningModule, step: StepLosses, batch_size: int) -> None:
+def log_train_losses(module: pl.LightningModule, step: StepLosses, batch_size: int,
+                     by_source: SourceSums | None = None) -> None:
     """``train/loss``, ``train/loss_<modality>`` (modalities with targets in the step), the objective's extras
-    (``train/<name>``) and the MoE statistics, through ``module.log``."""
+    (``train/<name>``), the MoE statistics and, with ``by_source``, ``train/<source>/loss_<modality>``, through
+    ``module.log``."""
     module.log("train/loss", step.total, prog_bar=True, batch_size=batch_size)
     for m, value, n in zip(module.modalities, step.values, step.weights.tolist()):
         if n > 0:
@@ -78,3 +85,12 @@ def log_train_losses(module: pl.LightningModule, step: StepLosses, batch_size: i
     for name, value in step.extras.items():
         module.log(f"train/{name}", value, batch_size=batch_size)
     module.log_dict(moe_metrics(module.net.backbone), batch_size=batch_size)  # {} without MoE
+    if by_source:  # several training sources
+        for i, name in enumerate(source_names(module, by_source)):
+            sums, weights = by_source.get(i, (None, None))
+            counts = weights.tolist() if weights is not None else [0.0] * len(module.modalities)
+            for j, (m, n) in enumerate(zip(module.modalities, counts)):
+                if n > 0:
+                    module.log(f"train/{name}/loss_{m.label}", sums[j] / n, batch_size=int(n))
+                else:  # absent from this step
+                    forget_step_value(module, f"train/{name}/loss_{m.label}")

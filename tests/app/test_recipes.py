@@ -12,7 +12,7 @@ from tests.app.conftest import CONFIGS, run_dir, run_fit
 
 RECIPES = CONFIGS / "recipes"
 SETTINGS = ["text_only.yaml", "lmfusion.yaml", "lmfusion_scratch.yaml"]  # complete configs
-FRAGMENTS = ["dense_to_mot.yaml", "tower_lr.yaml", "ema.yaml"]  # on top of configs/speech/mot.yaml
+FRAGMENTS = ["dense_to_mot.yaml", "tower_lr.yaml", "ema.yaml", "data_mix.yaml"]  # on top of configs/speech/mot.yaml
 
 
 def test_every_recipe_is_listed_here():
