@@ -112,8 +112,8 @@ class MultiModalLM(pl.LightningModule):
 
     def training_step(self, batch: MultiModalBatch, batch_idx: int) -> Tensor:
         out = self.step_losses = self._shared_step(batch, "train", self._train_seed(batch_idx))
-        step = self._step_average.add(self.trainer.global_step, out, batch)  # this step's micro-batches so far
-        log_train_losses(self, step, batch.batch_size, self._step_average.by_source)  # losses, per source, MoE
+        step = self._step_average.add(self.trainer.global_step, out, batch)  # the step's micro-batches so far
+        log_train_losses(self, step, batch.batch_size, self._step_average.by_source)  # also per source
         return out.total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -248,7 +248,8 @@ class MultiModalDataModule(pl.LightningDataModule):
 
     def _mix(self, configs: list[SourceConfig]) -> MixSchedule:
         """``data.loader.weights_schedule`` over the training sources (names an unknown source)."""
-        return MixSchedule.build(self.loader.weights_schedule, [c.name for c in configs], [c.weight for c in configs])
+        names, weights = [c.name for c in configs], [c.weight for c in configs]
+        return MixSchedule.build(self.loader.weights_schedule, names, weights)
 
     @property
     def train_source_names(self) -> list[str]:

@@ -22,10 +22,11 @@ w + 2W, ...`` of each epoch (the DataLoader deals batches round-robin and hands 
 worker that has yielded ``j`` batches of the epoch is filling batch ``j * W + w``, and draws the sources of
 the documents it reads meanwhile with the weights of that batch's step. Prefetching changes when a batch
 is made, never which batch it is, so the schedule follows the optimizer step whatever the prefetch depth
-and worker count. A document may reach a later batch than the one being filled when it was drawn (the
-shuffle buffer and the open rows of the packer hold documents back), so a change shows in the batches
-within about ``shuffle_buffer + pack_open_rows`` documents of its step (exactly at the step with
-``shuffle_buffer: 0`` and ``pack_open_rows: 1``, but for the one row left open). Everything depends only
+and worker count. Documents drawn before a change can still reach batches after it: those held in the
+shuffle buffer and the packer's open rows, at most ``shuffle_buffer + pack_open_rows`` per worker, leaving
+the buffer at random (most within a few times ``shuffle_buffer`` documents); new documents follow the new
+weights from the step on, and a new epoch starts with empty buffers. With ``shuffle_buffer: 0`` and
+``pack_open_rows: 1`` the change is exact but for the one row each worker left open. Everything depends only
 on (seed, epoch, worker, batch count), so a resumed run, which regenerates its epoch, sees the same
 batches as an unbroken one.
 """
@@ -67,7 +68,8 @@ def check_entries(entries: Sequence[MixEntry | Mapping]) -> list[MixEntry]:
             raise ValueError(f"{KEY}: steps must increase strictly, got {out[-1].step} then {step} "
                              f"(entries {i - 1} and {i}); sort the entries or merge equal steps")
         if not entry.weights:
-            raise ValueError(f"{KEY}[{i}] (step {step}) names no source; give it `weights: {{<source>: <w>}}`")
+            raise ValueError(f"{KEY}[{i}] (step {step}) names no source; give it "
+                             "`weights: {<source>: <weight>}`")
         for name, weight in entry.weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight < 0:
@@ -99,12 +101,12 @@ class MixSchedule:
         for i, entry in enumerate(check_entries(entries or [])):
             unknown = sorted(set(entry.weights) - set(names))
             if unknown:
-                raise ValueError(f"{KEY}[{i}] (step {entry.step}) names unknown sources {unknown}; the training "
-                                 f"sources are {list(names)}")
+                raise ValueError(f"{KEY}[{i}] (step {entry.step}) names unknown sources {unknown}; the "
+                                 f"training sources are {list(names)}")
             current = [entry.weights.get(name, w) for name, w in zip(names, current)]
             if not any(w > 0 for w in current):
-                raise ValueError(f"{KEY}[{i}] (step {entry.step}) leaves every source at weight 0; give at least "
-                                 "one source a weight > 0")
+                raise ValueError(f"{KEY}[{i}] (step {entry.step}) leaves every source at weight 0; give at "
+                                 "least one source a weight > 0")
             if entry.step == 0:
                 steps, table = [0], [tuple(current)]
             else:

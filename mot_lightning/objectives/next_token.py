@@ -109,6 +109,8 @@ class NextToken(Objective):
         logits = net(batch.tokens, batch.modality, positions=batch.positions, doc_ids=batch.doc_ids)
         out = self.token_losses(logits, batch)
         extras = {"z_loss": out.z_loss} if self.z_loss else {}
-        doc_sums, doc_weights = self.document_losses(out, batch) if per_document(stage, batch) else (None, None)
+        doc_sums, doc_weights = None, None
+        if per_document(stage, batch):  # validation; training batches of several sources
+            doc_sums, doc_weights = self.document_losses(out, batch)
         return StepLosses(total=out.loss, values=out.ce_sum / out.count.clamp_min(1), weights=out.count,
                           extras=extras, doc_sums=doc_sums, doc_weights=doc_weights)

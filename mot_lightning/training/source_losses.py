@@ -51,7 +51,7 @@ def add_sums(total: SourceSums, new: SourceSums) -> SourceSums:
 
 
 def source_names(module: pl.LightningModule, by_source: SourceSums) -> list[str]:
-    """Names of sources ``0..max(by_source)``: the data module's ``train_source_names``, else ``source<i>``."""
+    """Source names ``0..max(by_source)``: the data module's ``train_source_names``, else ``source<i>``."""
     datamodule = getattr(module.trainer, "datamodule", None)
     names = list(getattr(datamodule, "train_source_names", None) or [])
     return names + [f"source{i}" for i in range(len(names), max(by_source, default=-1) + 1)]

@@ -74,8 +74,8 @@ def moe_metrics(backbone) -> dict[str, float]:
 def log_train_losses(module: pl.LightningModule, step: StepLosses, batch_size: int,
                      by_source: SourceSums | None = None) -> None:
     """``train/loss``, ``train/loss_<modality>`` (modalities with targets in the step), the objective's extras
-    (``train/<name>``), the MoE statistics and, with ``by_source``, ``train/<source>/loss_<modality>``, through
-    ``module.log``."""
+    (``train/<name>``), the MoE statistics and, with ``by_source``, ``train/<source>/loss_<modality>``,
+    through ``module.log``."""
     module.log("train/loss", step.total, prog_bar=True, batch_size=batch_size)
     for m, value, n in zip(module.modalities, step.values, step.weights.tolist()):
         if n > 0:
