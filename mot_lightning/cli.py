@@ -18,6 +18,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
     "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
     "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),
+    "eval": ("mot_lightning.eval.cli", "score a checkpoint's generations: faithfulness, FID/KID, BLEU, WER/CER"),
     "checkpoint": ("mot_lightning.checkpoints.cli", "checkpoint tools: consolidate a sharded (FSDP2) checkpoint"),
     "export": ("mot_lightning.checkpoints.export", "a checkpoint as one folder: safetensors + config + tokenizers"),
     "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),

@@ -224,18 +224,25 @@ class GenerationTasks:
     def text_to_speech(self, texts: Sequence[str]) -> list[Tensor]:
         """-> one float[samples] waveform per text (the speech tokenizer's rate): units until ``EOS_SPEECH``
         (at least one, at most ``max_speech_units``)."""
-        v, speech_tok, g = self.vocab, self.tokenizers[Modality.SPEECH], self._generator()
+        speech_tok = self.tokenizers[Modality.SPEECH]
+        return [speech_tok.decode(units) for units in self.text_to_speech_units(texts)]
+
+    @torch.no_grad()
+    def text_to_speech_units(self, texts: Sequence[str]) -> list[Tensor]:
+        """-> one long[n] sequence of the speech tokenizer's unit ids per text (CPU), what
+        ``text_to_speech`` decodes (evaluation compares them with reference units)."""
+        v, g = self.vocab, self._generator()
         units = id_mask(v, [v.range(Modality.SPEECH)], device=self.device)
         units_or_end = id_mask(v, [v.range(Modality.SPEECH)], [v.eos_speech_id], device=self.device)
-        waves = []
+        out = []
         for text in texts:
             prompt = self.encoder.encode_prompt(_doc((Modality.TEXT, text)), then=Modality.SPEECH)
             (ids,) = self._continue([prompt], self.settings.max_speech_units,
                                     lambda step, toks: units if step == 0 else units_or_end, g,
                                     stop_ids=[v.eos_speech_id])
             ids = until_stop(ids, [v.eos_speech_id])
-            waves.append(speech_tok.decode(v.to_local(ids, Modality.SPEECH).cpu()))
-        return waves
+            out.append(v.to_local(ids, Modality.SPEECH).cpu())
+        return out
 
     @torch.no_grad()
     def speech_to_text(self, waves: Sequence[Tensor]) -> list[str]:

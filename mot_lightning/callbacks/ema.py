@@ -88,6 +88,10 @@ class EMA(pl.Callback):
 
     def _materialize(self, pl_module: nn.Module) -> None:
         if self._params is None:
+            # FSDP2 registers the gathered parameters while a module is unsharded (the root stays so after a
+            # no-grad forward, e.g. the sanity check) and frees their storage at the next reshard: hold the
+            # sharded ones, which persist
+            _reshard(pl_module)
             self._params = {clean_name(n): p for n, p in pl_module.named_parameters()}
         if self._pending is not None:
             missing = [n for n in self._params if n not in self._pending]

@@ -20,6 +20,8 @@ loss, divided by the baseline's final step (s < 1: the candidate is faster); s (
 the baseline's best value, divided by the step where the baseline got there. s_flops / s_time: the
 (final) match on the cumulative-FLOPs and active wall-clock axes. Seeds are paired by seed number
 when both groups have the same seeds. Noise floor: the baseline's seeds against each other.
+Generation metrics (val/gen/*, from the GenerationMetrics callback) follow the losses, matched in
+their direction: accuracies and BLEU reach the baseline by rising to it; FID, KID, WER, CER by falling.
 Example: mot compare runs/speech/mot --baseline runs/speech/dense --out compare_out
 """
 

@@ -26,6 +26,10 @@ Choices, documented once here:
 - ``below_fraction``: the share of the run's logged points from its first crossing on
   that are at or below the target. A curve that dips below once and comes back up has a
   small share; the report flags such "brief" crossings.
+- Direction: losses (and FID, error rates) are better lower. For a metric that is better
+  higher (an accuracy, BLEU) ``match_curves(..., higher=True)`` matches the mirrored curves:
+  "reaches" is "rises to", "best" is the highest value, "below" is "at or above". ``Match``
+  keeps the values as logged either way.
 """
 from __future__ import annotations
 
@@ -79,6 +83,12 @@ class Match:
     s_best: float | None = None  # first reach of base_best / base_best_step
     below_fraction: float | None = None  # share of the run's points from the match on at/below the target
     notes: list[str] = field(default_factory=list)
+    higher: bool = False  # the metric is better higher (see the module doc)
+
+    @property
+    def sign(self) -> float:
+        """+1 for lower-is-better, -1 for higher-is-better: ``sign * (a - b) > 0`` means a is worse than b."""
+        return -1.0 if self.higher else 1.0
 
     @property
     def ratio(self) -> float:
@@ -118,20 +128,22 @@ def below_fraction(values: np.ndarray, target: float) -> float | None:
 
 
 def match_curves(run: Series, base: Series, factor: float = 0.0,
-                 run_flops: Series | None = None, base_flops: Series | None = None) -> Match:
-    """Step, FLOPs and wall-clock fractions at which ``run`` first reaches ``base``'s final loss."""
+                 run_flops: Series | None = None, base_flops: Series | None = None, higher: bool = False) -> Match:
+    """Step, FLOPs and wall-clock fractions at which ``run`` first reaches ``base``'s final loss
+    (``higher``: a better-higher metric, matched mirrored; see the module doc)."""
     run_s, base_s = smooth(run.values, factor), smooth(base.values, factor)
-    best = int(np.argmin(base_s))
+    sign = -1.0 if higher else 1.0
+    best = int(np.argmin(sign * base_s))
     m = Match(final=float(run_s[-1]), base_final=float(base_s[-1]), base_best=float(base_s[best]),
-              base_best_step=float(base.steps[best]))
-    best_step = first_crossing(run.steps, run_s, m.base_best)
+              base_best_step=float(base.steps[best]), higher=higher)
+    best_step = first_crossing(run.steps, sign * run_s, sign * m.base_best)
     if best_step is not None:
         m.s_best = _fraction(best_step, m.base_best_step)
-    m.match_step = first_crossing(run.steps, run_s, m.base_final)
+    m.match_step = first_crossing(run.steps, sign * run_s, sign * m.base_final)
     if m.match_step is None:
         m.notes.append("not reached")
         return m
-    m.below_fraction = below_fraction(run_s, m.base_final)
+    m.below_fraction = below_fraction(sign * run_s, sign * m.base_final)
     m.s_steps = _fraction(m.match_step, base.last_step)
     m.s_time = _fraction(run.time_at(m.match_step), float(base.times[-1]))
     if run_flops is None or base_flops is None:

@@ -14,6 +14,11 @@ baseline's seeds against each other (ordered pairs, as a range; stats.py). Flags
 
 Verdict: ``lower``/``higher`` when the ratio's interval excludes 1 and the ratio lies
 outside the noise floor's range; ``within noise`` otherwise; ``n/a (1 seed)`` with one pair.
+
+Generation metrics (``val/gen/...``) get rows after the losses, matched in their direction
+(``runs.direction``: an accuracy "reaches" the baseline's final value by rising to it, and
+"rises"/"ended above" read as "gets worse"/"ended worse"); their verdict adds ``(better)`` or
+``(worse)``. A metric without a direction (a duration ratio) shows finals and ratio only.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 
 from mot_lightning.compare.groups import Group
 from mot_lightning.compare.matching import Match, match_curves, smooth
-from mot_lightning.compare.runs import Run
+from mot_lightning.compare.runs import Run, direction, is_gen_tag
 from mot_lightning.compare.stats import Interval, Range, pair_by_seed
 
 S_AXES = ("s_steps", "s_best", "s_flops", "s_time")
@@ -108,7 +113,8 @@ class Row:
 def compare_groups(groups: list[Group], baseline: int, smoothing: Smoothing, min_below: float = 0.5) -> list[Row]:
     """Every non-baseline group against ``groups[baseline]`` on every loss tag any run logged."""
     base = groups[baseline]
-    keys = sorted({t for g in groups for r in g.runs for t in r.loss_tags})
+    tags = {t for g in groups for r in g.runs for t in r.compared_tags}
+    keys = sorted(t for t in tags if not is_gen_tag(t)) + sorted(t for t in tags if is_gen_tag(t))
     noise = {key: noise_floor(base, key, smoothing.factor(key)) for key in keys}
     return [_row(g, base, key, smoothing.factor(key), noise[key], min_below)
             for i, g in enumerate(groups) if i != baseline for key in keys]
@@ -132,7 +138,8 @@ def noise_floor(base: Group, key: str, factor: float) -> Noise:
 
 
 def _match(run: Run, base: Run, key: str, factor: float) -> Match:
-    return match_curves(run.scalars[key], base.scalars[key], factor, run.flops, base.flops)
+    higher = direction(key) == "higher"
+    return match_curves(run.scalars[key], base.scalars[key], factor, run.flops, base.flops, higher=higher)
 
 
 def _row(cand: Group, base: Group, key: str, factor: float, noise: Noise, min_below: float) -> Row:
@@ -153,26 +160,34 @@ def _row(cand: Group, base: Group, key: str, factor: float, noise: Noise, min_be
     if any(r.flops is None for r in (*b_runs, *c_runs)):
         row.s["s_flops"].undefined = "n/a (no train/total_flops)"
     row.noise = noise
+    if direction(key) is None:  # no better side: finals and ratio only
+        row.s = {axis: SStat([None] * len(matches), "n/a (no direction)") for axis in S_AXES}
+        row.verdict = _verdict(row.ratio, noise)
+        return row
     row.notes += _flags(matches, noise, min_below, [c_runs[j] for _, j in pairs], [b_runs[i] for i, _ in pairs], key)
     row.verdict = _verdict(row.ratio, noise)
+    if is_gen_tag(key) and row.verdict in ("lower", "higher"):
+        row.verdict += " (better)" if row.verdict == direction(key) else " (worse)"
     return row
 
 
 def _flags(matches: list[Match], noise: Noise, min_below: float, cands: list[Run], bases: list[Run],
            key: str) -> list[str]:
     flags = []
-    rise = float(np.mean([m.base_final - m.base_best for m in matches]))
+    # words for a better-lower metric, mirrored for a better-higher one
+    rises, below, above = ("rises", "below", "above") if matches[0].sign > 0 else ("falls", "above", "below")
+    rise = float(np.mean([m.sign * (m.base_final - m.base_best) for m in matches]))  # >= 0: got worse
     floor = noise.spread if noise.spread is not None else RISE_WITHOUT_NOISE * abs(matches[0].base_best)
     if rise > floor:
         what = "its seeds' spread" if noise.spread is not None else "1% of its best (1 seed, no noise floor)"
-        flags.append(f"baseline rises: final worse than best by {rise:.3g} > {what} {floor:.3g}; read s_best")
+        flags.append(f"baseline {rises}: final worse than best by {rise:.3g} > {what} {floor:.3g}; read s_best")
     brief = sum(m.below_fraction is not None and m.below_fraction < min_below for m in matches)
     if brief:
-        flags.append(f"brief crossing in {brief}/{len(matches)} pairs: below the target at < {min_below:.0%} of "
-                     "the points after the first crossing")
-    ended_above = sum(m.match_step is not None and m.final > m.base_final for m in matches)
+        flags.append(f"brief crossing in {brief}/{len(matches)} pairs: {below} the target at < {min_below:.0%} "
+                     "of the points after the first crossing")
+    ended_above = sum(m.match_step is not None and m.sign * (m.final - m.base_final) > 0 for m in matches)
     if ended_above:
-        flags.append(f"reached but ended above the baseline in {ended_above}/{len(matches)} pairs")
+        flags.append(f"reached but ended {above} the baseline in {ended_above}/{len(matches)} pairs")
     short = [(c, b) for c, b in zip(cands, bases) if c.scalars[key].last_step < b.scalars[key].last_step]
     if short:
         c, b = short[0]

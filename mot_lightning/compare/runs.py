@@ -10,6 +10,11 @@ validate/test launches (their ``config.yaml`` has ``verbose``; new runs log them
 ``<run>/validate/``, which is never read). Wall-clock is *active* time: each version
 counts from its own first event to its last scalar, so the pause between a stop and a
 resume is not counted. A dir that holds event files itself (one ``version_N``) is read alone.
+
+Compared tags: the losses (``is_loss_tag``) and the generation metrics ``val/gen/<metric>``
+(``GenerationMetrics``), each with its direction (``direction``): better lower for losses and for
+metrics named ``fid*``, ``kid*``, ``wer``, ``cer``; no direction (finals and ratio only, no step
+matching) for ``*_ratio`` (a duration ratio is best at 1); better higher for the rest (accuracies, BLEU).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from mot_lightning.run_identity import RunIdentity, config_hash, differences, ex
 FLOPS_TAG = "train/total_flops"
 EVENTS_GLOB = "events.out.tfevents.*"
 _LOSS_TAG = re.compile(r"^(train|val)(?:/[^/]+)?/loss(?:_([a-z]+))?$")
+GEN_PREFIX = "val/gen/"
+_LOWER_GEN = ("fid", "kid", "wer", "cer")  # generation metrics that are better lower
 
 
 class RunError(Exception):
@@ -36,6 +43,21 @@ def is_loss_tag(tag: str) -> bool:
     """``train/loss``, ``val/loss``, ``{train,val}/loss_<modality>``, ``val/<set>/loss_<modality>``."""
     m = _LOSS_TAG.match(tag)
     return bool(m) and (m.group(2) is None or m.group(2) in {x.label for x in Modality})
+
+
+def is_gen_tag(tag: str) -> bool:
+    """``val/gen/<metric>`` and ``val/gen/<split>/<metric>``."""
+    return tag.startswith(GEN_PREFIX)
+
+
+def direction(tag: str) -> str | None:
+    """``"lower"`` or ``"higher"`` (which is better), or None for a metric without one (module doc)."""
+    if not is_gen_tag(tag):
+        return "lower"
+    name = tag.rsplit("/", 1)[-1]
+    if name.endswith("_ratio"):
+        return None
+    return "lower" if name.startswith(_LOWER_GEN) else "higher"
 
 
 @dataclass
@@ -57,6 +79,11 @@ class Run:
     @property
     def loss_tags(self) -> list[str]:
         return sorted(t for t in self.scalars if is_loss_tag(t))
+
+    @property
+    def compared_tags(self) -> list[str]:
+        """The loss tags, then the generation metrics (``val/gen/...``)."""
+        return self.loss_tags + sorted(t for t in self.scalars if is_gen_tag(t))
 
     @property
     def flops(self) -> Series | None:

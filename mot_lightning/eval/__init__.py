@@ -1,0 +1,20 @@
+"""Measuring what models generate (the paper's FID / CLIP score / CIDEr, for the demo worlds).
+
+Files, in pipeline order:
+    worlds.py        the fixed and procedural demo worlds through one interface: groups, renders,
+                     captions, the caption parser; deterministic eval prompts (``eval_items``)
+    degrade.py       generic degradations (blur, block averages, low-pass, colour noise)
+    scorer.py        the faithfulness scorer: a small CNN reading a picture back into groups per region;
+                     fit-once files keyed by world, image size and config
+    faithfulness.py  a picture against a caption, attribute by attribute, judged in the named region
+    metrics.py       FID / KID (torchmetrics, scorer or local Inception features), BLEU, WER / CER,
+                     speech-unit accuracy and duration ratio
+    evaluate.py      ``EvalSuite`` (what stays fixed) + ``evaluate`` (one evaluation -> named metrics)
+    grid.py          a PNG of generated pictures with their prompts and verdicts
+    cli.py           ``mot eval --ckpt ... --config ... --out DIR``: metrics.json + samples.png
+
+The training-time callback is ``callbacks/gen_metrics.py`` (``val/gen/<metric>``). Layering: worlds,
+degrade, scorer, faithfulness and metrics import only ``world/`` and libraries; evaluate uses the
+generation tasks (``sampling.py``) and a data module's public attributes; nothing here is imported by
+the layers below.
+"""

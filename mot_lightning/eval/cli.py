@@ -1,0 +1,103 @@
+"""``mot eval``: score a trained checkpoint's generations; writes ``metrics.json`` and ``samples.png``.
+
+    mot eval --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out eval/
+        [--n 64] [--n_heldout 32] [--n_speech 32] [--seed 0] [--temperature 1.0] [--top_k K]
+        [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50] [--ema] [--device cpu]
+        [--world auto|fixed|procedural] [--scorer_dir DIR] [--inception_weights FILE]
+    mot eval --export DIR --out eval/ [...]     (a folder written by `mot export`: carries its config)
+
+The model and data module are built from the training YAML as for ``mot generate`` (further ``--key
+value`` arguments go to that config). ``metrics.json`` holds every metric (``eval/evaluate.py`` names
+them) with its sample count and description, the floors and ceilings that bound them, the sampling
+settings and seed, the checkpoint and step, and notes on what was not measured. ``samples.png`` shows
+the caption->image samples with their prompts and the attributes the scorer found wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from mot_lightning.sampling import GenerationTasks, SamplingSettings
+
+METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot eval", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                epilog="any other --key value is passed to the training config (LightningCLI)")
+    p.add_argument("--ckpt", help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt) or an export folder")
+    p.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
+    p.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with --ckpt")
+    p.add_argument("--out", required=True, help=f"directory for {METRICS_FILE} and {GRID_FILE}")
+    p.add_argument("--n", type=int, default=64, help="caption->image prompts (seen split; also the FID/KID set "
+                   "size and the image->caption images)")
+    p.add_argument("--n_heldout", type=int, default=32, help="prompts showing held-out colour/shape pairs")
+    p.add_argument("--n_speech", type=int, default=32, help="validation clips for speech->text, text->speech")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the prompts' draw)")
+    p.add_argument("--max_caption_tokens", type=int, default=64)
+    p.add_argument("--max_speech_units", type=int, default=100)
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
+    p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
+    p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
+    p.add_argument("--ema", action="store_true", help="score the EMA averages of the weights (the run's EMA "
+                   "callback saved them; or an export written with `mot export --ema`)")
+    p.add_argument("--world", default="auto", help="demo world of the prompts: auto (data.demo.mode), fixed, "
+                   "procedural")
+    p.add_argument("--scorer_dir", default=None, help="where the fit-once scorer lives (default: "
+                   "data.tokenizer_files.dir); fitted there once when missing")
+    p.add_argument("--scorer_file", default=None, help="a scorer file to load as it is (instead of the fit-once one)")
+    p.add_argument("--inception_weights", default=None, help="local Inception-v3 FID weights (never downloaded)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> dict:
+    from mot_lightning.checkpoints.weights import weights_source
+    from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
+    from mot_lightning.eval.grid import save_grid
+    from mot_lightning.generate import build
+
+    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)  # checked first
+    model, dm = build(source.configs, source.overrides)
+    step = source.load_into(model, args.device)
+    settings = SamplingSettings(
+        temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
+        steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
+        max_speech_units=args.max_speech_units)
+    modalities = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
+    suite = build_suite(dm, modalities, args.device, args.n, args.n_heldout, args.n_speech, args.world,
+                        ScorerSource(args.scorer_file, args.scorer_dir), args.inception_weights, args.seed)
+    result = evaluate(GenerationTasks.of(model, dm, settings), suite, modalities)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(source.path), "global_step": step, "weights": source.kind,
+        "sampling": dataclasses.asdict(settings),
+        "modalities": sorted(m.label for m in modalities),
+        "world": None if suite.world is None else suite.world.name,
+        "metrics": {k: {"value": m.value, "n": m.n, "description": m.description} for k, m in result.metrics.items()},
+        "bounds": suite.bounds, "notes": result.notes,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    if result.samples:
+        save_grid(result.samples, out / GRID_FILE)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = _parser().parse_known_args(argv)
+    if args.n < 2 or args.n_heldout < 0 or args.n_speech < 0:
+        raise SystemExit("mot eval: --n must be >= 2 (FID needs two images), --n_heldout and --n_speech >= 0")
+    report = run(args, overrides)
+    for name, metric in report["metrics"].items():
+        print(f"{name:32s} {metric['value']:.4f}  (n={metric['n']})")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {Path(args.out) / METRICS_FILE}" + (f" and {GRID_FILE}" if (Path(args.out) / GRID_FILE).exists()
+                                                     else ""))

@@ -1,0 +1,155 @@
+"""The numbers: distribution distances (FID, KID), caption and speech metrics, through torchmetrics.
+
+- ``distribution``: FID and KID between two image sets in a given embedding. The embedding is the
+  faithfulness scorer's penultimate layer (``ScorerFeatures``; works offline), or Inception-v3 when its
+  weights are on this machine (``inception_features``: never downloaded; needs the torch-fidelity
+  package, which torchmetrics builds it with). KID's random subsets are drawn
+  under a seeded generator, so the same sets give the same number.
+- ``bleu``: corpus BLEU-4 (torchmetrics ``BLEUScore``) against several reference captions per image.
+- ``error_rates``: word and character error rate (torchmetrics) of transcriptions.
+- ``unit_metrics``: generated speech units against reference units: ``unit_acc = 1 - (unit edit
+  distance summed over clips) / (reference units summed)`` (the word error rate over unit "words": it goes
+  below 0 when the generated speech is much longer than the reference) and ``duration_ratio =
+  generated units / reference units`` (summed over clips; 1 is the reference's length).
+
+Every torchmetrics object here computes on what this process holds (``sync_on_compute=False``): the training
+callback evaluates on global rank 0 alone (or on every rank alike for a sharded model, rank 0 first), so a
+sync across ranks would wait for ranks that never call it.
+
+Texts are compared after ``normalize_text`` (lower case, punctuation dropped, spaces collapsed): the demo
+captions end in a period that says nothing about the content.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.functional.text import char_error_rate, word_error_rate
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.text import BLEUScore
+
+INCEPTION_ENV = "MOT_INCEPTION_WEIGHTS"  # a local file of torch-fidelity's FID Inception-v3 weights
+
+
+class ScorerFeatures(nn.Module):
+    """A scorer's penultimate layer as a frozen feature extractor (float images in [0, 1]), each vector scaled
+    to norm ``sqrt(num_features)``: the layer's raw scale is arbitrary (tens to hundreds), which would make
+    FID's units and KID's cubic kernel ``(x.y / d + 1)^3`` depend on how the scorer happened to train; scaled,
+    ``x.y / d`` is the cosine of two pictures' features and FID is in units of that sphere."""
+
+    def __init__(self, scorer: nn.Module) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.num_features = scorer.num_features
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        self.scorer.eval()
+        device = next(self.scorer.parameters()).device
+        features = self.scorer.features(images.to(device, torch.float32)).cpu()  # (N, d)
+        return F.normalize(features, dim=-1) * self.num_features ** 0.5
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' FID Inception-v3 (torch-fidelity's port) from a local weights file: float images in
+    [0, 1] -> float[N, 2048] pool features (resized to 299 px inside)."""
+
+    num_features = 2048
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=weights)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net((images.clamp(0, 1) * 255).round().to(torch.uint8)).float()
+
+
+def inception_features(weights: str | None = None) -> tuple[InceptionFeatures | None, str]:
+    """(the feature module, its weights file) when Inception-v3 FID weights are on this machine, else
+    (None, why not).
+
+    ``weights``: a local file of torch-fidelity's ``pt_inception-2015-12-05`` weights; None reads
+    ``$MOT_INCEPTION_WEIGHTS``. Nothing is downloaded: without the file (or without the ``torch-fidelity``
+    package that reads it) Inception metrics are absent and the reason is reported."""
+    path = weights or os.environ.get(INCEPTION_ENV)
+    if not path:
+        return None, (f"Inception FID/KID not measured: no local weights (set {INCEPTION_ENV} or "
+                      "--inception_weights to a pt_inception-2015-12-05 file; nothing is downloaded)")
+    if not os.path.isfile(path):
+        return None, f"Inception FID/KID not measured: {path} is not a file"
+    try:
+        import torch_fidelity  # noqa: F401  (torchmetrics builds Inception-v3 with it)
+    except ImportError:
+        return None, "Inception FID/KID not measured: the torch-fidelity package is not installed"
+    return InceptionFeatures(path), path
+
+
+class _Given(nn.Module):
+    """Identity "feature extractor": FID and KID are fed features computed once for both."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def distribution(real: Tensor, fake: Tensor, feature: nn.Module, seed: int = 0,
+                 batch_size: int = 64) -> dict[str, float]:
+    """FID and KID (mean over subsets) between float[N, 3, R, R] image sets in [0, 1], in the embedding of
+    ``feature`` (a module with ``num_features``: ``ScorerFeatures`` or ``InceptionFeatures``); N >= 2 each."""
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"FID/KID need at least 2 images per set, got {len(real)} and {len(fake)}")
+    given = _Given(feature.num_features)
+    fid = FrechetInceptionDistance(given, sync_on_compute=False)
+    with warnings.catch_warnings():  # it keeps every feature vector: a few hundred of them here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(given, subset_size=min(len(real), len(fake), 50), sync_on_compute=False)
+    for images, is_real in ((real, True), (fake, False)):
+        features = torch.cat([feature(b.float()).double() for b in images.split(batch_size)])  # (N, F)
+        for metric in (fid, kid):
+            metric.update(features, real=is_real)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # KID's subsets
+        kid_mean, _ = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean)}
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def bleu(generated: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU-4 in [0, 1] of generated captions against their reference captions."""
+    metric = BLEUScore(n_gram=4, sync_on_compute=False)
+    return float(metric([normalize_text(t) for t in generated],
+                        [[normalize_text(r) for r in refs] for refs in references]))
+
+
+def error_rates(generated: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Word and character error rate of transcriptions against the reference texts (corpus level)."""
+    preds = [normalize_text(t) for t in generated]
+    target = [normalize_text(t) for t in references]
+    return {"wer": float(word_error_rate(preds, target)), "cer": float(char_error_rate(preds, target))}
+
+
+def unit_metrics(generated: Sequence[Tensor], references: Sequence[Tensor]) -> dict[str, float]:
+    """``unit_acc`` and ``duration_ratio`` of long[n] unit sequences (module doc)."""
+    if len(generated) != len(references) or not references:
+        raise ValueError(f"need one reference per generated clip, got {len(generated)} and {len(references)}")
+    words = [" ".join(map(str, u.tolist())) for u in generated]
+    refs = [" ".join(map(str, u.tolist())) for u in references]
+    total = sum(len(u) for u in references)
+    return {"unit_acc": 1.0 - float(word_error_rate(words, refs)),
+            "duration_ratio": sum(len(u) for u in generated) / total}

@@ -1,0 +1,104 @@
+"""Faithfulness tells a generator that follows its caption from one that ignores it; FID does not. The
+scores of real renders are the suite's own bounds, in both demo worlds.
+
+Both generators are stand-ins for trained models (a model that draws well takes far longer to train than a
+test may run on two CPU cores): ``Follows`` draws the scene its caption names, ``Ignores`` draws scenes of
+the world's own distribution whatever the caption says, which is what a perfect unconditional model does.
+They answer the same calls as ``sampling.GenerationTasks`` and go through the real ``evaluate``.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mot_lightning.eval.evaluate import EvalSuite, evaluate
+from mot_lightning.eval.faithfulness import ATTRIBUTES
+from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, load_scorer
+from mot_lightning.eval.worlds import get_world, to_tensor
+from mot_lightning.modality import Modality
+from mot_lightning.world import scenes
+
+WORLD = get_world("fixed")
+N = 48
+
+
+def _scene(group) -> scenes.Scene:
+    return scenes.Scene(group.shape, group.colour, group.size, group.region, group.count)
+
+
+class Follows:
+    """Draws what the caption names; captions what the picture shows (read by the scorer)."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer, self.rng = scorer, random.Random(0)
+
+    def caption_to_image(self, captions: list[str]) -> torch.Tensor:
+        return torch.stack([to_tensor(WORLD.render(_scene(WORLD.parse(c, strict=True)[0]), 32)) for c in captions])
+
+    def image_to_caption(self, images: torch.Tensor) -> list[str]:
+        return [WORLD.caption(_scene(groups[0]), self.rng) if groups else "a picture."
+                for groups in self.scorer.predict(images)]
+
+
+class Ignores:
+    """Draws and captions random scenes of the world, never looking at its input."""
+
+    def __init__(self) -> None:
+        self.rng = random.Random(1)
+
+    def caption_to_image(self, captions: list[str]) -> torch.Tensor:
+        return torch.stack([to_tensor(WORLD.render(WORLD.scene(self.rng, held_out=False), 32)) for _ in captions])
+
+    def image_to_caption(self, images: torch.Tensor) -> list[str]:
+        return [WORLD.caption(WORLD.scene(self.rng, held_out=False), self.rng) for _ in images]
+
+
+def test_a_generator_that_ignores_the_caption_scores_near_chance_and_one_that_follows_it_near_the_ceiling(
+        scorer_file):
+    scorer = load_scorer(scorer_file)
+    suite = EvalSuite.build(WORLD, scorer, 32, N, 0)
+    follows = evaluate(Follows(scorer), suite, {Modality.IMAGE}).values()
+    ignores = evaluate(Ignores(), suite, {Modality.IMAGE}).values()
+    ceiling = suite.bounds["seen_faithfulness_all_ceiling"]
+    assert ceiling >= 0.9 and follows["faithfulness_all"] >= ceiling - 0.05, (ceiling, follows)
+    # chance for one group: 1/5 regions, so every attribute judged in the named region stays near 1/5 or below
+    assert ignores["faithfulness_all"] <= 0.05 and ignores["faithfulness_position"] <= 0.4, ignores
+    for a in ATTRIBUTES:
+        assert follows[f"faithfulness_{a}"] - ignores[f"faithfulness_{a}"] >= 0.5, (a, follows, ignores)
+        assert follows[f"caption_{a}"] - ignores[f"caption_{a}"] >= 0.5, (a, follows, ignores)
+    assert follows["bleu"] > ignores["bleu"]
+    # both draw pictures of the world's distribution: FID sees no difference a caption could explain
+    floor = suite.bounds["fid_floor"]
+    assert ignores["fid"] < 3 * floor and follows["fid"] < 3 * floor, (floor, follows["fid"], ignores["fid"])
+
+
+class Copies:
+    """Draws the real render of each prompt (looked up by caption), captions every image with one caption."""
+
+    def __init__(self, suite: EvalSuite) -> None:
+        self.renders = {it.caption: it.image for items in suite.prompts.values() for it in items}
+
+    def caption_to_image(self, captions: list[str]) -> torch.Tensor:
+        return torch.stack([self.renders[c] for c in captions])
+
+    def image_to_caption(self, images: torch.Tensor) -> list[str]:
+        return ["a picture."] * len(images)
+
+
+@pytest.mark.parametrize("name", ["fixed", "procedural"])
+def test_real_renders_as_generations_score_the_suites_own_bounds_in_both_worlds(name):
+    """In either world (one group per scene, or 1-3), a generator that returns the prompts' real renders scores
+    exactly the ceiling and floor the suite computed from those renders; its captions name nothing."""
+    world = get_world(name)
+    tiny = ScorerConfig(channels=(4, 4, 4), features=8, pool=32, steps=2, batch_size=8)
+    suite = EvalSuite.build(world, fit_scorer(world, 32, tiny), 32, 12, 6)
+    result = evaluate(Copies(suite), suite, {Modality.IMAGE})
+    m = result.metrics
+    assert m["faithfulness_all"].value == suite.bounds["seen_faithfulness_all_ceiling"]
+    assert m["heldout/faithfulness_all"].value == suite.bounds["heldout_faithfulness_all_ceiling"]
+    assert m["fid"].value == pytest.approx(suite.bounds["fid_floor"], rel=1e-6, abs=1e-9)
+    assert m["faithfulness_colour"].n == 12 and m["heldout/faithfulness_colour"].n == 6 and m["fid"].n == 12
+    assert m["caption_all"].value == 0 and m["caption_position"].value == 0
+    assert len(result.samples) == 18 and {s.split for s in result.samples} == {"seen", "heldout"}
