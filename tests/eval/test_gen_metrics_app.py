@@ -1,6 +1,6 @@
 """GenerationMetrics in real short `mot fit` runs: val/gen/* in TensorBoard (with descriptions) and in
 `mot compare`; `mot eval` on a checkpoint writes its JSON and grid, the same for the same seed; all three
-settings (discrete images, + speech, diffusion latents)."""
+settings (discrete images, + speech, diffusion latents); procedural-world prompts."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mot_lightning.cli import main as mot
 from mot_lightning.compare.cli import main as compare
+from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer
+from mot_lightning.eval.worlds import get_world
 from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit
 
 SMALL = ["--n_prompts", "4", "--n_heldout", "2", "--n_speech", "2", "--max_caption_tokens", "8",
@@ -108,3 +110,17 @@ def test_diffusion_latents_are_scored_too(transfusion_env, scorer_file, tmp_path
     assert report["sampling"]["steps"] == 4 and report["sampling"]["guidance"] == 3.0
     assert {"faithfulness_all", "fid", "kid", "caption_all", "bleu"} <= set(report["metrics"])
     assert "wer" not in report["metrics"]  # no speech in this setting
+
+
+@pytest.mark.slow
+def test_mot_eval_scores_procedural_prompts_with_that_worlds_scorer(speech_runs, demo_env, scorer_file, tmp_path):
+    ckpt = run_dir(speech_runs / "speech" / "mot") / "checkpoints" / "last.ckpt"
+    procedural = tmp_path / "scorer-procedural.pt"  # a tiny fit: this checks the wiring, not the accuracy
+    save_scorer(fit_scorer(get_world("procedural"), 32, ScorerConfig(channels=(4, 4, 4), features=8, pool=32,
+                                                                     steps=2, batch_size=8)), procedural)
+    report = _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "p", procedural, "--world", "procedural")
+    assert report["world"] == "procedural"
+    assert report["metrics"]["faithfulness_all"]["n"] == 4 and report["metrics"]["heldout/faithfulness_all"]["n"] == 2
+    assert {"fid", "kid", "caption_all", "bleu"} <= set(report["metrics"])
+    with pytest.raises(ValueError, match="procedural world"):  # a scorer of the other world is refused
+        _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "q", scorer_file, "--world", "procedural")
