@@ -62,7 +62,8 @@ def test_a_generator_that_ignores_the_caption_scores_near_chance_and_one_that_fo
     follows = evaluate(Follows(scorer), suite, {Modality.IMAGE}).values()
     ignores = evaluate(Ignores(), suite, {Modality.IMAGE}).values()
     ceiling = suite.bounds["seen_faithfulness_all_ceiling"]
-    assert ceiling >= 0.9 and follows["faithfulness_all"] >= ceiling - 0.05, (ceiling, follows)
+    # the tests' short-fit scorer reads 0.92 of these renders right on everything (the default fit: 1.0)
+    assert ceiling >= 0.8 and follows["faithfulness_all"] >= ceiling - 0.05, (ceiling, follows)
     # chance for one group: 1/5 regions, so every attribute judged in the named region stays near 1/5 or below
     assert ignores["faithfulness_all"] <= 0.05 and ignores["faithfulness_position"] <= 0.4, ignores
     for a in ATTRIBUTES:
