@@ -14,7 +14,7 @@ from tests.app.conftest import CONFIGS, ROOT, TRANSFUSION, run_fit
 
 SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml")
                   if p.parent.name in ("chameleon", "speech", "transfusion", "ablations"))
-FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer"))
+FRAGMENTS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name in ("model", "trainer", "experiments"))
 CPU_MODELS = ["tiny", "cpu-small", "cpu-base", "chameleon-37m"]
 # overlays that swap one tokenizer (and its fit settings) in a setting, and the settings they apply to
 OVERLAYS = {"image_tokenizer": ("chameleon", "speech"), "text_tokenizer": ("chameleon", "speech", "transfusion")}
