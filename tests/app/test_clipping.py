@@ -4,6 +4,7 @@ clip the same total norm as one process on the same global batch and end at the 
 ``gradient_clip_val`` (which its precision plugin refuses on its own)."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -85,11 +86,18 @@ def batch_loss(net: torch.nn.Module, start: int, stop: int) -> torch.Tensor:
 
 
 def _fsdp1_rank(rank: int, port: int, out: str) -> None:
-    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
+    _fsdp1_clip(rank, out)
+    dist.barrier()
+    gc.collect()  # the FSDP module (it holds the process group) is gone before the group is destroyed
+    dist.destroy_process_group()
+
+
+def _fsdp1_clip(rank: int, out: str) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
     root = FullyShardedDataParallel(tiny_lm(torch.float32), device_id=torch.device("cpu"),
                                     use_orig_params=True, sharding_strategy=ShardingStrategy.FULL_SHARD)
     half = ROWS // 2
@@ -99,7 +107,6 @@ def _fsdp1_rank(rank: int, port: int, out: str) -> None:
         grads = {n: p.grad.detach().clone() for n, p in root.named_parameters()}
     if rank == 0:
         torch.save({"norm": norm, "grads": grads}, out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess
