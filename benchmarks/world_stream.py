@@ -34,6 +34,9 @@ from jsonargparse import ArgumentParser
 
 from mot_lightning.data.datamodule import MultiModalDataModule
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a sibling script: run as benchmarks/<name>.py
+from dataloader import measure  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY = ROOT / "configs" / "procedural.yaml"
 
@@ -59,22 +62,12 @@ def data_module(configs: list[Path], demo_dir: str, tokenizer_dir: str, batches:
 
 
 def measure_loader(dm: MultiModalDataModule, batches: int) -> dict:
-    dm.setup("fit")
-    loader = iter(dm.train_dataloader())
-    t0 = time.perf_counter()
-    next(loader)  # worker start-up + first batch
-    startup = time.perf_counter() - t0
-    positions = real = 0
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        batch = next(loader)
-        positions += batch.tokens.numel()
-        real += int((batch.tokens != dm.vocab.pad_id).sum())
-    seconds = time.perf_counter() - t0
-    return {"startup_s": round(startup, 2), "batches": batches, "seconds": round(seconds, 2),
-            "loader_tokens_per_s": round(positions / seconds),
-            "loader_real_tokens_per_s": round(real / seconds),
-            "padding_fraction": round(1 - real / positions, 3),
+    """``benchmarks/dataloader.py``'s timing of the training loader, keys named as this script reports them,
+    plus the documents packed and skipped."""
+    rates = measure(dm, batches)
+    return {"startup_s": rates["startup_s"], "batches": batches, "seconds": rates["seconds"],
+            "loader_tokens_per_s": rates["tokens_per_s"], "loader_real_tokens_per_s": rates["real_tokens_per_s"],
+            "padding_fraction": rates["padding_fraction"],
             "docs_packed": dm.stream_stats()["train"]["docs"], "skipped": dm.skip_counts()}
 
 
