@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_caption_tokens", type=int, default=64, help="longest caption / transcription")
     p.add_argument("--max_speech_units", type=int, default=100)
+    p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together (left-padded)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
     p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
     p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     settings = sampling.SamplingSettings(
         temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
         steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
-        max_speech_units=args.max_speech_units)
+        max_speech_units=args.max_speech_units, batch_size=args.batch_size)
     gen = sampling.GenerationTasks.of(model, dm, settings)  # every task starts from the seed: reruns agree
     prompts = args.prompt or list(sampling.DEMO_CAPTIONS)
     written: list[Path] = []

@@ -24,10 +24,11 @@ unconditional prompt ``BOS BOI`` (what caption dropout trains), and decoded by t
 VAE; captioning reads the clean latents (diffusion time 0) and recomputes the
 sequence each step (the bidirectional image span rules out the causal KV cache).
 
-Prompts of one length decode as one batch (images: a fixed number of positions);
-captions, texts and speech clips decode one prompt at a time, because the KV cache
-holds one document per row and left padding would need document ids. Each task
-starts its own generator from ``settings.seed``: a seed fixes its samples.
+Prompts decode ``settings.batch_size`` at a time as one left-padded batch: the KV
+cache masks every row's padding keys and restarts its positions after them, so a row
+continues as it would alone (``generate(..., pad=)``; the tests hold the batched
+logits to the one-row ones). Each task starts its own generator from
+``settings.seed``: a seed (with the batch size) fixes its samples.
 
 Sampling with a cache assumes token-local routing: an expert-choice MoE that
 routes over the whole batch (``moe_eval_mode="batch"``) sees one token at a
@@ -84,16 +85,22 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 def generate(net: TokenLM, prompt: Tensor, modality_of: Callable[[Tensor], Tensor], max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, allowed: Allowed | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             stop_ids: Sequence[int] = ()) -> Tensor:
-    """prompt long[B, T0] (one document per row, no padding) -> long[B, T0 + n], n <= max_new_tokens.
+             stop_ids: Sequence[int] = (), pad: Tensor | None = None) -> Tensor:
+    """prompt long[B, T0] (one document per row) -> long[B, T0 + n], n <= max_new_tokens.
 
-    Stops early once every row has produced one of ``stop_ids`` (rows that stopped keep
-    sampling until then: cut them with ``until_stop``). Call with the model in eval mode.
+    ``pad`` long[B]: rows whose prompts are shorter than ``T0`` are left-padded, ``pad[b]`` columns of
+    row ``b`` are padding (their ids are never read by a real token, and the row's RoPE positions start
+    after them), so each row continues as it would alone. Stops early once every row has produced one of
+    ``stop_ids`` (rows that stopped keep sampling until then: cut them with ``until_stop``). Call with the
+    model in eval mode.
     """
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be long[B, T0] with T0 >= 1, got shape {tuple(prompt.shape)}")
+    if pad is not None and (pad.shape != prompt.shape[:1] or bool((pad >= prompt.shape[1]).any())):
+        raise ValueError(f"pad must be long[{prompt.shape[0]}] below the prompt width {prompt.shape[1]} (every "
+                         f"row keeps at least one prompt token), got {pad}")
     tokens = prompt
-    cache = KVCache.empty(len(net.backbone.layers)) if use_cache else None
+    cache = KVCache.empty(len(net.backbone.layers), pad) if use_cache else None
     new = prompt  # what the next forward has to process
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=prompt.device)
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
@@ -101,7 +108,7 @@ def generate(net: TokenLM, prompt: Tensor, modality_of: Callable[[Tensor], Tenso
         if cache is not None:
             logits = net(new, modality_of(new), cache=cache)[:, -1]  # (B, V)
         else:
-            logits = net(tokens, modality_of(tokens))[:, -1]
+            logits = net(tokens, modality_of(tokens), **_padded_ids(tokens.shape, pad))[:, -1]
         mask = allowed(step, tokens) if allowed is not None else None
         nxt = sample_next(logits, temperature, top_k, mask, generator)  # (B,)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -111,6 +118,15 @@ def generate(net: TokenLM, prompt: Tensor, modality_of: Callable[[Tensor], Tenso
             if bool(done.all()):
                 break
     return tokens
+
+
+def _padded_ids(shape: torch.Size, pad: Tensor | None) -> dict[str, Tensor]:
+    """The recomputing path's view of left padding: the padding is its own document (id 0, the row's tokens
+    id 1) and positions restart after it."""
+    if pad is None:
+        return {}
+    index = torch.arange(shape[1], device=pad.device)[None]  # (1, T)
+    return {"doc_ids": (index >= pad[:, None]).long(), "positions": (index - pad[:, None]).clamp(min=0)}
 
 
 def until_stop(ids: Tensor, stop_ids: Sequence[int]) -> Tensor:
@@ -141,14 +157,15 @@ class SamplingSettings:
     seed: int = 0  # every task starts its own generator from this seed
     max_text_tokens: int = 64  # longest caption / transcription
     max_speech_units: int = 100  # longest generated speech
+    batch_size: int = 64  # prompts decoded together (one left-padded batch; sampled ids depend on it)
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or (self.top_k is not None and self.top_k < 1):
             raise ValueError(f"temperature must be >= 0 and top_k >= 1 or None, got {self}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if min(self.steps, self.max_text_tokens, self.max_speech_units) < 1:
-            raise ValueError(f"steps, max_text_tokens and max_speech_units must be >= 1, got {self}")
+        if min(self.steps, self.max_text_tokens, self.max_speech_units, self.batch_size) < 1:
+            raise ValueError(f"steps, max_text_tokens, max_speech_units and batch_size must be >= 1, got {self}")
 
 
 def _doc(*segments: tuple[Modality, str | Tensor]) -> Document:
@@ -198,12 +215,9 @@ class GenerationTasks:
             return self._diffuse_images(captions)
         image_tok, g = self.tokenizers[Modality.IMAGE], self._generator()
         codes = id_mask(self.vocab, [self.vocab.range(Modality.IMAGE)], device=self.device)
-        images = []
-        for caption in captions:  # one row each: captions differ in length
-            prompt = self.encoder.encode_prompt(_doc((Modality.TEXT, caption)), then=Modality.IMAGE)
-            (ids,) = self._continue([prompt], image_tok.num_tokens(None), lambda step, toks: codes, g)
-            images.append(image_tok.decode(self.vocab.to_local(ids, Modality.IMAGE).cpu()))
-        return torch.stack(images)
+        prompts = [self.encoder.encode_prompt(_doc((Modality.TEXT, c)), then=Modality.IMAGE) for c in captions]
+        rows = self._continue(prompts, image_tok.num_tokens(None), lambda step, toks: codes, g)
+        return torch.stack([image_tok.decode(self.vocab.to_local(ids, Modality.IMAGE).cpu()) for ids in rows])
 
     @torch.no_grad()
     def image_to_caption(self, images: Tensor | Sequence[Tensor]) -> list[str]:
@@ -234,41 +248,35 @@ class GenerationTasks:
         v, g = self.vocab, self._generator()
         units = id_mask(v, [v.range(Modality.SPEECH)], device=self.device)
         units_or_end = id_mask(v, [v.range(Modality.SPEECH)], [v.eos_speech_id], device=self.device)
-        out = []
-        for text in texts:
-            prompt = self.encoder.encode_prompt(_doc((Modality.TEXT, text)), then=Modality.SPEECH)
-            (ids,) = self._continue([prompt], self.settings.max_speech_units,
-                                    lambda step, toks: units if step == 0 else units_or_end, g,
-                                    stop_ids=[v.eos_speech_id])
-            ids = until_stop(ids, [v.eos_speech_id])
-            out.append(v.to_local(ids, Modality.SPEECH).cpu())
-        return out
+        prompts = [self.encoder.encode_prompt(_doc((Modality.TEXT, t)), then=Modality.SPEECH) for t in texts]
+        rows = self._continue(prompts, self.settings.max_speech_units,
+                              lambda step, toks: units if step == 0 else units_or_end, g, stop_ids=[v.eos_speech_id])
+        return [v.to_local(until_stop(ids, [v.eos_speech_id]), Modality.SPEECH).cpu() for ids in rows]
 
     @torch.no_grad()
     def speech_to_text(self, waves: Sequence[Tensor]) -> list[str]:
         """waves float[samples] (16 kHz mono, lengths may differ) -> N transcriptions (text after
         ``BOS BOS_SPEECH units EOS_SPEECH``, until ``EOS``)."""
-        g, text, texts = self._generator(), self._text_or_eos(), []
-        for wave in waves:  # one row each: clips differ in length
-            prompt = self.encoder.encode_prompt(_doc((Modality.SPEECH, wave)))
-            (ids,) = self._continue([prompt], self.settings.max_text_tokens, lambda step, toks: text, g,
-                                    stop_ids=[self.vocab.eos_id])
-            texts.append(self._text(ids))
-        return texts
+        g, text = self._generator(), self._text_or_eos()
+        prompts = [self.encoder.encode_prompt(_doc((Modality.SPEECH, wave))) for wave in waves]
+        rows = self._continue(prompts, self.settings.max_text_tokens, lambda step, toks: text, g,
+                              stop_ids=[self.vocab.eos_id])
+        return [self._text(ids) for ids in rows]
 
     # --- token by token (KV cache) -------------------------------------------------------
     def _continue(self, prompts: list[Doc], max_new: int, allowed: Allowed, generator: torch.Generator,
                   stop_ids: Sequence[int] = ()) -> list[Tensor]:
-        """Prompts of one length, decoded as one batch -> each row's new ids long[n]."""
-        batch = collate_prompts(prompts, self.vocab)
-        if bool((batch.doc_ids != 0).any()):
-            raise ValueError("prompts decoded together must have one length: the KV cache holds one "
-                             "document per row (decode prompts of other lengths one at a time)")
-        prompt = batch.tokens.to(self.device)
-        s = self.settings
-        out = generate(self.net, prompt, self.vocab.modality_of, max_new, s.temperature, s.top_k,
-                       allowed=allowed, generator=generator, stop_ids=stop_ids)
-        return list(out[:, prompt.shape[1]:])
+        """Prompts (any lengths) -> each one's new ids long[n], decoded ``settings.batch_size`` at a time as
+        left-padded batches (``collate_prompts``: the padding is document 0, the prompt document 1)."""
+        s, out = self.settings, []
+        for i in range(0, len(prompts), s.batch_size):
+            batch = collate_prompts(prompts[i:i + s.batch_size], self.vocab)
+            pad = (batch.doc_ids != batch.doc_ids[:, -1:]).sum(dim=1)  # (B,) padding columns of each row
+            prompt = batch.tokens.to(self.device)
+            rows = generate(self.net, prompt, self.vocab.modality_of, max_new, s.temperature, s.top_k,
+                            allowed=allowed, generator=generator, stop_ids=stop_ids, pad=pad.to(self.device))
+            out += list(rows[:, prompt.shape[1]:])
+        return out
 
     def _text(self, ids: Tensor) -> str:
         return self.tokenizers[Modality.TEXT].decode(until_stop(ids, [self.vocab.eos_id]).cpu())

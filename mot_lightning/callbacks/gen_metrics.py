@@ -52,8 +52,8 @@ class GenerationMetrics(pl.Callback):
     def __init__(self, every_n_val: int = 1, n_prompts: int = 64, n_heldout: int = 32, n_speech: int = 32,
                  temperature: float = 1.0, top_k: int | None = None, guidance: float = 3.0,
                  diffusion_sampler: str = "ddim", diffusion_steps: int = 50, max_caption_tokens: int = 64,
-                 max_speech_units: int = 100, seed: int = 0, world: str = "auto", scorer_dir: str | None = None,
-                 scorer_file: str | None = None, scorer: ScorerConfig | None = None,
+                 max_speech_units: int = 100, batch_size: int = 64, seed: int = 0, world: str = "auto",
+                 scorer_dir: str | None = None, scorer_file: str | None = None, scorer: ScorerConfig | None = None,
                  inception_weights: str | None = None, ema: bool = True) -> None:
         """
         Args:
@@ -62,8 +62,8 @@ class GenerationMetrics(pl.Callback):
                 the image->caption images); n_heldout: prompts whose scenes show a held-out colour/shape
                 pair (0 = none); n_speech: validation clips for speech->text and text->speech.
             temperature / top_k / guidance / diffusion_sampler / diffusion_steps / max_caption_tokens /
-                max_speech_units / seed: the sampling settings (``SamplingSettings``); ``seed`` also draws
-                the prompts.
+                max_speech_units / batch_size / seed: the sampling settings (``SamplingSettings``); ``seed``
+                also draws the prompts.
             world: ``auto`` (the data module's ``demo.mode`` when it reads the demo corpus), ``fixed`` or
                 ``procedural``.
             scorer_dir: where the fit-once scorer file lives; None = ``data.tokenizer_files.dir``.
@@ -80,7 +80,7 @@ class GenerationMetrics(pl.Callback):
         self.settings = SamplingSettings(
             temperature=temperature, top_k=top_k, guidance=guidance, sampler=diffusion_sampler,
             steps=diffusion_steps, seed=seed, max_text_tokens=max_caption_tokens,
-            max_speech_units=max_speech_units)
+            max_speech_units=max_speech_units, batch_size=batch_size)
         self.world, self.inception_weights, self.ema = world, inception_weights, ema
         self.scorer = ScorerSource(scorer_file, scorer_dir, scorer or ScorerConfig())
         self._validations = 0

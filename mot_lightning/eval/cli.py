@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and the prompts' draw)")
     p.add_argument("--max_caption_tokens", type=int, default=64)
     p.add_argument("--max_speech_units", type=int, default=100)
+    p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together (left-padded)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
     p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
     p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict:
     settings = SamplingSettings(
         temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
         steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
-        max_speech_units=args.max_speech_units)
+        max_speech_units=args.max_speech_units, batch_size=args.batch_size)
     modalities = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
     suite = build_suite(dm, modalities, args.device, args.n, args.n_heldout, args.n_speech, args.world,
                         ScorerSource(args.scorer_file, args.scorer_dir), args.inception_weights, args.seed)

@@ -61,7 +61,8 @@ class Transformer(nn.Module):
         """Routing, mask and rotary angles for a ``(B, T)`` batch of ids; computed once per forward.
 
         With ``cache`` (decoding) the ids are the new tokens': they sit at absolute indices
-        ``L..L+T-1`` after the ``L = cache.length`` cached ones and attend causally to all keys.
+        ``L..L+T-1`` after the ``L = cache.length`` cached ones and attend causally to all keys but the
+        cache's left padding (their default positions restart after it: ``KVCache.positions``).
         ``dtype`` is the activations' dtype (it picks the untied linears' kernel, see ``gemm_kernel``).
         """
         B, T = modality.shape
@@ -72,14 +73,15 @@ class Transformer(nn.Module):
         gemm = self.gemm_kernel(device, dtype)
         routing = Routing.build(modality, list(self.cfg.towers), self.cfg.n_towers, gemm)
         if cache is None:
-            start = 0
             mask = AttentionMask.build(B, T, device, backend=self.attention_backend(device), causal_=causal,
                                        doc_ids=doc_ids, span_ids=span_ids)
         else:
             self._check_cache(cache, B, doc_ids, span_ids, causal)
-            start, mask = cache.length, cache.mask(T, device)
+            mask = cache.mask(T, device)
+            if positions is None:
+                positions = cache.positions(T, device).expand(B, T)
         if positions is None:
-            positions = torch.arange(start, start + T, device=device).expand(B, T)
+            positions = torch.arange(T, device=device).expand(B, T)
         cos, sin = self.rope(positions)
         return BatchContext(batch=B, seq_len=T, routing=routing, mask=mask, cos=cos, sin=sin)
 
@@ -92,6 +94,9 @@ class Transformer(nn.Module):
                              "make it with KVCache.empty(cfg.n_layers)")
         if cache.batch is not None and cache.batch != batch:
             raise ValueError(f"cache holds batch size {cache.batch}, got {batch} new rows")
+        if cache.pad is not None and cache.pad.shape != (batch,):
+            raise ValueError(f"cache pads {tuple(cache.pad.shape)} rows, got {batch} rows: KVCache.empty(n, pad) "
+                             "takes one padding count per row")
 
     def forward(self, x: Tensor, modality: Tensor, *, positions: Tensor | None = None,
                 doc_ids: Tensor | None = None, span_ids: Tensor | None = None, causal: bool = True,

@@ -117,6 +117,52 @@ def test_top_k_and_allowed_restrict_the_choice():
     assert sampling.sample_next(logits[:1], 0.0, allowed=allowed).item() == 2
 
 
+def _left_padded(rows: list[torch.Tensor], pad_id_seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths -> (long[B, longest] left-padded with random ids, pad long[B])."""
+    width = max(len(r) for r in rows)
+    g = torch.Generator().manual_seed(pad_id_seed)
+    filler = torch.randint(0, VOCAB.size, (len(rows), width), generator=g)  # any ids: they must never be read
+    batch = torch.stack([torch.cat([filler[i, : width - len(r)], r]) for i, r in enumerate(rows)])
+    return batch, torch.tensor([width - len(r) for r in rows])
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_left_padded_cached_logits_equal_each_row_alone(backbone):
+    """Prompts of 3, 7 and 5 tokens left-padded to 7 with random ids, then 6 tokens one at a time through the
+    cache: every row's logits are the ones that row gets alone, unpadded and recomputed in full."""
+    net = tiny_lm(**BACKBONES[backbone])
+    lengths, follow = (3, 7, 5), mixed_tokens(1, 6, seed=4)[0]
+    prompts = [mixed_tokens(1, n, seed=10 + n)[0] for n in lengths]
+    batch, pad = _left_padded(prompts)
+    with torch.no_grad():
+        cache = KVCache.empty(2, pad)
+        pieces = [net(batch, VOCAB.modality_of(batch), cache=cache)[:, -1:]]  # (B, 1, V): after each prompt
+        for tok in follow[:-1]:
+            col = tok.repeat(len(lengths), 1)  # (B, 1): the same continuation on every row
+            pieces.append(net(col, VOCAB.modality_of(col), cache=cache))
+        batched = torch.cat(pieces, dim=1)  # (B, 6, V)
+        for i, p in enumerate(prompts):
+            alone = torch.cat([p, follow[:-1]])[None]  # (1, n + 5)
+            full = net(alone, VOCAB.modality_of(alone))[0, len(p) - 1:]  # (6, V)
+            reduction = numerics.transformer_reduction(n_layers=2, dim=32, ffn_hidden=128, seq_len=12) + 32
+            numerics.assert_close(batched[i], full, reduction=reduction)
+
+
+def test_left_padded_generation_is_each_row_generated_alone_with_and_without_the_cache():
+    net = tiny_lm(sparsity="mot")
+    prompts = [mixed_tokens(1, n, seed=20 + n)[0] for n in (2, 9, 4, 6)]
+    batch, pad = _left_padded(prompts, pad_id_seed=6)
+    kw = {"max_new_tokens": 10, "temperature": 0.0, "allowed": cycle_modalities}
+    cached = sampling.generate(net, batch, VOCAB.modality_of, pad=pad, **kw)
+    recomputed = sampling.generate(net, batch, VOCAB.modality_of, pad=pad, use_cache=False, **kw)
+    assert torch.equal(cached, recomputed)
+    for i, p in enumerate(prompts):
+        alone = sampling.generate(net, p[None], VOCAB.modality_of, **kw)
+        assert torch.equal(cached[i, batch.shape[1]:], alone[0, len(p):]), i
+    with pytest.raises(ValueError, match="pad must be"):
+        sampling.generate(net, batch, VOCAB.modality_of, 2, pad=torch.tensor([0, 9, 0, 0]))
+
+
 def test_cache_refuses_document_ids():
     net = tiny_lm()
     tokens = mixed_tokens(1, 4)
@@ -151,11 +197,14 @@ def test_caption_to_image_yields_exactly_one_image_of_image_codes(monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(sampling, "generate", recording_generate)  # to see the raw ids behind each image
-    images = tasks.caption_to_image(["a red circle", "two blue squares"])
+    captions = ["a red circle", "two blue squares"]
+    images = tasks.caption_to_image(captions)
     assert images.shape == (2, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
-    for caption, out in zip(["a red circle", "two blue squares"], seen):
-        assert out[0, : len(caption) + 2].tolist() == [vocab.bos_id, *caption.encode(), vocab.boi_id]
-        codes = out[0, len(caption) + 2:]
+    (out,) = seen  # one left-padded batch: every prompt ends in the same column
+    width = len(captions[1]) + 2
+    for row, caption in zip(out, captions):
+        assert row[width - len(caption) - 2: width].tolist() == [vocab.bos_id, *caption.encode(), vocab.boi_id]
+        codes = row[width:]
         assert codes.numel() == image.num_tokens(None) == 4
         lo, hi = vocab.range(Modality.IMAGE)
         assert bool(((codes >= lo) & (codes < hi)).all())
@@ -178,6 +227,19 @@ def test_batched_captions_equal_captions_one_image_at_a_time():
     tasks, _ = _tasks(temperature=0.0, max_text_tokens=8)  # greedy: the generator's order does not matter
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     assert tasks.image_to_caption(images) == [tasks.image_to_caption(images[i:i + 1])[0] for i in range(3)]
+
+
+def test_prompts_of_different_lengths_decode_in_batches_as_they_do_one_at_a_time():
+    texts = ["hi", "a much longer text", "mid length", "x"]
+    greedy = {"temperature": 0.0, "max_text_tokens": 6, "max_speech_units": 7}
+    batched, encoder = _tasks(**greedy)
+    units = batched.text_to_speech_units(texts)
+    for size in (1, 3):  # one at a time; a full batch and a batch of one
+        other = sampling.GenerationTasks(batched.net, encoder, replace(batched.settings, batch_size=size))
+        assert all(torch.equal(a, b) for a, b in zip(units, other.text_to_speech_units(texts)))
+        assert torch.equal(batched.caption_to_image(texts), other.caption_to_image(texts))
+    with pytest.raises(ValueError, match="batch_size"):
+        sampling.SamplingSettings(batch_size=0)
 
 
 def test_speech_to_text_is_the_cached_twin_of_a_recomputed_transcription():
