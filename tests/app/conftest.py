@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mot_lightning.lit_cli import cli_main
+from tests.app.controls_run import Runs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -41,6 +42,12 @@ def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
     run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.fast_dev_run", "1"],
             demo_env, tmp_path_factory.mktemp("transfusion_env") / "runs")
     return demo_env
+
+
+@pytest.fixture(scope="session")
+def controls(tmp_path_factory) -> Runs:
+    """``tests/app/controls_run.py`` runs shared by the distributed tests: ``controls(args, ...)`` -> results."""
+    return Runs(tmp_path_factory.mktemp("controls_runs"))
 
 
 def run_dir(group: Path) -> Path:

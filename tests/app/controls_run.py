@@ -9,11 +9,20 @@ Step ``s`` trains on ``token_batch(ROWS, seed=s % 2)`` (rank ``r`` of ``W`` take
 resumed run restarts the loader's list, so one resumed at an even step sees what the unbroken run saw. The model
 is built in float64, so strategies agree to float64 rounding. Every parameter (full tensors) and whether it has
 optimizer state are recorded after each optimizer step; rank 0 writes them with the EMA averages to ``--out``.
+``--save_at S`` writes the checkpoint ``--save`` right after optimizer step ``S`` while training goes on (as
+``ModelCheckpoint`` does) and records the EMA averages it holds.
+
+``Runs`` launches this module for the tests (the session fixture ``controls``): every set of arguments once per
+test session, so the distributed tests share their runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -33,6 +42,21 @@ from tests.objectives.batches import token_batch
 
 ROWS, T, VOCAB = 4, 16, 40
 LAYOUT = {"text": 13, "special": 7, "image": 10, "speech": 10}  # token_batch: ids 0-19 text, 20-29, 30-39
+ROOT = Path(__file__).resolve().parents[2]
+
+# The runs the distributed tests share: 4 steps with the text tower and the text rows of embed/head frozen
+# until step 2, and an EMA. FSDP2 runs that others resume save at step 2 (an even step: see above).
+FREEZE = {"modalities": ["text"], "rows": ["embed", "head"], "until_step": 2}
+SHARED = ("--steps", "4", "--freeze", json.dumps(FREEZE), "--ema", "0.8")
+ONE_PROCESS = SHARED
+DDP = (*SHARED, "--strategy", "ddp", "--devices", "2")
+FSDP2 = (*SHARED, "--strategy", "fsdp2", "--devices", "2", "--save_at", "2")
+FSDP2_ONE_PROCESS = (*SHARED, "--strategy", "fsdp2", "--devices", "1", "--save_at", "2")
+
+
+def resumed(ckpt: Path, devices: int) -> tuple[str, ...]:
+    """The shared FSDP2 run on ``devices`` processes, resumed from the checkpoint ``ckpt`` of another."""
+    return (*SHARED, "--strategy", "fsdp2", "--devices", str(devices), "--ckpt_path", str(ckpt))
 
 
 def rows(batch: MultiModalBatch, start: int, stop: int) -> MultiModalBatch:
@@ -91,6 +115,22 @@ class Snapshots(pl.Callback):
         self.has_state[step] = {n: len(state.get(p, {})) > 0 for n, p in pl_module.named_parameters()}
 
 
+class SaveAt(pl.Callback):
+    """Writes a checkpoint right after optimizer step ``step`` while training goes on, with the EMA averages
+    of that step (listed after the EMA callback; collective under FSDP2: every rank)."""
+
+    def __init__(self, step: int, path: str, ema: EMA | None) -> None:
+        self.step, self.path, self.ema = step, path, ema
+        self.saved = False
+        self.averages: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.saved:
+            trainer.save_checkpoint(self.path)
+            self.averages = self.ema.averages() if self.ema else {}
+            self.saved = True
+
+
 def strategy(name: str, devices: int):
     if name == "fsdp2":
         return ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
@@ -119,6 +159,7 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=None)
     p.add_argument("--ckpt_path", default=None)
     p.add_argument("--save", default=None, help="checkpoint written after training (FSDP2: a sharded directory)")
+    p.add_argument("--save_at", type=int, default=None, help="write --save after this optimizer step instead")
     a = p.parse_args()
     pl.seed_everything(0)
     torch.set_default_dtype(torch.float64)  # configure_model builds the weights inside fit: strategies agree
@@ -126,15 +167,66 @@ def main() -> None:
                          init_from=WarmStart(**a.init_from) if a.init_from else None)
     snapshots = Snapshots()
     ema = EMA(decay=a.ema) if a.ema is not None else None
+    save_at = SaveAt(a.save_at, a.save, ema) if a.save and a.save_at is not None else None
+    callbacks = [snapshots, *(c for c in (ema, save_at) if c is not None)]
     trainer = fit(module, a.out.parent, a.steps, strategy_name=a.strategy, devices=a.devices,
-                  ckpt_path=a.ckpt_path, callbacks=[snapshots] + ([ema] if ema else []))
-    if a.save:
+                  ckpt_path=a.ckpt_path, callbacks=callbacks)
+    if a.save and save_at is None:
         trainer.save_checkpoint(a.save)
     averages = ema.averages() if ema else {}  # collective under FSDP2: every rank
     if trainer.is_global_zero:
+        saved_ema = {k: v.cpu() for k, v in save_at.averages.items()} if save_at else {}
         torch.save({"weights": snapshots.weights, "has_state": snapshots.has_state,
-                    "ema": {k: v.cpu() for k, v in averages.items()}}, a.out)
+                    "ema": {k: v.cpu() for k, v in averages.items()}, "saved_ema": saved_ema}, a.out)
+
+
+def launch_env() -> dict[str, str]:
+    """This environment without any launcher's variables (a test session inside a SLURM job or torchrun must
+    not leak them into the runs), one thread per process."""
+    launcher = ("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_",
+                "TORCHELASTIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher)}
+    return {**env, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+class Runs:
+    """Launches of this module, each set of arguments once per test session. The runs one call names start
+    together (two one-process runs fill the 2 CPUs one of them leaves idle). A run with ``--save_at`` writes
+    its checkpoint to the path in its result's ``"ckpt"``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.launched = root, 0
+        self.results: dict[tuple[str, ...], dict] = {}
+
+    def __call__(self, *runs: Sequence[str]) -> list[dict]:
+        started = []
+        try:
+            for args in dict.fromkeys(tuple(r) for r in runs):
+                if args not in self.results:
+                    started.append((args, *self._start(args)))
+            for args, out, ckpt, proc in started:
+                output, _ = proc.communicate(timeout=600)
+                assert proc.returncode == 0, output[-4000:]
+                self.results[args] = {**torch.load(out), "ckpt": ckpt}
+        finally:
+            for *_, proc in started:
+                if proc.poll() is None:
+                    proc.kill()
+        return [self.results[tuple(r)] for r in runs]
+
+    def _start(self, args: tuple[str, ...]) -> tuple[Path, Path | None, subprocess.Popen]:
+        self.launched += 1
+        out = self.root / f"run{self.launched}.pt"
+        ckpt = out.with_suffix(".ckpt") if "--save_at" in args else None
+        cmd = [sys.executable, "-m", "tests.app.controls_run", *args, "--out", str(out),
+               *(["--save", str(ckpt)] if ckpt else [])]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        return out, ckpt, proc
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # all is written: skip the interpreter's teardown of torch and Lightning (seconds per process)

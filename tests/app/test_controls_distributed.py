@@ -1,32 +1,15 @@
 """Freezing and EMA under DDP and FSDP2 (two CPU processes, gloo): the same training as one process, frozen
 weights and rows bitwise unchanged, late-unfrozen gradients averaged across ranks, and a sharded checkpoint
-resumed with the unbroken run's weights and averages."""
+resumed with the unbroken run's weights and averages. The runs (``controls_run.py``) are shared with the
+scaling guide's resharding test and the EMA consolidation test (the session fixture ``controls``)."""
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.app.controls_run import LAYOUT
+from tests.app.controls_run import DDP, FSDP2, LAYOUT, ONE_PROCESS, resumed
 
-ROOT = Path(__file__).resolve().parents[2]
-FREEZE = {"modalities": ["text"], "rows": ["embed", "head"], "until_step": 2}
 TOL = 1e-9  # float64: strategies change summation order only; a missing gradient average moves weights ~1e-3
-
-
-def run(tmp_path: Path, name: str, *args: str) -> dict:
-    out = tmp_path / f"{name}.pt"
-    cmd = [sys.executable, "-m", "tests.app.controls_run", "--out", str(out), "--freeze", json.dumps(FREEZE),
-           "--ema", "0.8", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return torch.load(out)
 
 
 def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -35,10 +18,10 @@ def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_freezing_and_ema_train_as_one_process(tmp_path, strategy):
-    single = run(tmp_path, "single", "--steps", "4")
-    multi = run(tmp_path, strategy, "--steps", "4", "--strategy", strategy, "--devices", "2")
+def test_freezing_and_ema_train_as_one_process(controls, strategy):
+    single, multi = controls(ONE_PROCESS, {"ddp": DDP, "fsdp2": FSDP2}[strategy])
     close(multi["weights"][4], single["weights"][4])  # after unfreezing at step 2: every gradient averaged
     close(multi["ema"], single["ema"])
     text = LAYOUT["text"] + LAYOUT["special"]
@@ -52,14 +35,16 @@ def test_freezing_and_ema_train_as_one_process(tmp_path, strategy):
 
 
 @pytest.mark.slow
-def test_fsdp2_sharded_checkpoint_resumes_weights_and_averages_bitwise(tmp_path):
-    unbroken = run(tmp_path, "unbroken", "--steps", "4", "--strategy", "fsdp2", "--devices", "2")
-    ckpt = tmp_path / "step2.ckpt"
-    run(tmp_path, "first", "--steps", "2", "--strategy", "fsdp2", "--devices", "2", "--save", str(ckpt))
-    assert ckpt.is_dir()  # sharded: the averages travel in meta.pt, gathered
-    resumed = run(tmp_path, "resumed", "--steps", "4", "--strategy", "fsdp2", "--devices", "2",
-                  "--ckpt_path", str(ckpt))
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_checkpoint_resumes_weights_and_averages_bitwise(controls):
+    """The unbroken 2-process run saved a sharded checkpoint after step 2 (while the text tower was still
+    frozen) and trained on; 2 processes resumed from it unfreeze at step 2 and land on its step-4 weights and
+    averages, bitwise."""
+    [unbroken] = controls(FSDP2)
+    assert unbroken["ckpt"].is_dir()  # sharded: the averages travel in meta.pt, gathered
+    [again] = controls(resumed(unbroken["ckpt"], devices=2))
+    assert sorted(again["weights"]) == [2, 3, 4]  # it started at step 2
     for name, w in unbroken["weights"][4].items():
-        assert torch.equal(resumed["weights"][4][name], w), name
+        assert torch.equal(again["weights"][4][name], w), name
     for name, avg in unbroken["ema"].items():
-        assert torch.equal(resumed["ema"][name], avg), name
+        assert torch.equal(again["ema"][name], avg), name

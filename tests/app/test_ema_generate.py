@@ -5,9 +5,6 @@ averages that are not there is refused with the fix."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,8 @@ from mot_lightning.checkpoints.weights import weights_source
 from mot_lightning.cli import main as mot
 from mot_lightning.generate import build
 from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings
-from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_dir, run_fit
+from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
+from tests.app.controls_run import FSDP2
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")
 N, CAPTION_TOKENS = 2, 8
@@ -114,21 +112,17 @@ def test_ema_is_refused_where_the_checkpoint_has_no_averages(trained, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_consolidating_a_sharded_checkpoint_keeps_the_averages(tmp_path):
-    """A 2-process FSDP2 run (``controls_run``: tiny model, EMA 0.8) saves a sharded checkpoint; its
-    consolidated file holds the run's averages, bitwise, beside the weights."""
-    out, sharded = tmp_path / "run.pt", tmp_path / "sharded.ckpt"
-    cmd = [sys.executable, "-m", "tests.app.controls_run", "--strategy", "fsdp2", "--devices", "2", "--steps", "2",
-           "--ema", "0.8", "--save", str(sharded), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+def test_consolidating_a_sharded_checkpoint_keeps_the_averages(controls, tmp_path):
+    """A 2-process FSDP2 run (``controls_run``: tiny model, EMA 0.8, shared with test_controls_distributed.py)
+    saves a sharded checkpoint after step 2; its consolidated file holds the averages of that step, bitwise,
+    beside the weights."""
+    [run] = controls(FSDP2)
+    sharded = run["ckpt"]
     assert sharded.is_dir()
-    run = torch.load(out)
     checkpoint = consolidate(sharded, tmp_path / "model.ckpt")
     assert load_checkpoint(tmp_path / "model.ckpt").keys() == checkpoint.keys()
     averages = ema_state_dict(checkpoint)
-    assert averages is not None and averages.keys() == checkpoint["state_dict"].keys() == run["ema"].keys()
-    for name, avg in run["ema"].items():
+    assert averages is not None and averages.keys() == checkpoint["state_dict"].keys() == run["saved_ema"].keys()
+    for name, avg in run["saved_ema"].items():
         assert torch.equal(averages[name], avg), name
         assert torch.equal(checkpoint["state_dict"][name], run["weights"][2][name]), name

@@ -22,6 +22,7 @@ import yaml
 
 from mot_lightning.checkpoints import load_checkpoint
 from tests.app.conftest import CONFIGS, ROOT, _ordered, data_args, run_dir
+from tests.app.controls_run import FSDP2, FSDP2_ONE_PROCESS, ONE_PROCESS, resumed
 from tests.app.test_training import only_version, scalars
 
 SBATCH = ROOT / "docs" / "examples" / "slurm_fit.sbatch"
@@ -200,28 +201,27 @@ def test_sbatch_script_trains_fsdp2_on_two_tasks_and_resumes_on_one(demo_env, tm
 
 
 # --- FSDP2 resharding ----------------------------------------------------------------------------------
-def controls_run(tmp_path: Path, name: str, *args: str) -> dict:
-    """tests/app/controls_run.py: fixed global batches split over the ranks, float64, weights per step."""
-    out = tmp_path / f"{name}.pt"
-    proc = start([sys.executable, "-m", "tests.app.controls_run", "--out", str(out), *args], clean_env(), ROOT)
-    finish([proc])
-    return torch.load(out)
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_fsdp2_sharded_checkpoint_resumes_on_another_process_count(tmp_path):
+def test_fsdp2_sharded_checkpoint_resumes_on_another_process_count(controls):
     """Saved by 2 processes, resumed by 1, and the other way round: torch.distributed.checkpoint reshards the
-    weights and the AdamW moments, so two more steps land where the unbroken run does."""
-    weights = controls_run(tmp_path, "unbroken", "--steps", "4")["weights"]  # one process, no sharding
+    weights, the AdamW moments and the EMA averages, so two more steps land where the unbroken run does. The
+    runs (``controls_run.py``: fixed global batches split over the ranks, float64, the text tower frozen until
+    step 2, an EMA) are shared with test_controls_distributed.py; at the step-2 checkpoint the frozen tower has
+    no moments yet, every other parameter has."""
+    single, by_one = controls(ONE_PROCESS, FSDP2_ONE_PROCESS)  # one process: no sharding, and FSDP2
+    [by_two] = controls(FSDP2)
+    weights = single["weights"]
     unbroken = weights[4]
     assert max(float((unbroken[k] - w).abs().max()) for k, w in weights[2].items()) > 1e-3  # >> tolerance
-    for saved_by, resumed_by in ((2, 1), (1, 2)):
-        ckpt = tmp_path / f"step2_{saved_by}.ckpt"
-        controls_run(tmp_path, f"first{saved_by}", "--steps", "2", "--strategy", "fsdp2", "--devices",
-                     str(saved_by), "--save", str(ckpt))
-        assert (ckpt / ".metadata").is_file()
-        resumed = controls_run(tmp_path, f"resumed{resumed_by}", "--steps", "4", "--strategy", "fsdp2",
-                               "--devices", str(resumed_by), "--ckpt_path", str(ckpt))["weights"][4]
+    for saved in (by_two, by_one):
+        assert (saved["ckpt"] / ".metadata").is_file()
+        assert any(saved["has_state"][2].values())  # moments to reshard
+    results = controls(resumed(by_two["ckpt"], devices=1), resumed(by_one["ckpt"], devices=2))
+    for result in results:
         for name, w in unbroken.items():  # float64: only the summation order differs
-            torch.testing.assert_close(resumed[name], w, rtol=1e-9, atol=1e-9 * float(w.abs().max()), msg=name)
+            torch.testing.assert_close(result["weights"][4][name], w, rtol=1e-9, atol=1e-9 * float(w.abs().max()),
+                                       msg=name)
+        for name, avg in single["ema"].items():
+            torch.testing.assert_close(result["ema"][name], avg, rtol=1e-9, atol=1e-9 * float(avg.abs().max()),
+                                       msg=name)
