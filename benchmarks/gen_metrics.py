@@ -3,6 +3,7 @@
     python benchmarks/gen_metrics.py scorer --world fixed --cache runs/scorers [--vqvae F] [--klvae F] [--fit-neural]
     python benchmarks/gen_metrics.py floor --world fixed --cache runs/scorers
     python benchmarks/gen_metrics.py cost --config configs/speech/mot.yaml [--ckpt F] [--n 64 --n_heldout 32]
+    python benchmarks/gen_metrics.py run-cost --config configs/speech/mot.yaml --out DIR   # two whole runs
     python benchmarks/gen_metrics.py conditioning --out DIR        # conditional vs caption-ignoring model
 
 ``scorer``: the faithfulness scorer (fitted once into ``--cache`` with its default config, as the callback
@@ -14,12 +15,17 @@ deterministic parser of the render (components, nearest palette colour, fill rat
 alternative the scorer was chosen over.
 
 ``floor``: FID and KID in the scorer's features between two disjoint sets of real renders, at several set
-sizes, and against the same renders with growing noise.
+sizes, between two disjoint halves of the world's demo validation images (its config's first validation
+set), and of one set against itself with growing noise.
 
 ``cost``: the wall time of one ``GenerationMetrics`` evaluation of the config's model (its weights from
 ``--ckpt``, else freshly initialised: captions then run to their length limit, the worst case) on this
 machine's threads, split by task, and its share of a 600-step run with validation every 100 steps
 (``--run-seconds``: that run's time without the callback).
+
+``run-cost``: two whole 600-step ``mot fit`` runs of ``--config``, without and with the callback at its
+defaults after every validation (6 evaluations), as subprocesses: their CPU seconds, wall seconds, last
+validation loss (the callback must not change training) and the ``val/gen/*`` series.
 
 ``conditioning``: trains a tiny chameleon-setting model twice on the fixed demo world (captions kept, and
 caption dropout 0.99: a model that ignores the caption) and scores both.
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -48,6 +55,8 @@ from mot_lightning.world import scenes
 from mot_lightning.world.procedural import Group
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_CONFIG = "configs/speech/mot.yaml"
+WORLD_CONFIGS = {"fixed": [DEFAULT_CONFIG], "procedural": [DEFAULT_CONFIG, "configs/procedural.yaml"]}  # demo configs
 COLUMNS = (*ATTRIBUTES, "all")
 
 
@@ -155,11 +164,29 @@ def floor_section(args) -> dict:
         a = torch.stack([it.image for it in eval_items(world, n, "seen", 32, seed=0)])
         b = torch.stack([it.image for it in eval_items(world, n, "seen", 32, seed=1_000_003)])
         out["real_vs_real"][n] = M.distribution(a, b, feat)
+    out["validation_halves"] = validation_halves(args, feat)
     a = torch.stack([it.image for it in eval_items(world, 64, "seen", 32, seed=0)])
     g = torch.Generator().manual_seed(0)
     for sigma in (0.0, 0.05, 0.1, 0.2, 0.4):
         noisy = (a + sigma * torch.randn(a.shape, generator=g)).clamp(0, 1)
         out["noise"][sigma] = M.distribution(a, noisy, feat)
+    return out
+
+
+def validation_halves(args, feat) -> dict:
+    """FID / KID between the first two disjoint halves of n images of the config's first validation set (the
+    ``fid_floor_val`` bound of the callback), for every n the set holds twice."""
+    from mot_lightning.generate import build
+
+    configs = [args.config] if args.config != DEFAULT_CONFIG else WORLD_CONFIGS[args.world]
+    overrides = ["--data.loader.num_workers", "0"] + (["--data.demo.dir", args.demo_dir] if args.demo_dir else []) \
+        + (["--data.tokenizer_files.dir", args.tokenizer_dir] if args.tokenizer_dir else [])
+    _, dm = build(configs, overrides)
+    images = dm.image_text_pairs(512)[0]
+    out = {"configs": configs, "validation_images": len(images), "by_n": {}}
+    for n in (16, 32, 64, 128, 256):
+        if 2 * n <= len(images):
+            out["by_n"][n] = M.distribution(images[:n], images[n:2 * n], feat)
     return out
 
 
@@ -203,6 +230,52 @@ def cost_section(args) -> dict:
             "share_of_600_step_run_cpu": validations * cpu / (600 * step_cpu),
             "run_seconds_without": args.run_seconds,
             "share_of_600_step_run_wall": validations * total / args.run_seconds, "metrics": result.values()}
+
+
+RUN_ARMS = {  # the setting's own callback list, with and without GenerationMetrics at every validation
+    "without": "trainer:\n  callbacks:\n    - class_path: mot_lightning.callbacks.SampleLogger\n"
+               "      init_args: {every_n_steps: 200, n_samples: 4}\n",
+    "with": "trainer:\n  callbacks:\n    - class_path: mot_lightning.callbacks.SampleLogger\n"
+            "      init_args: {every_n_steps: 200, n_samples: 4}\n"
+            "    - class_path: mot_lightning.callbacks.GenerationMetrics\n      init_args: {every_n_val: 1}\n",
+}
+
+
+def run_cost_section(args) -> dict:
+    """Two whole ``mot fit`` runs of the config (600 steps, validation every 100), without and with the
+    callback at its defaults after every validation: CPU seconds of each process (children included), wall
+    seconds, and the ``val/gen/*`` series the second one wrote."""
+    import resource
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"config": args.config, "threads": args.threads, "arms": {}}
+    for arm, overlay in RUN_ARMS.items():
+        (out_dir / f"{arm}.yaml").write_text(overlay)
+        save = out_dir / f"runs_{arm}"
+        cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", "--config", args.config, "--config",
+               str(out_dir / f"{arm}.yaml"), "--trainer.logger.init_args.save_dir", str(save),
+               "--trainer.enable_progress_bar", "false"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        events = EventAccumulator(str(sorted(save.glob("**/events.out.tfevents*"))[0].parent))
+        events.Reload()
+        scalars = events.Tags()["scalars"]
+        result["arms"][arm] = {
+            "cpu_seconds": cpu, "wall_seconds": time.perf_counter() - t0,
+            "val_loss": events.Scalars("val/loss")[-1].value,
+            "gen": {t[len("val/gen/"):]: [(e.step, e.value) for e in events.Scalars(t)]
+                    for t in scalars if t.startswith("val/gen/")}}
+    arms = result["arms"]
+    result["added_cpu_share"] = arms["with"]["cpu_seconds"] / arms["without"]["cpu_seconds"] - 1
+    return result
 
 
 def train_step_cpu_seconds(model, dm, steps: int = 10) -> float:
@@ -268,6 +341,9 @@ def markdown(section: str, out: dict) -> str:
     if section == "floor":
         lines = ["| set | FID | KID |", "|---|---|---|"]
         lines += [f"| real vs real, n={n} | {v['fid']:.4g} | {v['kid']:.4g} |" for n, v in out["real_vs_real"].items()]
+        halves = out["validation_halves"]
+        lines += [f"| validation halves ({halves['validation_images']} images), n={n} | {v['fid']:.4g} | "
+                  f"{v['kid']:.4g} |" for n, v in halves["by_n"].items()]
         lines += [f"| n=64 vs itself + noise sigma {s} | {v['fid']:.4g} | {v['kid']:.4g} |"
                   for s, v in out["noise"].items()]
         return "\n".join(lines)
@@ -276,21 +352,21 @@ def markdown(section: str, out: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("section", choices=["scorer", "floor", "cost", "conditioning"])
+    p.add_argument("section", choices=["scorer", "floor", "cost", "run-cost", "conditioning"])
     p.add_argument("--world", default="fixed", choices=["fixed", "procedural"])
     p.add_argument("--cache", default="runs/scorers", help="where fitted scorers are kept (fitted when missing)")
     p.add_argument("--n", type=int, default=500, help="scorer: renders per split; cost: caption->image prompts")
     p.add_argument("--vqvae"), p.add_argument("--klvae")
     p.add_argument("--fit-neural", action="store_true")
     p.add_argument("--neural-steps", type=int, default=None)
-    p.add_argument("--config", default="configs/speech/mot.yaml")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="floor: the world's demo config by default")
     p.add_argument("--ckpt")
     p.add_argument("--demo-dir"), p.add_argument("--tokenizer-dir")
     p.add_argument("--n_heldout", type=int, default=32)
     p.add_argument("--n_speech", type=int, default=32)
     p.add_argument("--run-seconds", type=float, default=240.0, help="a 600-step run without the callback")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="runs/gen_metrics_conditioning", help="conditioning: runs and demo data")
+    p.add_argument("--out", default="runs/gen_metrics_conditioning", help="conditioning, run-cost: where the runs go")
     p.add_argument("--steps", type=int, default=600, help="conditioning: training steps of each run")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -298,11 +374,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sections = {"scorer": scorer_section, "floor": floor_section, "cost": cost_section,
+    sections = {"scorer": scorer_section, "floor": floor_section, "cost": cost_section, "run-cost": run_cost_section,
                 "conditioning": conditioning_section}
     out = sections[args.section](args)
     suffix = f"_{args.world}" if args.section in ("scorer", "floor") else f"_{Path(args.config).parent.name}"
-    path = RESULTS / f"gen_metrics_{args.section}{suffix}.json"
+    path = RESULTS / f"gen_metrics_{args.section.replace('-', '_')}{suffix}.json"
     path.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(markdown(args.section, out))
     print(f"wrote {path}")

@@ -23,11 +23,11 @@ global rank 0 fits it first and the other ranks then load it, so the directory m
 other than the demo corpus only the speech metrics run (the notes say so, once). Validations are counted
 from the start of the process (a resumed run counts anew).
 
-Cost: sampling dominates (one prompt at a time). At the defaults one evaluation of the 128 x 4 demo
-model takes about as much CPU as 500 of its training steps (benchmarks/README.md, "Generation
-metrics"); on CPU raise ``every_n_val`` or lower ``n_prompts`` / ``n_heldout`` / ``n_speech``. The
-first evaluation also fits the scorer when its file is missing (about 8 minutes for the fixed world on
-one loaded core; once per world, image size and scorer config).
+Cost: sampling dominates; prompts decode ``batch_size`` at a time as left-padded batches. One evaluation at
+the defaults of the freshly initialised 128 x 4 speech demo model (captions and speech run to their length
+limits) takes about 6 CPU seconds, about 19 training steps (benchmarks/README.md, "Generation metrics").
+The first evaluation also fits the scorer when its file is missing (about 2 minutes for the fixed world on
+one idle core; once per world, image size and scorer config).
 """
 from __future__ import annotations
 

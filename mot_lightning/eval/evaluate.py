@@ -12,8 +12,10 @@ Metric names (``heldout/<name>``: the same on prompts whose scenes show a held-o
 
 - ``faithfulness_{colour,shape,size,count,position,all}``: caption -> image, the scorer's reading of the
   generated picture against the caption (``faithfulness.py``);
-- ``fid``, ``kid``: generated pictures of the seen prompts against as many other real renders, in the
-  scorer's features (``fid_inception`` / ``kid_inception`` when Inception weights are local);
+- ``fid``, ``kid``: generated pictures of the seen prompts against as many other real renders (none of them a
+  picture a prompt shows), in the scorer's features (``fid_inception`` / ``kid_inception`` when Inception
+  weights are local); their floors are the prompts' real renders against the same set (``fid_floor``) and
+  two disjoint halves of the data's validation images (``fid_floor_val``, when it has twice as many);
 - ``caption_{colour,...,all}``, ``bleu``: image -> caption on the prompts' real renders, the generated
   caption parsed and judged against the true scene; BLEU-4 against four captions of the scene;
 - ``wer``, ``cer``: speech -> text on validation speech against its transcript;
@@ -83,20 +85,30 @@ class EvalSuite:
     reference_units: list[Tensor] = field(default_factory=list)
     inception: tuple[M.InceptionFeatures | None, str] = (None, "")  # (features, weights file) or (None, why)
     bounds: dict[str, float] = field(default_factory=dict)  # floors of FID/KID, the scorer on real renders
+    validation: Tensor | None = None  # float[2n, 3, R, R]: validation images, two disjoint halves of n
     notes: list[str] = field(default_factory=list)
     seed: int = 0
 
     @classmethod
     def build(cls, world: World | None, scorer: SceneScorer | None, image_size: int, n_prompts: int,
               n_heldout: int, speech: tuple[list[Tensor], list[str]] = ([], []), speech_tokenizer=None,
-              inception_weights: str | None = None, seed: int = 0) -> EvalSuite:
+              inception_weights: str | None = None, seed: int = 0,
+              validation_images: Tensor | None = None) -> EvalSuite:
+        """``validation_images`` float[N, 3, R, R]: the data's validation images; with ``N >= 2 n_prompts``
+        the FID / KID floor is also measured between their first two disjoint halves of ``n_prompts``."""
         suite = cls(world=world, scorer=scorer, seed=seed, inception=M.inception_features(inception_weights))
+        if validation_images is not None and len(validation_images) >= 2 * n_prompts:
+            suite.validation = validation_images[: 2 * n_prompts]
+        elif world is not None:
+            have = 0 if validation_images is None else len(validation_images)
+            suite.notes.append(f"{have} validation images, fewer than 2 x {n_prompts}: the FID / KID floor of two "
+                               "disjoint halves of validation images is not measured (only the prompts' renders "
+                               "against the reference renders)")
         if world is not None and scorer is not None:
             suite.prompts = {"seen": eval_items(world, n_prompts, "seen", image_size, seed)}
             if n_heldout:
                 suite.prompts["heldout"] = eval_items(world, n_heldout, "heldout", image_size, seed)
-            others = eval_items(world, n_prompts, "seen", image_size, seed + 1_000_003)  # disjoint draws
-            suite.reference = torch.stack([it.image for it in others])
+            suite.reference = _reference(world, suite.prompts["seen"], image_size, seed)
             suite._bounds()
         else:
             suite.notes.append("no demo world: caption->image faithfulness, FID/KID and caption metrics not "
@@ -108,11 +120,17 @@ class EvalSuite:
         return suite
 
     def _bounds(self) -> None:
-        """Real-vs-real floors of FID/KID (the prompts' renders against the reference renders) and the
-        scorer's accuracy on the real renders of the prompts (the ceiling of faithfulness)."""
+        """Real-vs-real floors of FID/KID (``<metric>_floor``: the prompts' renders against the reference
+        renders; ``<metric>_floor_val``: two disjoint halves of validation images, when there are enough) and
+        the scorer's accuracy on the real renders of the prompts (the ceiling of faithfulness)."""
         real = self.real_images("seen")
         floor = M.distribution(real, self.reference, M.ScorerFeatures(self.scorer), self.seed)
         self.bounds = {f"{k}_floor": v for k, v in floor.items()}
+        if self.validation is not None:
+            n = len(self.validation) // 2
+            halves = M.distribution(self.validation[:n], self.validation[n:], M.ScorerFeatures(self.scorer),
+                                    self.seed)
+            self.bounds |= {f"{k}_floor_val": v for k, v in halves.items()}
         inception = self.inception[0]
         if inception is not None:
             floor = M.distribution(real, self.reference, inception, self.seed)
@@ -163,8 +181,9 @@ def build_suite(dm, modalities: set[Modality], device: torch.device | str = "cpu
     if chosen is not None:
         reader = scorer.scorer(chosen, dm.image_size, dm.tokenizer_files.dir, device)
     speech = dm.speech_text_pairs(n_speech) if Modality.SPEECH in modalities and n_speech else ([], [])
+    validation = dm.image_text_pairs(2 * n_prompts)[0] if chosen is not None else None
     return EvalSuite.build(chosen, reader, dm.image_size, n_prompts, n_heldout, speech,
-                           dm.tokenizers.get(Modality.SPEECH), inception_weights, seed)
+                           dm.tokenizers.get(Modality.SPEECH), inception_weights, seed, validation)
 
 
 def evaluate(tasks: GenerationTasks, suite: EvalSuite, modalities: set[Modality]) -> EvalResult:
@@ -206,10 +225,12 @@ def caption_to_image(tasks: GenerationTasks, suite: EvalSuite, result: EvalResul
     real, fake = suite.reference, generated["seen"]
     dist = M.distribution(real, fake, M.ScorerFeatures(scorer), suite.seed)
     for name, value in dist.items():
+        val = suite.bounds.get(f"{name}_floor_val")
+        halves = "" if val is None else f"; two disjoint halves of {len(real)} validation images: {val:.4g}"
         result.add("", {name: value}, len(fake),
                    f"{name.upper()} of the generated pictures of the seen prompts vs {len(real)} other real "
                    f"renders, in the scorer's features. Floor (the prompts' real renders vs the same "
-                   f"{len(real)}): {suite.bounds[name + '_floor']:.4g}")
+                   f"{len(real)}): {suite.bounds[name + '_floor']:.4g}{halves}")
     inception = suite.inception[0]
     if inception is not None:
         dist = M.distribution(real, fake, inception, suite.seed)
@@ -217,6 +238,21 @@ def caption_to_image(tasks: GenerationTasks, suite: EvalSuite, result: EvalResul
             result.add("", {f"{name}_inception": value}, len(fake),
                        f"{name.upper()} of the generated pictures vs {len(real)} real renders, Inception-v3 "
                        f"features. Floor: {suite.bounds[name + '_inception_floor']:.4g}")
+
+
+def _reference(world: World, prompts: list[EvalItem], image_size: int, seed: int) -> Tensor:
+    """float[n, 3, R, R]: as many real renders of the seen split as there are prompts, none of them a picture
+    that one of the prompts shows (a world with few distinct pictures repeats some between draws)."""
+    shown = {it.image.numpy().tobytes() for it in prompts}
+    images: list[Tensor] = []
+    for attempt in range(100):
+        for it in eval_items(world, len(prompts), "seen", image_size, seed + 1_000_003 + attempt):
+            if it.image.numpy().tobytes() not in shown and len(images) < len(prompts):
+                images.append(it.image)
+        if len(images) == len(prompts):
+            return torch.stack(images)
+    raise ValueError(f"the {world.name} world drew fewer than {len(prompts)} pictures that the prompts do not "
+                     "show: lower n_prompts")
 
 
 def _misses(named, shown) -> list[str]:

@@ -1,10 +1,11 @@
 """Faithfulness tells a generator that follows its caption from one that ignores it; FID does not. The
 scores of real renders are the suite's own bounds, in both demo worlds.
 
-Both generators are stand-ins for trained models (a model that draws well takes far longer to train than a
-test may run on two CPU cores): ``Follows`` draws the scene its caption names, ``Ignores`` draws scenes of
-the world's own distribution whatever the caption says, which is what a perfect unconditional model does.
-They answer the same calls as ``sampling.GenerationTasks`` and go through the real ``evaluate``.
+Both generators are the two ends a trained model lies between (a model that draws well takes far longer to
+train than a test may run on two CPU cores; ``test_trained_conditioning.py`` trains small ones):
+``Follows`` draws the scene its caption names, ``Ignores`` draws scenes of the world's own distribution
+whatever the caption says, which is what a perfect unconditional model does. They answer the same calls as
+``sampling.GenerationTasks`` and go through the real ``evaluate``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import random
 import pytest
 import torch
 
+from mot_lightning.eval import metrics as M
 from mot_lightning.eval.evaluate import EvalSuite, evaluate
 from mot_lightning.eval.faithfulness import ATTRIBUTES
 from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, load_scorer
@@ -103,3 +105,24 @@ def test_real_renders_as_generations_score_the_suites_own_bounds_in_both_worlds(
     assert m["faithfulness_colour"].n == 12 and m["heldout/faithfulness_colour"].n == 6 and m["fid"].n == 12
     assert m["caption_all"].value == 0 and m["caption_position"].value == 0
     assert len(result.samples) == 18 and {s.split for s in result.samples} == {"seen", "heldout"}
+
+
+def test_the_reference_shows_no_prompt_picture_and_validation_halves_give_a_second_floor():
+    """The fixed world has 720 pictures, so independent draws repeat some: the reference set leaves out every
+    picture a prompt shows. With twice the prompts' number of validation images the suite also measures the
+    floor between their two disjoint halves; with fewer it says that floor is missing."""
+    world = get_world("fixed")
+    tiny = ScorerConfig(channels=(4, 4, 4), features=8, pool=32, steps=2, batch_size=8)
+    scorer = fit_scorer(world, 32, tiny)
+    n = 40
+    validation = torch.stack([to_tensor(world.render(world.scene(random.Random(i), held_out=False), 32))
+                              for i in range(2 * n + 3)])
+    suite = EvalSuite.build(world, scorer, 32, n, 0, validation_images=validation)
+    shown = {it.image.numpy().tobytes() for it in suite.prompts["seen"]}
+    assert len(suite.reference) == n and not any(r.numpy().tobytes() in shown for r in suite.reference)
+    halves = M.distribution(validation[:n], validation[n:2 * n], M.ScorerFeatures(scorer), suite.seed)
+    assert suite.bounds["fid_floor_val"] == pytest.approx(halves["fid"], rel=1e-6, abs=1e-9)
+    assert suite.bounds["kid_floor_val"] == pytest.approx(halves["kid"], rel=1e-6, abs=1e-9)
+    assert not any("validation images" in note for note in suite.notes)
+    short = EvalSuite.build(world, scorer, 32, n, 0, validation_images=validation[: 2 * n - 1])
+    assert "fid_floor_val" not in short.bounds and any("validation images" in note for note in short.notes)
