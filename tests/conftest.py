@@ -1,4 +1,6 @@
-"""Shared test fixtures: tiny seeded inputs; the `gpu` marker skips without CUDA."""
+"""Shared test fixtures: tiny seeded inputs; the `gpu` marker skips without CUDA; and the session fixtures
+tests/app and tests/eval share (defined once here, so a session makes each once): the demo corpus with
+fitted tokenizers, a faithfulness scorer, and the 2-process FSDP2 runs several files check."""
 from __future__ import annotations
 
 import os
@@ -7,8 +9,17 @@ import os
 # ranks and data workers share the 2 CI cores (the `mot` command sets the same default).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer  # noqa: E402
+from mot_lightning.eval.worlds import get_world  # noqa: E402
+from tests.app.conftest import CONFIGS, TRANSFUSION, run_fit  # noqa: E402
+
+# a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure)
+TEST_SCORER = ScorerConfig(steps=150, pool=1500, batch_size=64, lr=3e-3, augment=False)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,3 +35,37 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_env(tmp_path_factory) -> dict[str, str]:
+    """Demo shards + fitted tokenizer files, made once by a real `mot fit` fast_dev_run."""
+    root = tmp_path_factory.mktemp("demo_env")
+    env = {"demo_dir": str(root / "demo"), "tokenizer_dir": str(root / "tokenizers")}
+    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.fast_dev_run", "1"], env, root / "runs")
+    return env
+
+
+@pytest.fixture(scope="session")
+def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
+    """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml (made once by a
+    real fast_dev_run; its file name depends only on the tokenizer config, so every later run loads it)."""
+    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.fast_dev_run", "1"],
+            demo_env, tmp_path_factory.mktemp("transfusion_env") / "runs")
+    return demo_env
+
+
+@pytest.fixture(scope="session")
+def scorer_file(tmp_path_factory) -> Path:
+    """A fixed-world scorer at 32 px, fitted with ``TEST_SCORER``."""
+    path = tmp_path_factory.mktemp("scorer") / "scorer-fixed-test.pt"
+    save_scorer(fit_scorer(get_world("fixed"), 32, TEST_SCORER), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fsdp2_runs(demo_env, scorer_file, tmp_path_factory):
+    """The 2-process FSDP2 `mot fit` runs several test files check (``tests/app/distributed_runs.Fsdp2Runs``)."""
+    from tests.app.distributed_runs import Fsdp2Runs
+
+    return Fsdp2Runs(demo_env, scorer_file, tmp_path_factory.mktemp("fsdp2_runs"))

@@ -1,4 +1,6 @@
-"""A demo corpus and fitted tokenizers shared by the app tests, and ways to run `mot`."""
+"""Ways to run `mot` in the app tests, and the runs several of them check (session fixtures). The demo corpus
+and fitted tokenizers (``demo_env``, ``transfusion_env``) are session fixtures of tests/conftest.py, shared
+with tests/eval."""
 from __future__ import annotations
 
 import os
@@ -22,32 +24,22 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def demo_env(tmp_path_factory) -> dict[str, str]:
-    """Demo shards + fitted tokenizer files, made once by a real `mot fit` fast_dev_run."""
-    root = tmp_path_factory.mktemp("demo_env")
-    env = {"demo_dir": str(root / "demo"), "tokenizer_dir": str(root / "tokenizers")}
-    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.fast_dev_run", "1"], env, root / "runs")
-    return env
-
-
 # the Transfusion configs with a KL-VAE fitted in seconds (the YAML's 600 steps take minutes)
 TRANSFUSION = ["--data.tokenizer_files.train.max_steps", "30", "--data.tokenizer_files.train.val_every_n_steps", "1000"]
-
-
-@pytest.fixture(scope="session")
-def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
-    """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml (made once by a
-    real fast_dev_run; its file name depends only on the tokenizer config, so every later run loads it)."""
-    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.fast_dev_run", "1"],
-            demo_env, tmp_path_factory.mktemp("transfusion_env") / "runs")
-    return demo_env
 
 
 @pytest.fixture(scope="session")
 def controls(tmp_path_factory) -> Runs:
     """``tests/app/controls_run.py`` runs shared by the distributed tests: ``controls(args, ...)`` -> results."""
     return Runs(tmp_path_factory.mktemp("controls_runs"))
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(demo_env, tmp_path_factory):
+    """The 2-process DDP `mot fit` runs several test files check (``distributed_runs.DdpRuns``)."""
+    from tests.app.distributed_runs import DdpRuns
+
+    return DdpRuns(demo_env, tmp_path_factory.mktemp("ddp_runs"))
 
 
 def run_dir(group: Path) -> Path:

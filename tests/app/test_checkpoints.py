@@ -28,7 +28,7 @@ from mot_lightning.cli import main as mot
 from mot_lightning.lit_module import MultiModalLM
 from mot_lightning.model import TransformerConfig
 from mot_lightning.objectives import NextToken
-from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit, run_fit_subprocess
+from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
 
 SPEECH_MOT, SPEECH_DENSE = str(CONFIGS / "speech/mot.yaml"), str(CONFIGS / "speech/dense.yaml")
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--data.loader.train_batches_per_epoch",
@@ -249,15 +249,13 @@ def test_mot_fit_writes_through_the_atomic_io(demo_env, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_fsdp2_full_state_checkpoint_is_written_atomically_and_resumes(demo_env, tmp_path):
-    """FSDP2 without sharded saving: rank 0 writes one file through AtomicCheckpointIO; resume reads it."""
-    args = ["--config", SPEECH_MOT, "--config", str(CONFIGS / "trainer/fsdp2.yaml"),
-            "--trainer.strategy.init_args.save_distributed_checkpoint", "false",
-            "--data.loader.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0",
-            "--model.scheduler.init_args.max_steps", "4"]
-    run_fit_subprocess([*args, "--trainer.max_steps", "2"], demo_env, tmp_path)
-    last = run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt"
-    assert last.is_file() and load_checkpoint(last)["global_step"] == 2
-    out = run_fit_subprocess([*args, "--trainer.max_steps", "4", "--ckpt_path", "last"], demo_env, tmp_path)
-    assert "Restor" in out and load_checkpoint(last)["global_step"] == 4
-    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temporaries left
+def test_fsdp2_full_state_checkpoint_is_written_atomically_and_resumes(fsdp2_runs):
+    """FSDP2 without sharded saving: rank 0 writes one file through AtomicCheckpointIO; resume reads it. The
+    first of the two launches starts from the sharded step-2 checkpoint of the shared FSDP2 run
+    (``distributed_runs.Fsdp2Runs``), so a sharded checkpoint is also read into a run that saves full state."""
+    written, read = fsdp2_runs.full_state
+    assert "Restor" in written.output  # the sharded checkpoint, named by --ckpt_path
+    assert fsdp2_runs.written == {"is_file": True, "global_step": 4, "files": ["last.ckpt"]}  # no temporaries
+    assert read.last == written.last
+    assert "Restor" in read.output and read.last.is_file() and load_checkpoint(read.last)["global_step"] == 6
+    assert sorted(p.name for p in read.last.parent.iterdir()) == ["last.ckpt"]  # no temporaries left

@@ -18,21 +18,20 @@ from mot_lightning.checkpoints import UnsafeCheckpointError, checkpoint_hparams,
 from mot_lightning.checkpoints.export import SNIPPET
 from mot_lightning.cli import main as mot
 from mot_lightning.generate import build
-from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_dir, run_fit, run_fit_subprocess
+from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_fit
 from tests.app.test_checkpoints import SideEffect
 from tests.numerics import assert_close, transformer_reduction
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")
-FSDP2 = ["--config", SPEECH, "--config", str(CONFIGS / "trainer/fsdp2.yaml"), "--trainer.max_steps", "2",
-         "--data.loader.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "0"]
 
 
 @pytest.fixture(scope="module")
-def sharded(demo_env, tmp_path_factory) -> Path:
-    """last.ckpt of a real 2-process FSDP2 run on CPU (gloo): a torch.distributed.checkpoint directory."""
-    root = tmp_path_factory.mktemp("fsdp2_run")
-    run_fit_subprocess(FSDP2, demo_env, root)
-    last = run_dir(root / "speech" / "mot") / "checkpoints" / "last.ckpt"
+def sharded(fsdp2_runs) -> Path:
+    """last.ckpt (step 2) of a real 2-process FSDP2 run on CPU (gloo): a torch.distributed.checkpoint directory.
+    The run is the shared one of ``distributed_runs`` (activation checkpointing, an EMA, samples and generation
+    metrics; also checked by test_training, test_samples_distributed and test_gen_metrics_distributed)."""
+    assert fsdp2_runs.first
+    last = fsdp2_runs.step2
     assert last.is_dir() and (last / ".metadata").is_file()
     return last
 

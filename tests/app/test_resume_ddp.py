@@ -5,34 +5,18 @@ sets (no limit_val_batches: every rank runs as many steps, padded with empty bat
 loads them start from the same weights."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import CONFIGS, TRANSFUSION, _ordered, data_args, run_dir, run_fit
+from tests.app.conftest import CONFIGS, TRANSFUSION, run_dir, run_fit
 from tests.app.test_training import only_version, scalars
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
-DDP = ["--config", str(CONFIGS / "trainer/ddp.yaml")]
 TRANSFUSION_CFG = ["--config", str(CONFIGS / "transfusion/mot.yaml")]
 LOGGING = ["--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
 VAL_TAGS = ("val/loss", "val/loss_text", "val/loss_image", "val/loss_speech",
             "val/val_seen/loss_text", "val/val_heldout/loss_image")
-
-
-def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 600) -> str:
-    """`mot <command>` as a real command (Lightning relaunches it once per rank under DDP)."""
-    cmd = [sys.executable, "-m", "mot_lightning.cli", command, *_ordered(args, True), *data_args(env),
-           "--trainer.logger.init_args.save_dir", str(save_dir)]
-    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    save_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, cwd=save_dir, env=proc_env, capture_output=True, text=True, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
 
 
 def tags_of(group: Path, command: str = "fit") -> dict[str, dict[int, float]]:
@@ -46,17 +30,18 @@ def close(a: float, b: float, rel: float = 1e-4) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-6)
 
 
+def version_tags(version: Path) -> dict[str, dict[int, float]]:
+    return {tag: dict(points) for tag, points in scalars(version).items()}
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_ddp_two_workers_resume_and_exact_validation(demo_env, tmp_path):
-    common = [*SPEECH, *DDP, *LOGGING, "--data.loader.num_workers", "2",
-              "--data.loader.train_batches_per_epoch", "3", "--trainer.val_check_interval", "2",
-              "--model.scheduler.init_args.max_steps", "4"]  # one schedule: the split run stops early
-    run_mot("fit", [*common, "--trainer.max_steps", "4"], demo_env, tmp_path / "full")
-    run_mot("fit", [*common, "--trainer.max_steps", "2"], demo_env, tmp_path / "split")
-    first = tags_of(tmp_path / "split" / "speech" / "mot")
-    run_mot("fit", [*common, "--trainer.max_steps", "4", "--ckpt_path", "last"], demo_env, tmp_path / "split")
-    full, resumed = (tags_of(tmp_path / d / "speech" / "mot") for d in ("full", "split"))
+def test_ddp_two_workers_resume_and_exact_validation(ddp_runs):
+    """The runs (``distributed_runs.DdpRuns``, shared with test_training and test_samples_distributed) also
+    sample and keep an EMA after steps 2 and 4: neither moves a training or validation loss."""
+    full = version_tags(ddp_runs.full.version)
+    first = version_tags(ddp_runs.split.version)
+    resumed = version_tags(ddp_runs.resumed.version)
 
     assert sorted(resumed["train/loss"]) == [2, 3]  # stopped mid-epoch at step 2
     for step in range(4):
@@ -71,10 +56,8 @@ def test_ddp_two_workers_resume_and_exact_validation(demo_env, tmp_path):
     assert resumed[skipped][min(resumed[skipped])] >= first[skipped][max(first[skipped])] > 0
 
     # the same checkpoint validated by 1 and by 2 processes, every batch of every set
-    ckpt = run_dir(tmp_path / "full" / "speech" / "mot") / "checkpoints" / "last.ckpt"
-    for name, extra in (("one", []), ("two", DDP)):
-        run_mot("validate", [*SPEECH, *extra, "--ckpt_path", str(ckpt)], demo_env, tmp_path / name)
-    one, two = (tags_of(tmp_path / d / "speech" / "mot", "validate") for d in ("one", "two"))
+    one = tags_of(ddp_runs.one_process["validated"], "validate")
+    two = tags_of(ddp_runs.validated_by_two, "validate")
     for tag in VAL_TAGS:
         a, b = (list(run[tag].values())[-1] for run in (one, two))
         assert close(a, b), (tag, a, b)

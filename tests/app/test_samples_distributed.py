@@ -1,8 +1,10 @@
 """SampleLogger under 2-process DDP and FSDP2 (CPU, gloo): the run finishes (a rank left waiting would hang
 it past the subprocess timeout), TensorBoard holds the samples, and they are the samples one process draws
-from the weights the run saved: `mot generate` with the same prompts, seed and limits on its last checkpoint
-(FSDP2: consolidated). The runs keep an EMA (listed after SampleLogger, so the sampler folds in the step
-itself) and sample from it; `mot generate --ema` reads the averages back from the checkpoint.
+from the weights the run saved: `mot generate` with the same prompts, seed and limits on its step-2
+checkpoint (FSDP2: consolidated). The runs keep an EMA (listed after SampleLogger, so the sampler folds in the
+step itself) and sample from it; `mot generate --ema` reads the averages back from the checkpoint. The runs
+are the shared ones of ``distributed_runs`` (also checked by test_resume_ddp, test_training, test_export and
+test_gen_metrics_distributed).
 
 FSDP1 (Lightning's strategy refuses CPU): the generation helper with a raw FSDP1 root over 2 gloo processes
 samples what the unsharded module samples."""
@@ -14,8 +16,6 @@ import io
 import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,20 +31,11 @@ from torchvision.utils import make_grid
 
 from mot_lightning.callbacks.generation import generate_in_run, is_sharded
 from mot_lightning.callbacks.samples import SILENCE_S
-from mot_lightning.checkpoints.consolidate import consolidate
-from mot_lightning.sampling import DEMO_CAPTIONS, generate
-from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_dir, run_fit_subprocess
+from mot_lightning.sampling import generate
 from tests.app.controls_run import tiny_module
+from tests.app.distributed_runs import N
 from tests.objectives.batches import token_batch
 
-SPEECH = str(CONFIGS / "speech/mot.yaml")
-N, CAPTION_TOKENS, SPEECH_UNITS = 2, 8, 6
-SAMPLER = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger", "--trainer.callbacks.every_n_steps", "2",
-           "--trainer.callbacks.n_samples", str(N), "--trainer.callbacks.max_caption_tokens", str(CAPTION_TOKENS),
-           "--trainer.callbacks.max_speech_units", str(SPEECH_UNITS),
-           "--trainer.callbacks+=mot_lightning.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.5"]
-RUN = ["--config", SPEECH, "--trainer.max_steps", "2", "--data.loader.train_batches_per_epoch", "2",
-       "--trainer.limit_val_batches", "0", "--model.scheduler.init_args.warmup_steps", "1", *SAMPLER]
 TEXT_TAGS = ("image_to_caption", "speech_to_text")
 
 
@@ -82,32 +73,14 @@ def _lines(text: str) -> list[str]:
     return [re.sub(r"^\d+[.:] ", "", line) for line in text.splitlines() if line]
 
 
-def mot_generate(ckpt: Path, env: dict[str, str], out: Path) -> None:
-    """`mot generate --ema` as a command, one thread like each rank of the run (the same kernels)."""
-    cmd = [sys.executable, "-m", "mot_lightning.cli", "generate", "--ckpt", str(ckpt), "--config", SPEECH, "--ema",
-           "--out", str(out), "--n", str(N), "--max_caption_tokens", str(CAPTION_TOKENS), "--max_speech_units",
-           str(SPEECH_UNITS), "--device", "cpu", *[a for c in DEMO_CAPTIONS[:N] for a in ("--prompt", c)],
-           *TINY_MODEL, *data_args(env)]
-    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=proc_env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_samples_are_the_one_process_samples_of_the_saved_weights(strategy, demo_env, tmp_path):
-    run_fit_subprocess([*RUN, "--config", str(CONFIGS / f"trainer/{strategy}.yaml")], demo_env, tmp_path / "run")
-    run = run_dir(tmp_path / "run" / "speech" / "mot")
-    [version] = run.glob("version_*")
-    logged = logged_samples(version, step=2)
-    ckpt = run / "checkpoints" / "last.ckpt"
-    if ckpt.is_dir():  # FSDP2: a sharded checkpoint
-        assert strategy == "fsdp2"
-        consolidate(ckpt, tmp_path / "model.ckpt")  # keeps the EMA averages
-        ckpt = tmp_path / "model.ckpt"
-    mot_generate(ckpt, demo_env, tmp_path / "generated")
-    expected = generated_samples(tmp_path / "generated")
+def test_two_process_samples_are_the_one_process_samples_of_the_saved_weights(strategy, request):
+    runs = request.getfixturevalue(f"{strategy}_runs")
+    first = runs.split if strategy == "ddp" else runs.first  # the 2-step launch: samples after step 2
+    logged = logged_samples(first.version, step=2)
+    expected = generated_samples(runs.one_process["generated"])  # FSDP2: of the consolidated checkpoint
 
     assert logged["texts"] == expected["texts"]  # captions and transcriptions, id for id
     assert [len(lines) for lines in logged["texts"].values()] == [N, N]

@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mot_lightning.modality import Modality
-from tests.app.conftest import CONFIGS, run_dir, run_fit, run_fit_subprocess
+from tests.app.conftest import CONFIGS, run_dir, run_fit
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
 SHORT = ["--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
@@ -67,21 +67,20 @@ def _global_step(ckpt: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("strategy,extra", [
-    ("ddp", []),
-    ("fsdp2", ["--model.activation_checkpointing", "true"]),
-])
-def test_two_process_training_saves_and_resumes(strategy, extra, demo_env, tmp_path):
-    args = [*SPEECH, "--config", str(CONFIGS / f"trainer/{strategy}.yaml"), *extra,
-            "--data.loader.train_batches_per_epoch", "2", "--trainer.limit_val_batches", "1"]
-    args += ["--model.scheduler.init_args.max_steps", "4"]  # one schedule for both launches
-    run_fit_subprocess([*args, "--trainer.max_steps", "2"], demo_env, tmp_path)
-    last = run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt"
-    assert last.exists()
-    assert _global_step(last) == 2
-    out = run_fit_subprocess([*args, "--trainer.max_steps", "4", "--ckpt_path", "last"], demo_env, tmp_path)
-    assert "Restoring states from the checkpoint" in out or "Restored all states" in out
-    assert _global_step(last) == 4
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_process_training_saves_and_resumes(strategy, request):
+    """2 steps, then --ckpt_path last to step 4: the shared runs of ``distributed_runs`` (DDP: 2 data workers
+    per rank; FSDP2: activation checkpointing, a sharded checkpoint), also checked by test_resume_ddp,
+    test_samples_distributed, test_export and test_gen_metrics_distributed."""
+    runs = request.getfixturevalue(f"{strategy}_runs")
+    first = runs.split if strategy == "ddp" else runs.first
+    assert runs.step2.exists()  # last.ckpt as the 2-step launch left it
+    assert runs.step2.is_dir() == (strategy == "fsdp2")
+    assert _global_step(runs.step2) == 2
+    resumed = runs.resumed
+    assert resumed.last == first.last
+    assert "Restoring states from the checkpoint" in resumed.output or "Restored all states" in resumed.output
+    assert _global_step(resumed.last) == 4
 
 
 def test_unknown_key_is_named(demo_env, tmp_path, capsys):

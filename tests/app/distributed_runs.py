@@ -1,0 +1,222 @@
+"""The 2-process `mot fit` runs (CPU, gloo) that several test files check, each made once per test session
+(the session fixtures ``ddp_runs`` in tests/app/conftest.py and ``fsdp2_runs`` in tests/conftest.py).
+
+A 2-process launch costs two Python start-ups (~5 s each) before its first step, so one run serves every
+test that checks something of it; each part runs when a test first asks for it (``cached_property``):
+
+- ``DdpRuns``: the speech setting under DDP with 2 data workers per rank, full validation after steps 2 and
+  4, a SampleLogger and an EMA: an unbroken 4-step run, a 2-step run resumed with ``--ckpt_path last`` to
+  step 4, `mot validate` of the unbroken run's checkpoint by 1 and by 2 processes, and `mot generate --ema`
+  of the step-2 checkpoint in one process (test_resume_ddp, test_training, test_samples_distributed).
+- ``Fsdp2Runs``: the speech setting under FSDP2 with activation checkpointing, a SampleLogger, generation
+  metrics and an EMA: a 2-step run (sharded checkpoint) resumed with ``--ckpt_path last`` to step 4; its
+  step-2 checkpoint consolidated and measured by `mot generate --ema` and `mot eval --ema` in one process;
+  and runs that save full-state checkpoints (rank 0 writes one file) resumed from it (test_training,
+  test_export, test_samples_distributed, test_checkpoints, tests/eval/test_gen_metrics_distributed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from functools import cached_property
+from pathlib import Path
+
+from mot_lightning.checkpoints import load_checkpoint
+from mot_lightning.checkpoints.consolidate import consolidate
+from mot_lightning.sampling import DEMO_CAPTIONS
+from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, _ordered, data_args, run_dir
+
+SPEECH = str(CONFIGS / "speech/mot.yaml")
+DDP = ["--config", str(CONFIGS / "trainer/ddp.yaml")]
+FSDP2 = ["--config", str(CONFIGS / "trainer/fsdp2.yaml")]
+LOGGING = ["--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
+
+# SampleLogger after steps 2 and 4, sampling from the EMA (listed after it, so the sampler folds in the step
+# itself); `mot generate` with the same prompts, seed and limits must draw the same samples
+N, CAPTION_TOKENS, SPEECH_UNITS = 2, 8, 6
+SAMPLE_LOGGER = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger", "--trainer.callbacks.every_n_steps",
+                 "2", "--trainer.callbacks.n_samples", str(N), "--trainer.callbacks.max_caption_tokens",
+                 str(CAPTION_TOKENS), "--trainer.callbacks.max_speech_units", str(SPEECH_UNITS)]
+EMA = ["--trainer.callbacks+=mot_lightning.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.5"]
+# GenerationMetrics after each validation; `mot eval` with the same limits must measure the same
+GEN_LIMITS = {"n_prompts": "3", "n_heldout": "2", "n_speech": "2", "max_caption_tokens": "6",
+              "max_speech_units": "5"}
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 600) -> str:
+    """`mot <command>` as a real command with the tests' tiny sizes (Lightning relaunches it once per rank
+    under DDP/FSDP2), writing under ``save_dir``; returns its output."""
+    return finish(start_mot(command, args, env, save_dir), timeout)
+
+
+def start_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mot_lightning.cli", command, *_ordered(args, True), *data_args(env),
+           "--trainer.logger.init_args.save_dir", str(save_dir)]
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, cwd=save_dir, env=one_thread_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def start_one_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`mot generate` / `mot eval` (``args``) on one thread, like each rank of the runs (the same kernels)."""
+    cmd = [sys.executable, "-m", "mot_lightning.cli", *args, "--device", "cpu", *TINY_MODEL, *data_args(env)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 600) -> str:
+    output, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def finish_all(procs: list[subprocess.Popen]) -> list[str]:
+    """Wait for processes started together; all must succeed (the others are stopped if one fails)."""
+    try:
+        return [finish(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def generate_args(ckpt: Path, out: Path) -> list[str]:
+    """`mot generate --ema` with SampleLogger's prompts, number and limits."""
+    return ["generate", "--ckpt", str(ckpt), "--config", SPEECH, "--ema", "--out", str(out), "--n", str(N),
+            "--max_caption_tokens", str(CAPTION_TOKENS), "--max_speech_units", str(SPEECH_UNITS),
+            *[a for c in DEMO_CAPTIONS[:N] for a in ("--prompt", c)]]
+
+
+class Launch:
+    """A `mot fit` launch: its run dir, the version dir it logged to, and its output."""
+
+    def __init__(self, group: Path, output: str, versions_before: set[Path] = frozenset()) -> None:
+        self.run = run_dir(group)
+        [self.version] = set(self.run.glob("version_*")) - set(versions_before)  # the one this launch made
+        self.output = output
+        self.last = self.run / "checkpoints" / "last.ckpt"
+
+
+class DdpRuns:
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        self.env, self.root = env, root
+        self.common = ["--config", SPEECH, *DDP, *LOGGING, "--data.loader.num_workers", "2",
+                       "--data.loader.train_batches_per_epoch", "3", "--trainer.val_check_interval", "2",
+                       "--model.scheduler.init_args.max_steps", "4",  # one schedule: the split run stops early
+                       "--model.scheduler.init_args.warmup_steps", "1", *SAMPLE_LOGGER, *EMA]
+
+    def _fit(self, name: str, *args: str) -> Launch:
+        group = self.root / name / "speech" / "mot"
+        before = set(group.glob("*/version_*"))
+        return Launch(group, run_mot("fit", [*self.common, *args], self.env, self.root / name), before)
+
+    @cached_property
+    def full(self) -> Launch:
+        """The unbroken run: 4 steps."""
+        return self._fit("full", "--trainer.max_steps", "4")
+
+    @cached_property
+    def split(self) -> Launch:
+        """The first launch of the split run (2 steps); ``step2`` is a copy of its last.ckpt."""
+        launch = self._fit("split", "--trainer.max_steps", "2")
+        self.step2 = shutil.copy(launch.last, self.root / "step2.ckpt")
+        return launch
+
+    @cached_property
+    def resumed(self) -> Launch:
+        """The split run continued to step 4 with --ckpt_path last."""
+        assert self.split
+        return self._fit("split", "--trainer.max_steps", "4", "--ckpt_path", "last")
+
+    @cached_property
+    def one_process(self) -> dict[str, Path]:
+        """In one process, together: `mot validate` of the unbroken run's checkpoint (its run group under
+        ``"validated"``) and `mot generate --ema` of the split run's step-2 checkpoint (``"generated"``)."""
+        validated, generated = self.root / "one", self.root / "generated"
+        validate = start_mot("validate", ["--config", SPEECH, "--ckpt_path", str(self.full.last)], self.env,
+                             validated)
+        assert self.split
+        finish_all([validate, start_one_process(generate_args(self.step2, generated), self.env)])
+        return {"validated": validated / "speech" / "mot", "generated": generated}
+
+    @cached_property
+    def validated_by_two(self) -> Path:
+        """`mot validate` of the unbroken run's checkpoint by 2 processes (its run group)."""
+        run_mot("validate", ["--config", SPEECH, *DDP, "--ckpt_path", str(self.full.last)], self.env,
+                self.root / "two")
+        return self.root / "two" / "speech" / "mot"
+
+
+class Fsdp2Runs:
+    def __init__(self, env: dict[str, str], scorer_file: Path, root: Path) -> None:
+        self.env, self.scorer_file, self.root = env, scorer_file, root
+        gen_metrics = ["--trainer.callbacks+=mot_lightning.callbacks.GenerationMetrics",
+                       *[a for k, v in GEN_LIMITS.items() for a in (f"--trainer.callbacks.{k}", v)],
+                       "--trainer.callbacks.scorer_file", str(scorer_file)]
+        self.common = ["--config", SPEECH, *FSDP2, "--model.activation_checkpointing", "true",
+                       "--data.loader.train_batches_per_epoch", "2", "--trainer.val_check_interval", "2",
+                       "--model.scheduler.init_args.max_steps", "6", "--model.scheduler.init_args.warmup_steps", "1",
+                       *SAMPLE_LOGGER, *gen_metrics, *EMA]
+
+    @cached_property
+    def first(self) -> Launch:
+        """2 steps, validation (with generation metrics) after step 2; ``step2`` is a copy of its sharded
+        last.ckpt (a directory)."""
+        output = run_mot("fit", [*self.common, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
+                         self.env, self.root / "sharded")
+        launch = Launch(self.root / "sharded" / "speech" / "mot", output)
+        self.step2 = Path(shutil.copytree(launch.last, self.root / "step2.ckpt"))
+        return launch
+
+    @cached_property
+    def resumed(self) -> Launch:
+        """The first run continued to step 4 with --ckpt_path last (no validation: its metrics are not checked)."""
+        first = self.first
+        output = run_mot("fit", [*self.common, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
+                                 "--ckpt_path", "last"], self.env, self.root / "sharded")
+        return Launch(self.root / "sharded" / "speech" / "mot", output, {first.version})
+
+    @cached_property
+    def one_process(self) -> dict[str, Path]:
+        """The step-2 checkpoint consolidated (``"consolidated"``, EMA averages kept), and in one process,
+        together: `mot generate --ema` (``"generated"``) and `mot eval --ema` (``"evaluated"``) of it."""
+        assert self.first
+        consolidated = self.root / "model.ckpt"
+        consolidate(self.step2, consolidated)
+        generated, evaluated = self.root / "generated", self.root / "evaluated"
+        limits = GEN_LIMITS
+        evaluate = ["eval", "--ckpt", str(consolidated), "--config", SPEECH, "--ema", "--out", str(evaluated),
+                    "--n", limits["n_prompts"], "--n_heldout", limits["n_heldout"], "--n_speech", limits["n_speech"],
+                    "--max_caption_tokens", limits["max_caption_tokens"], "--max_speech_units",
+                    limits["max_speech_units"], "--scorer_file", str(self.scorer_file)]
+        finish_all([start_one_process(generate_args(consolidated, generated), self.env),
+                    start_one_process(evaluate, self.env)])
+        return {"consolidated": consolidated, "generated": generated, "evaluated": evaluated}
+
+    @cached_property
+    def full_state(self) -> tuple[Launch, Launch]:
+        """Without sharded saving (rank 0 writes one file through the atomic IO): a run started from the
+        sharded step-2 checkpoint (``--ckpt_path`` naming it) to step 4, then continued with --ckpt_path last
+        to step 6 (reading that file). ``written``: what the first wrote (its last.ckpt's global step, whether
+        it is a file, the files in its checkpoint dir)."""
+        assert self.first
+        # without activation checkpointing: Lightning's full-state load into FSDP2 blocks wrapped for it fails
+        # (strict keys: the model's carry the wrapper's prefix, the file's do not)
+        args = [*self.common, "--model.activation_checkpointing", "false",
+                "--trainer.strategy.init_args.save_distributed_checkpoint", "false", "--trainer.limit_val_batches", "0"]
+        group = self.root / "full_state"
+        written = Launch(group / "speech" / "mot",
+                         run_mot("fit", [*args, "--trainer.max_steps", "4", "--ckpt_path", str(self.step2)],
+                                 self.env, group))
+        self.written = {"is_file": written.last.is_file(), "global_step": load_checkpoint(written.last)["global_step"],
+                        "files": sorted(p.name for p in written.last.parent.iterdir())}
+        read = Launch(group / "speech" / "mot",
+                      run_mot("fit", [*args, "--trainer.max_steps", "6", "--ckpt_path", "last"], self.env, group),
+                      {written.version})
+        return written, read
