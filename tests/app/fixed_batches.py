@@ -1,7 +1,8 @@
 """Train a tiny ``MultiModalLM`` on a fixed list of global batches: in one process, or as the ranks of
-DDP / FSDP2 (Lightning relaunches this module once per rank), with any gradient accumulation.
+DDP / FSDP2 (started by torchrun, or relaunched by Lightning once per rank), with any gradient accumulation.
 
-    python -m tests.app.fixed_batches --strategy ddp --devices 2 --accumulate 1 --clip 0.05 --out run.pt
+    torchrun --standalone --nproc_per_node 2 -m tests.app.fixed_batches --strategy ddp --devices 2 \
+        --accumulate 1 --clip 0.05 --out run.pt
 
 Global batch ``s`` is ``token_batch(ROWS, seed=s)``: rank ``r`` of ``W`` takes its ``ROWS / W`` rows in
 order, and accumulation splits those into ``K`` micro-batches. Every row holds the same number of

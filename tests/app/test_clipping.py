@@ -8,7 +8,6 @@ import gc
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from mot_lightning.data.batch import IGNORE_INDEX
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.training import clip_gradients
+from tests.app.controls_run import launch_env, launcher
 from tests.app.fixed_batches import ROWS, VOCAB, T, train
 from tests.numerics import assert_close, tolerance, transformer_reduction
 from tests.objectives.batches import token_batch
@@ -42,8 +42,8 @@ def one_process(tmp_path_factory) -> dict:
 
 def run_ranks(tmp_path: Path, strategy: str) -> dict:
     out = tmp_path / f"{strategy}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "tests.app.fixed_batches", "--strategy", strategy, "--devices", "2",
+    env = launch_env()
+    cmd = [*launcher(["--devices", "2"]), "-m", "tests.app.fixed_batches", "--strategy", strategy, "--devices", "2",
            "--clip", str(CLIP), "--out", str(out)]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -119,15 +119,17 @@ def test_torchrun_one_node_two_nodes_and_resume_on_one_process(demo_env, tmp_pat
     nodes_args = fit_args([*ddp, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.max_steps", "4",
                            "--ckpt_path", str(ckpt)], demo_env, tmp_path / "b")
     agents = [start([torchrun, *rdzv, *module, *nodes_args], clean_env(), tmp_path / "b") for _ in range(2)]
+    # meanwhile, the 2-process DDP checkpoint resumed by one process (another world size: a new run dir, same
+    # steps)
+    single = [sys.executable, *module, *fit_args([*SPEECH, *SHORT, "--trainer.max_steps", "4", "--ckpt_path",
+                                                  str(ckpt)], demo_env, tmp_path / "c")]
+    single = start(single, clean_env(), tmp_path / "c")
     out = finish(agents)
     assert ranks(out) == [(0, 2), (1, 2)] and "Restored all states" in out
     assert resumed_steps(tmp_path / "b") == [2, 3]
     assert load_checkpoint(last_checkpoint(tmp_path / "b"))["global_step"] == 4
 
-    # the 2-process DDP checkpoint resumed by one process (another world size: a new run dir, same steps)
-    single = [sys.executable, *module, *fit_args([*SPEECH, *SHORT, "--trainer.max_steps", "4", "--ckpt_path",
-                                                  str(ckpt)], demo_env, tmp_path / "c")]
-    out = finish([start(single, clean_env(), tmp_path / "c")])
+    out = finish([single])
     assert ranks(out) == [] and "Restored all states" in out
     assert resumed_steps(tmp_path / "c") == [2, 3]
     assert load_checkpoint(last_checkpoint(tmp_path / "c"))["global_step"] == 4
@@ -157,12 +159,18 @@ def test_sbatch_script_is_valid_bash_and_its_command_parses(tmp_path):
                 "--trainer.logger.init_args.save_dir", "--ckpt_path last"):
         assert key in text, key
     # 2 nodes x 8 GPUs, as sbatch would set them; one task prints the resolved config instead of training
-    for strategy, expected in (("ddp", "ddp"), ("fsdp2", "ModelParallelStrategy"), ("fsdp1", "FSDPStrategy")):
+    # (the three strategies' scripts run together: each is one process)
+    strategies = {"ddp": "ddp", "fsdp2": "ModelParallelStrategy", "fsdp1": "FSDPStrategy"}
+    procs = {}
+    for strategy in strategies:
         cmd, env = sbatch(tmp_path / strategy, ["--print_config"], 8, strategy, STANDIN_TASKS="1",
                           SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2")
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        config = yaml.safe_load(proc.stdout)
+        procs[strategy] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    for strategy, expected in strategies.items():
+        stdout, stderr = procs[strategy].communicate(timeout=300)
+        assert procs[strategy].returncode == 0, stderr[-4000:]
+        config = yaml.safe_load(stdout)
         trainer = config["trainer"]
         assert (trainer["accelerator"], int(trainer["devices"]), trainer["num_nodes"]) == ("gpu", 8, 2)
         assert expected in str(trainer["strategy"]), trainer["strategy"]
