@@ -104,6 +104,11 @@ class Launch:
 
 
 class DdpRuns:
+    """Three rounds of launches, those of a round started together (they do not depend on each other; a
+    2-process launch leaves one CPU idle while its ranks start one after the other and exit): the unbroken
+    run and the split run's first launch; the split run resumed and `mot validate` by 2 processes; `mot
+    validate` and `mot generate` in one process."""
+
     def __init__(self, env: dict[str, str], root: Path) -> None:
         self.env, self.root = env, root
         self.common = ["--config", SPEECH, *DDP, *LOGGING, "--data.loader.num_workers", "2",
@@ -111,49 +116,66 @@ class DdpRuns:
                        "--model.scheduler.init_args.max_steps", "4",  # one schedule: the split run stops early
                        "--model.scheduler.init_args.warmup_steps", "1", *SAMPLE_LOGGER, *EMA]
 
-    def _fit(self, name: str, *args: str) -> Launch:
-        group = self.root / name / "speech" / "mot"
-        before = set(group.glob("*/version_*"))
-        return Launch(group, run_mot("fit", [*self.common, *args], self.env, self.root / name), before)
+    def _fits(self, launches: list[tuple[str, ...]], others: list[subprocess.Popen] = ()) -> list[Launch]:
+        """`mot fit` launches (name of the save dir, extra arguments) started together with ``others``."""
+        started = []
+        for name, *args in launches:
+            group = self.root / name / "speech" / "mot"
+            started.append((group, set(group.glob("*/version_*")),
+                            start_mot("fit", [*self.common, *args], self.env, self.root / name)))
+        outputs = finish_all([proc for *_, proc in started] + list(others))
+        return [Launch(group, output, before) for (group, before, _), output in zip(started, outputs)]
 
     @cached_property
+    def _runs(self) -> dict:
+        full, split = self._fits([("full", "--trainer.max_steps", "4"), ("split", "--trainer.max_steps", "2")])
+        step2 = Path(shutil.copy(split.last, self.root / "step2.ckpt"))  # before the resume overwrites it
+        validate = ["--config", SPEECH, "--ckpt_path", str(full.last)]
+        [resumed] = self._fits([("split", "--trainer.max_steps", "4", "--ckpt_path", "last")],
+                               [start_mot("validate", [*validate, *DDP], self.env, self.root / "two")])
+        finish_all([start_mot("validate", validate, self.env, self.root / "one"),
+                    start_one_process(generate_args(step2, self.root / "generated"), self.env)])
+        return {"full": full, "split": split, "step2": step2, "resumed": resumed}
+
+    @property
     def full(self) -> Launch:
-        """The unbroken run: 4 steps."""
-        return self._fit("full", "--trainer.max_steps", "4")
+        """The unbroken run: 4 steps, validation after steps 2 and 4."""
+        return self._runs["full"]
 
-    @cached_property
+    @property
     def split(self) -> Launch:
-        """The first launch of the split run (2 steps); ``step2`` is a copy of its last.ckpt."""
-        launch = self._fit("split", "--trainer.max_steps", "2")
-        self.step2 = shutil.copy(launch.last, self.root / "step2.ckpt")
-        return launch
+        """The first launch of the split run: 2 steps."""
+        return self._runs["split"]
 
-    @cached_property
+    @property
+    def step2(self) -> Path:
+        """A copy of the split run's last.ckpt after its first launch."""
+        return self._runs["step2"]
+
+    @property
     def resumed(self) -> Launch:
         """The split run continued to step 4 with --ckpt_path last."""
-        assert self.split
-        return self._fit("split", "--trainer.max_steps", "4", "--ckpt_path", "last")
+        return self._runs["resumed"]
 
-    @cached_property
+    @property
     def one_process(self) -> dict[str, Path]:
-        """In one process, together: `mot validate` of the unbroken run's checkpoint (its run group under
+        """In one process: `mot validate` of the unbroken run's checkpoint (its run group under
         ``"validated"``) and `mot generate --ema` of the split run's step-2 checkpoint (``"generated"``)."""
-        validated, generated = self.root / "one", self.root / "generated"
-        validate = start_mot("validate", ["--config", SPEECH, "--ckpt_path", str(self.full.last)], self.env,
-                             validated)
-        assert self.split
-        finish_all([validate, start_one_process(generate_args(self.step2, generated), self.env)])
-        return {"validated": validated / "speech" / "mot", "generated": generated}
+        assert self._runs
+        return {"validated": self.root / "one" / "speech" / "mot", "generated": self.root / "generated"}
 
-    @cached_property
+    @property
     def validated_by_two(self) -> Path:
         """`mot validate` of the unbroken run's checkpoint by 2 processes (its run group)."""
-        run_mot("validate", ["--config", SPEECH, *DDP, "--ckpt_path", str(self.full.last)], self.env,
-                self.root / "two")
+        assert self._runs
         return self.root / "two" / "speech" / "mot"
 
 
 class Fsdp2Runs:
+    """The 2-step run first (``first``: everything else starts from its checkpoint); then, when a test asks
+    for any of them, two rounds started together as in ``DdpRuns``: the run resumed and the full-state run's
+    first launch; the full-state run continued, `mot generate` and `mot eval`."""
+
     def __init__(self, env: dict[str, str], scorer_file: Path, root: Path) -> None:
         self.env, self.scorer_file, self.root = env, scorer_file, root
         gen_metrics = ["--trainer.callbacks+=mot_lightning.callbacks.GenerationMetrics",
@@ -163,60 +185,76 @@ class Fsdp2Runs:
                        "--data.loader.train_batches_per_epoch", "2", "--trainer.val_check_interval", "2",
                        "--model.scheduler.init_args.max_steps", "6", "--model.scheduler.init_args.warmup_steps", "1",
                        *SAMPLE_LOGGER, *gen_metrics, *EMA]
+        # without activation checkpointing: Lightning's full-state load into FSDP2 blocks wrapped for it fails
+        # (strict keys: the model's carry the wrapper's prefix, the file's do not)
+        self.full_state_args = [*self.common, "--model.activation_checkpointing", "false",
+                                "--trainer.strategy.init_args.save_distributed_checkpoint", "false",
+                                "--trainer.limit_val_batches", "0"]
 
     @cached_property
     def first(self) -> Launch:
-        """2 steps, validation (with generation metrics) after step 2; ``step2`` is a copy of its sharded
-        last.ckpt (a directory)."""
+        """2 steps, validation (with generation metrics) after step 2."""
         output = run_mot("fit", [*self.common, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
                          self.env, self.root / "sharded")
-        launch = Launch(self.root / "sharded" / "speech" / "mot", output)
-        self.step2 = Path(shutil.copytree(launch.last, self.root / "step2.ckpt"))
-        return launch
+        return Launch(self.root / "sharded" / "speech" / "mot", output)
 
     @cached_property
+    def step2(self) -> Path:
+        """A copy of the first run's sharded last.ckpt (a directory) after its 2 steps."""
+        return Path(shutil.copytree(self.first.last, self.root / "step2.ckpt"))
+
+    @cached_property
+    def _rest(self) -> dict:
+        sharded, full_state = self.root / "sharded", self.root / "full_state"
+        assert self.step2  # copied before the resumed run overwrites last.ckpt
+        resume = start_mot("fit", [*self.common, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
+                                   "--ckpt_path", "last"], self.env, sharded)
+        write = start_mot("fit", [*self.full_state_args, "--trainer.max_steps", "4", "--ckpt_path", str(self.step2)],
+                          self.env, full_state)
+        resumed_output, written_output = finish_all([resume, write])
+        resumed = Launch(sharded / "speech" / "mot", resumed_output, {self.first.version})
+        written = Launch(full_state / "speech" / "mot", written_output)
+        what_was_written = {"is_file": written.last.is_file(),
+                            "global_step": load_checkpoint(written.last)["global_step"],
+                            "files": sorted(p.name for p in written.last.parent.iterdir())}
+
+        consolidated = self.root / "model.ckpt"
+        consolidate(self.step2, consolidated)  # keeps the EMA averages
+        limits = GEN_LIMITS
+        evaluate = ["eval", "--ckpt", str(consolidated), "--config", SPEECH, "--ema", "--out",
+                    str(self.root / "evaluated"), "--n", limits["n_prompts"], "--n_heldout", limits["n_heldout"],
+                    "--n_speech", limits["n_speech"], "--max_caption_tokens", limits["max_caption_tokens"],
+                    "--max_speech_units", limits["max_speech_units"], "--scorer_file", str(self.scorer_file)]
+        read_output, *_ = finish_all([
+            start_mot("fit", [*self.full_state_args, "--trainer.max_steps", "6", "--ckpt_path", "last"], self.env,
+                      full_state),
+            start_one_process(generate_args(consolidated, self.root / "generated"), self.env),
+            start_one_process(evaluate, self.env)])
+        read = Launch(full_state / "speech" / "mot", read_output, {written.version})
+        return {"resumed": resumed, "written": written, "what_was_written": what_was_written, "read": read,
+                "consolidated": consolidated}
+
+    @property
     def resumed(self) -> Launch:
         """The first run continued to step 4 with --ckpt_path last (no validation: its metrics are not checked)."""
-        first = self.first
-        output = run_mot("fit", [*self.common, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0",
-                                 "--ckpt_path", "last"], self.env, self.root / "sharded")
-        return Launch(self.root / "sharded" / "speech" / "mot", output, {first.version})
+        return self._rest["resumed"]
 
-    @cached_property
+    @property
     def one_process(self) -> dict[str, Path]:
-        """The step-2 checkpoint consolidated (``"consolidated"``, EMA averages kept), and in one process,
-        together: `mot generate --ema` (``"generated"``) and `mot eval --ema` (``"evaluated"``) of it."""
-        assert self.first
-        consolidated = self.root / "model.ckpt"
-        consolidate(self.step2, consolidated)
-        generated, evaluated = self.root / "generated", self.root / "evaluated"
-        limits = GEN_LIMITS
-        evaluate = ["eval", "--ckpt", str(consolidated), "--config", SPEECH, "--ema", "--out", str(evaluated),
-                    "--n", limits["n_prompts"], "--n_heldout", limits["n_heldout"], "--n_speech", limits["n_speech"],
-                    "--max_caption_tokens", limits["max_caption_tokens"], "--max_speech_units",
-                    limits["max_speech_units"], "--scorer_file", str(self.scorer_file)]
-        finish_all([start_one_process(generate_args(consolidated, generated), self.env),
-                    start_one_process(evaluate, self.env)])
-        return {"consolidated": consolidated, "generated": generated, "evaluated": evaluated}
+        """The step-2 checkpoint consolidated (``"consolidated"``, EMA averages kept), and in one process:
+        `mot generate --ema` (``"generated"``) and `mot eval --ema` (``"evaluated"``) of it."""
+        return {"consolidated": self._rest["consolidated"], "generated": self.root / "generated",
+                "evaluated": self.root / "evaluated"}
 
-    @cached_property
+    @property
     def full_state(self) -> tuple[Launch, Launch]:
         """Without sharded saving (rank 0 writes one file through the atomic IO): a run started from the
         sharded step-2 checkpoint (``--ckpt_path`` naming it) to step 4, then continued with --ckpt_path last
-        to step 6 (reading that file). ``written``: what the first wrote (its last.ckpt's global step, whether
-        it is a file, the files in its checkpoint dir)."""
-        assert self.first
-        # without activation checkpointing: Lightning's full-state load into FSDP2 blocks wrapped for it fails
-        # (strict keys: the model's carry the wrapper's prefix, the file's do not)
-        args = [*self.common, "--model.activation_checkpointing", "false",
-                "--trainer.strategy.init_args.save_distributed_checkpoint", "false", "--trainer.limit_val_batches", "0"]
-        group = self.root / "full_state"
-        written = Launch(group / "speech" / "mot",
-                         run_mot("fit", [*args, "--trainer.max_steps", "4", "--ckpt_path", str(self.step2)],
-                                 self.env, group))
-        self.written = {"is_file": written.last.is_file(), "global_step": load_checkpoint(written.last)["global_step"],
-                        "files": sorted(p.name for p in written.last.parent.iterdir())}
-        read = Launch(group / "speech" / "mot",
-                      run_mot("fit", [*args, "--trainer.max_steps", "6", "--ckpt_path", "last"], self.env, group),
-                      {written.version})
-        return written, read
+        to step 6 (reading that file)."""
+        return self._rest["written"], self._rest["read"]
+
+    @property
+    def written(self) -> dict:
+        """What the full-state run's first launch left: its last.ckpt's global step, whether it is a file, the
+        files in its checkpoint dir."""
+        return self._rest["what_was_written"]
