@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer  # noqa: E402
 from mot_lightning.eval.worlds import get_world  # noqa: E402
-from tests.app.conftest import CONFIGS, TRANSFUSION, run_fit  # noqa: E402
+from tests.app.conftest import CONFIGS, TRANSFUSION_ONE_STEP, run_fit  # noqa: E402
 
 # a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure)
 TEST_SCORER = ScorerConfig(steps=150, pool=1500, batch_size=64, lr=3e-3, augment=False)
@@ -48,11 +48,15 @@ def demo_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
-    """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml (made once by a
-    real fast_dev_run; its file name depends only on the tokenizer config, so every later run loads it)."""
-    run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.fast_dev_run", "1"],
-            demo_env, tmp_path_factory.mktemp("transfusion_env") / "runs")
-    return demo_env
+    """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml, made once by a
+    real 1-step run that fits it (``TRANSFUSION_ONE_STEP``; the file name depends only on the tokenizer config,
+    so every later run loads it). ``"fitting_run"``: that run's group (its logs); ``"fitted_file"``: the file."""
+    save_dir = tmp_path_factory.mktemp("transfusion_env") / "runs"
+    tokenizers = Path(demo_env["tokenizer_dir"])
+    before = set(tokenizers.glob("*.pt"))
+    run_fit(TRANSFUSION_ONE_STEP, demo_env, save_dir)
+    [fitted] = set(tokenizers.glob("*.pt")) - before  # this run fitted it (no other run had)
+    return {**demo_env, "fitting_run": str(save_dir / "transfusion" / "mot"), "fitted_file": str(fitted)}
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,11 @@ TINY = [
 
 # the Transfusion configs with a KL-VAE fitted in seconds (the YAML's 600 steps take minutes)
 TRANSFUSION = ["--data.tokenizer_files.train.max_steps", "30", "--data.tokenizer_files.train.val_every_n_steps", "1000"]
+# one logged step of the Transfusion setting: the run of the transfusion_env fixture (which fits the KL-VAE), and
+# test_resume_ddp's rerun (which loads it)
+TRANSFUSION_ONE_STEP = ["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION, "--trainer.max_steps", "1",
+                        "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
+                        "--throughput.log_every_n_steps", "1"]
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import CONFIGS, TRANSFUSION, run_dir, run_fit
+from tests.app.conftest import CONFIGS, TRANSFUSION_ONE_STEP, run_dir, run_fit
 from tests.app.test_training import only_version, scalars
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml")]
-TRANSFUSION_CFG = ["--config", str(CONFIGS / "transfusion/mot.yaml")]
-LOGGING = ["--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps", "1"]
 VAL_TAGS = ("val/loss", "val/loss_text", "val/loss_image", "val/loss_speech",
             "val/val_seen/loss_text", "val/val_heldout/loss_image")
 
@@ -79,14 +77,13 @@ def test_validate_and_test_report_skip_counters(demo_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_fitting_tokenizers_leaves_the_model_seed_alone(demo_env, tmp_path):
-    """The first run fits its KL-VAE (which seeds and draws random numbers), the rerun loads the file:
-    both start from the same weights and data order."""
-    env = {**demo_env, "tokenizer_dir": str(tmp_path / "fresh_tokenizers")}
-    losses = []
-    for name in ("fits", "loads"):
-        run_fit([*TRANSFUSION_CFG, *TRANSFUSION, *LOGGING, "--trainer.max_steps", "1",
-                 "--trainer.limit_val_batches", "0"], env, tmp_path / name)
-        losses.append(tags_of(tmp_path / name / "transfusion" / "mot")["train/loss"][0])
-    assert len(list(Path(env["tokenizer_dir"]).glob("*.pt"))) == 1
-    assert losses[0] == losses[1]
+def test_fitting_tokenizers_leaves_the_model_seed_alone(transfusion_env, tmp_path):
+    """The transfusion_env fixture's 1-step run fitted its KL-VAE (which seeds and draws random numbers); the
+    same run again loads the file: both start from the same weights and data order."""
+    tokenizers = Path(transfusion_env["tokenizer_dir"])
+    files = set(tokenizers.glob("*.pt"))
+    assert Path(transfusion_env["fitted_file"]) in files
+    run_fit(TRANSFUSION_ONE_STEP, transfusion_env, tmp_path)
+    assert set(tokenizers.glob("*.pt")) == files  # loaded, not fitted again
+    fitted = tags_of(Path(transfusion_env["fitting_run"]))["train/loss"][0]
+    assert tags_of(tmp_path / "transfusion" / "mot")["train/loss"][0] == fitted
