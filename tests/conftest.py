@@ -1,6 +1,6 @@
 """Shared test fixtures: tiny seeded inputs; the `gpu` marker skips without CUDA; and the session fixtures
 tests/app and tests/eval share (defined once here, so a session makes each once): the demo corpus with
-fitted tokenizers, a faithfulness scorer, and the 2-process FSDP2 runs several files check."""
+fitted tokenizers, a faithfulness scorer, short speech runs and the 2-process FSDP2 runs several files check."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,14 @@ from tests.app.conftest import CONFIGS, TRANSFUSION_ONE_STEP, run_fit  # noqa: E
 
 # a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure)
 TEST_SCORER = ScorerConfig(steps=150, pool=1500, batch_size=64, lr=3e-3, augment=False)
+# the speech_runs: GenerationMetrics with small limits after every validation, SampleLogger after step 2
+GEN_METRICS_LIMITS = {"n_prompts": "4", "n_heldout": "2", "n_speech": "2", "max_caption_tokens": "8",
+                      "max_speech_units": "6", "diffusion_steps": "4"}
+SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
+           "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
+           "--trainer.callbacks.max_caption_tokens", "8", "--trainer.callbacks.max_speech_units", "6"]
+SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
+              "--data.loader.train_batches_per_epoch", "2"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,6 +73,26 @@ def scorer_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("scorer") / "scorer-fixed-test.pt"
     save_scorer(fit_scorer(get_world("fixed"), 32, TEST_SCORER), path)
     return path
+
+
+def gen_metrics_callback(scorer_file: Path) -> list[str]:
+    """`mot fit` arguments adding GenerationMetrics with ``GEN_METRICS_LIMITS`` and the scorer ``scorer_file``."""
+    limits = [a for k, v in GEN_METRICS_LIMITS.items() for a in (f"--trainer.callbacks.{k}", v)]
+    return ["--trainer.callbacks+=mot_lightning.callbacks.GenerationMetrics", *limits,
+            "--trainer.callbacks.scorer_file", str(scorer_file)]
+
+
+@pytest.fixture(scope="session")
+def speech_runs(demo_env, scorer_file, tmp_path_factory) -> Path:
+    """A dense and a MoT run of the speech setting under one save dir (``<dir>/speech/{dense,mot}``): 2 steps,
+    validation (1 batch) with generation metrics after each, samples after step 2. Checked by
+    tests/eval/test_gen_metrics_app.py; their checkpoints serve test_checkpoints and test_generate, the MoT
+    run's samples test_samples_callback."""
+    root = tmp_path_factory.mktemp("speech_runs")
+    for variant in ("dense", "mot"):
+        run_fit(["--config", str(CONFIGS / f"speech/{variant}.yaml"), *gen_metrics_callback(scorer_file), *SAMPLES,
+                 *SPEECH_RUN], demo_env, root)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from mot_lightning.model import TransformerConfig
 from mot_lightning.objectives import NextToken
 from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
 
-SPEECH_MOT, SPEECH_DENSE = str(CONFIGS / "speech/mot.yaml"), str(CONFIGS / "speech/dense.yaml")
+SPEECH_MOT = str(CONFIGS / "speech/mot.yaml")
 ONE_STEP = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--data.loader.train_batches_per_epoch",
             "1", "--trainer.val_check_interval", "1"]
 
@@ -50,14 +50,10 @@ class SideEffect:
 
 
 @pytest.fixture(scope="module")
-def runs(demo_env, tmp_path_factory) -> dict[str, Path]:
-    """last.ckpt of a tiny dense and a tiny MoT run of the speech setting (1 step, with validation)."""
-    root = tmp_path_factory.mktemp("ckpt_runs")
-    out = {}
-    for name, config in (("dense", SPEECH_DENSE), ("mot", SPEECH_MOT)):
-        run_fit(["--config", config, *ONE_STEP], demo_env, root)
-        out[name] = run_dir(root / "speech" / name) / "checkpoints" / "last.ckpt"
-    return out
+def runs(speech_runs) -> dict[str, Path]:
+    """last.ckpt of a tiny dense and a tiny MoT run of the speech setting (2 steps, with validation): the
+    session's ``speech_runs`` (tests/conftest.py)."""
+    return {name: run_dir(speech_runs / "speech" / name) / "checkpoints" / "last.ckpt" for name in ("dense", "mot")}
 
 
 def _evil_checkpoint(path: Path, marker: Path, source: Path) -> None:
@@ -89,7 +85,7 @@ def test_every_checkpoint_mot_fit_writes_loads_weights_only(runs):
     for ckpt in runs.values():
         assert unsafe_globals(ckpt) == []
         checkpoint = load_checkpoint(ckpt)
-        assert checkpoint["global_step"] == 1 and checkpoint["hyper_parameters"]["vocab_size"] > 0
+        assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["vocab_size"] > 0
 
 
 def test_a_module_built_in_python_saves_plain_hyperparameters(tmp_path):
@@ -128,7 +124,7 @@ def test_model_config_differences_are_named():
 
 def test_dense_checkpoint_with_mot_config_is_refused_unless_asked(runs, demo_env, tmp_path):
     """issue 14 case 3: the YAML says MoT, the checkpoint is dense: refused before anything is built."""
-    args = ["--config", SPEECH_MOT, *ONE_STEP, "--trainer.max_steps", "2", "--ckpt_path", str(runs["dense"])]
+    args = ["--config", SPEECH_MOT, *ONE_STEP, "--trainer.max_steps", "3", "--ckpt_path", str(runs["dense"])]
     for command in ("fit", "validate"):
         with pytest.raises(ValueError, match="backbone.sparsity: checkpoint 'dense', config 'mot'"):
             run_fit(args, demo_env, tmp_path / command, command=command)
@@ -138,15 +134,15 @@ def test_dense_checkpoint_with_mot_config_is_refused_unless_asked(runs, demo_env
              "--task", "caption_to_image", *TINY_MODEL, *data_args(demo_env)])
     run_fit([*args, "--model_from_ckpt", "true"], demo_env, tmp_path / "taken")  # asked for: trains on, dense
     last = load_checkpoint(run_dir(tmp_path / "taken" / "speech" / "mot") / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == 2 and last["hyper_parameters"]["backbone"]["sparsity"] == "dense"
+    assert last["global_step"] == 3 and last["hyper_parameters"]["backbone"]["sparsity"] == "dense"
     dense = load_checkpoint(runs["dense"])["state_dict"]
     assert last["state_dict"].keys() == dense.keys()
 
 
 def test_resuming_with_the_same_config_passes(runs, demo_env, tmp_path):
-    run_fit(["--config", SPEECH_MOT, *ONE_STEP, "--trainer.max_steps", "2", "--ckpt_path", str(runs["mot"])],
+    run_fit(["--config", SPEECH_MOT, *ONE_STEP, "--trainer.max_steps", "3", "--ckpt_path", str(runs["mot"])],
             demo_env, tmp_path)
-    assert load_checkpoint(run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert load_checkpoint(run_dir(tmp_path / "speech" / "mot") / "checkpoints" / "last.ckpt")["global_step"] == 3
 
 
 def test_a_missing_checkpoint_is_named_before_anything_is_built(tmp_path):

@@ -7,17 +7,15 @@ import soundfile as sf
 from PIL import Image
 
 from mot_lightning.cli import main as mot
-from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
+from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(demo_env, tmp_path_factory):
-    root = tmp_path_factory.mktemp("generate_run")
-    run_fit(["--config", SPEECH, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
-             "--data.loader.train_batches_per_epoch", "2"], demo_env, root)
-    ckpt = run_dir(root / "speech" / "mot") / "checkpoints" / "last.ckpt"
+def checkpoint(speech_runs):
+    """last.ckpt of a 2-step MoT run of the speech setting: the session's ``speech_runs`` (tests/conftest.py)."""
+    ckpt = run_dir(speech_runs / "speech" / "mot") / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     return ckpt
 

@@ -3,17 +3,13 @@ from __future__ import annotations
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.app.conftest import CONFIGS, run_dir, run_fit
-
-SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
-           "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
-           "--trainer.callbacks.max_caption_tokens", "8", "--trainer.callbacks.max_speech_units", "6"]
+from tests.app.conftest import run_dir
 
 
-def test_sample_logger_writes_images_audio_and_text(demo_env, tmp_path):
-    run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), *SAMPLES, "--trainer.max_steps", "2",
-             "--trainer.limit_val_batches", "0", "--data.loader.train_batches_per_epoch", "2"], demo_env, tmp_path)
-    version = max(run_dir(tmp_path / "speech" / "mot").glob("version_*"))
+def test_sample_logger_writes_images_audio_and_text(speech_runs):
+    """The MoT run of the session's ``speech_runs`` (tests/conftest.py: ``SAMPLES``, 2 steps) sampled after
+    step 2."""
+    version = max(run_dir(speech_runs / "speech" / "mot").glob("version_*"))
     acc = EventAccumulator(str(version), size_guidance={"images": 0, "audio": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()

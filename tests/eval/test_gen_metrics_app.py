@@ -1,6 +1,7 @@
 """GenerationMetrics in real short `mot fit` runs: val/gen/* in TensorBoard (with descriptions) and in
 `mot compare`; `mot eval` on a checkpoint writes its JSON and grid, the same for the same seed; all three
-settings (discrete images, + speech, diffusion latents); procedural-world prompts."""
+settings (discrete images, + speech, diffusion latents); procedural-world prompts. The speech runs are the
+session's ``speech_runs`` (tests/conftest.py; their checkpoints also serve tests/app)."""
 from __future__ import annotations
 
 import csv
@@ -16,28 +17,8 @@ from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer
 from mot_lightning.eval.worlds import get_world
 from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit
 
-SMALL = ["--n_prompts", "4", "--n_heldout", "2", "--n_speech", "2", "--max_caption_tokens", "8",
-         "--max_speech_units", "6", "--diffusion_steps", "4"]
 FAITHFULNESS = [f"faithfulness_{a}" for a in ("colour", "shape", "size", "count", "position", "all")]
-
-
-def _callback(scorer_file) -> list[str]:
-    args = ["--trainer.callbacks+=mot_lightning.callbacks.GenerationMetrics"]
-    for i in range(0, len(SMALL), 2):
-        args += [f"--trainer.callbacks.{SMALL[i][2:]}", SMALL[i + 1]]
-    return args + ["--trainer.callbacks.scorer_file", str(scorer_file)]
-
-
-SHORT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
-         "--data.loader.train_batches_per_epoch", "2"]
-
-
-@pytest.fixture(scope="module")
-def speech_runs(demo_env, scorer_file, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen_runs")
-    for variant in ("dense", "mot"):
-        run_fit(["--config", str(CONFIGS / f"speech/{variant}.yaml"), *_callback(scorer_file), *SHORT], demo_env, root)
-    return root
+# speech_runs (tests/conftest.py): a dense and a MoT run, 2 steps, validation with GenerationMetrics after each
 
 
 def _scalars(run):
