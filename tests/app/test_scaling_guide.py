@@ -151,32 +151,64 @@ def sbatch(tmp_path: Path, args: list[str], tasks: int, strategy: str, **env: st
     return ["bash", str(SBATCH), *args], run_env
 
 
+# --print_config for 2 nodes x 8 GPUs: the strategy each STRATEGY of the script resolves to
+PRINTED = {"ddp": "ddp", "fsdp2": "ModelParallelStrategy", "fsdp1": "FSDPStrategy"}
+
+
+@pytest.fixture(scope="module")
+def slurm_jobs(demo_env, tmp_path_factory) -> dict:
+    """The script's jobs as sbatch would start them: FSDP2 on 2 tasks (2 steps); then, started together, the
+    guide's recipe for fewer GPUs (the same script on 1 task, --ckpt_path naming the first job's checkpoint,
+    to step 4) and the script with --print_config for each strategy on 2 nodes x 8 GPUs (one task prints the
+    resolved config instead of training), one process each: they fill the CPU the 1-task job leaves idle."""
+    root = tmp_path_factory.mktemp("slurm")
+    train = root / "train"
+    shared = train / "shared"
+    shared.mkdir(parents=True)
+    (shared / "demo").symlink_to(demo_env["demo_dir"])  # the script's $SHARED layout over the test corpus
+    (shared / "tokenizers").symlink_to(demo_env["tokenizer_dir"])
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # later arguments win
+    tiny = _ordered([*cpu, *SHORT], True)
+
+    two_tasks = finish([start(*sbatch(train, [*tiny, "--trainer.max_steps", "2"], 2, "fsdp2"), train)])
+    ckpt = last_checkpoint(shared / "runs")
+    one_task = start(*sbatch(train, [*tiny, "--trainer.max_steps", "4", "--ckpt_path", str(ckpt)], 1, "fsdp2"),
+                     train)
+    printing = {}
+    for strategy in PRINTED:
+        cmd, env = sbatch(root / strategy, ["--print_config"], 8, strategy, STANDIN_TASKS="1",
+                          SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2")
+        printing[strategy] = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True)
+    try:
+        one_task = finish([one_task])
+        printed = {s: (*proc.communicate(timeout=300), proc.returncode) for s, proc in printing.items()}
+    finally:
+        for proc in printing.values():
+            if proc.poll() is None:
+                proc.kill()
+    return {"root": root, "shared": shared, "ckpt": ckpt, "two_tasks": two_tasks, "one_task": one_task,
+            "printed": printed}
+
+
 @pytest.mark.slow
-def test_sbatch_script_is_valid_bash_and_its_command_parses(tmp_path):
+def test_sbatch_script_is_valid_bash_and_its_command_parses(slurm_jobs):
     subprocess.run(["bash", "-n", str(SBATCH)], check=True)
     text = SBATCH.read_text()
     for key in ("--trainer.num_nodes", "--trainer.devices", "--data.demo.dir", "--data.tokenizer_files.dir",
                 "--trainer.logger.init_args.save_dir", "--ckpt_path last"):
         assert key in text, key
-    # 2 nodes x 8 GPUs, as sbatch would set them; one task prints the resolved config instead of training
-    # (the three strategies' scripts run together: each is one process)
-    strategies = {"ddp": "ddp", "fsdp2": "ModelParallelStrategy", "fsdp1": "FSDPStrategy"}
-    procs = {}
-    for strategy in strategies:
-        cmd, env = sbatch(tmp_path / strategy, ["--print_config"], 8, strategy, STANDIN_TASKS="1",
-                          SLURM_JOB_NUM_NODES="2", SLURM_NNODES="2")
-        procs[strategy] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-    for strategy, expected in strategies.items():
-        stdout, stderr = procs[strategy].communicate(timeout=300)
-        assert procs[strategy].returncode == 0, stderr[-4000:]
+    # 2 nodes x 8 GPUs, as sbatch would set them; one task printed the resolved config instead of training
+    for strategy, expected in PRINTED.items():
+        stdout, stderr, returncode = slurm_jobs["printed"][strategy]
+        assert returncode == 0, stderr[-4000:]
         config = yaml.safe_load(stdout)
         trainer = config["trainer"]
         assert (trainer["accelerator"], int(trainer["devices"]), trainer["num_nodes"]) == ("gpu", 8, 2)
         assert expected in str(trainer["strategy"]), trainer["strategy"]
         if strategy == "fsdp2":  # one data-parallel mesh over every process
             assert trainer["strategy"]["init_args"]["data_parallel_size"] == 16
-        shared = tmp_path / strategy / "shared"
+        shared = slurm_jobs["root"] / strategy / "shared"
         assert config["data"]["demo"]["dir"] == str(shared / "demo")
         assert config["data"]["tokenizer_files"]["dir"] == str(shared / "tokenizers")
         assert trainer["logger"]["init_args"]["save_dir"] == str(shared / "runs")
@@ -185,24 +217,15 @@ def test_sbatch_script_is_valid_bash_and_its_command_parses(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_sbatch_script_trains_fsdp2_on_two_tasks_and_resumes_on_one(demo_env, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "demo").symlink_to(demo_env["demo_dir"])  # the script's $SHARED layout over the test corpus
-    (shared / "tokenizers").symlink_to(demo_env["tokenizer_dir"])
-    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # later arguments win
-    tiny = _ordered([*cpu, *SHORT], True)
-
-    out = finish([start(*sbatch(tmp_path, [*tiny, "--trainer.max_steps", "2"], 2, "fsdp2"), tmp_path)])
-    assert ranks(out) == [(0, 2), (1, 2)]  # the stand-in's tasks, each detected as a SLURM rank
-    ckpt = last_checkpoint(shared / "runs")
+def test_sbatch_script_trains_fsdp2_on_two_tasks_and_resumes_on_one(slurm_jobs):
+    assert ranks(slurm_jobs["two_tasks"]) == [(0, 2), (1, 2)]  # the stand-in's tasks, each detected as a SLURM rank
+    ckpt = slurm_jobs["ckpt"]
     assert (ckpt / ".metadata").is_file()  # sharded: every rank wrote its part
 
     # the guide's recipe for fewer GPUs: the same script on 1 task, --ckpt_path naming the old run's checkpoint
-    cmd, env = sbatch(tmp_path, [*tiny, "--trainer.max_steps", "4", "--ckpt_path", str(ckpt)], 1, "fsdp2")
-    out = finish([start(cmd, env, tmp_path)])
+    out = slurm_jobs["one_task"]
     assert ranks(out) == [(0, 1)] and "Restored all states" in out
-    runs = sorted(d for d in (shared / "runs" / "speech" / "mot").iterdir() if d != ckpt.parent.parent)
+    runs = sorted(d for d in (slurm_jobs["shared"] / "runs" / "speech" / "mot").iterdir() if d != ckpt.parent.parent)
     assert len(runs) == 1  # another world size: another run dir
     tags = scalars(only_version(runs[0]))
     assert [step for step, _ in tags["train/loss"]] == [2, 3]
