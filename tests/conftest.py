@@ -8,6 +8,11 @@ import os
 # Before torch loads OpenMP: spinning threads slow every step 10-50x once the multi-process tests'
 # ranks and data workers share the 2 CI cores (the `mot` command sets the same default).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One intra-op thread unless the environment names a count: the tests' tensors are tiny, where more threads
+# only add synchronisation (on the 2 CI cores a test file of in-process runs took 1.3x as long with 2 threads,
+# a sampling test 2.3x), and every rank and `mot` process the tests start runs one thread already. Thread
+# counts are varied explicitly (README: the numerics tests under OMP_NUM_THREADS=1 and =2).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
