@@ -173,14 +173,20 @@ def floor_section(args) -> dict:
     return out
 
 
+def data_overrides(args) -> list[str]:
+    """CLI overrides of a data module built in this process: no loader workers, and ``--demo-dir`` /
+    ``--tokenizer-dir`` when given (else the config's directories)."""
+    return ["--data.loader.num_workers", "0"] + (["--data.demo.dir", args.demo_dir] if args.demo_dir else []) \
+        + (["--data.tokenizer_files.dir", args.tokenizer_dir] if args.tokenizer_dir else [])
+
+
 def validation_halves(args, feat) -> dict:
     """FID / KID between the first two disjoint halves of n images of the config's first validation set (the
     ``fid_floor_val`` bound of the callback), for every n the set holds twice."""
     from mot_lightning.generate import build
 
     configs = [args.config] if args.config != DEFAULT_CONFIG else WORLD_CONFIGS[args.world]
-    overrides = ["--data.loader.num_workers", "0"] + (["--data.demo.dir", args.demo_dir] if args.demo_dir else []) \
-        + (["--data.tokenizer_files.dir", args.tokenizer_dir] if args.tokenizer_dir else [])
+    overrides = data_overrides(args)
     _, dm = build(configs, overrides)
     images = dm.image_text_pairs(512)[0]
     out = {"configs": configs, "validation_images": len(images), "by_n": {}}
@@ -196,8 +202,7 @@ def cost_section(args) -> dict:
     from mot_lightning.generate import build, load_weights
     from mot_lightning.sampling import GenerationTasks, SamplingSettings
 
-    overrides = ["--data.loader.num_workers", "0"] + (["--data.demo.dir", args.demo_dir] if args.demo_dir else []) \
-        + (["--data.tokenizer_files.dir", args.tokenizer_dir] if args.tokenizer_dir else [])
+    overrides = data_overrides(args)
     model, dm = build([args.config], overrides)
     if args.ckpt:
         load_weights(model, args.ckpt, "cpu")
