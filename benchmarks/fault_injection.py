@@ -1,4 +1,4 @@
-"""Fault injection: the hostile-but-fair user's list (issue 14) run against the demo configs.
+"""Fault injection: the hostile-but-fair user's list of faults, run against the demo configs.
 
 Every case is a real ``mot`` command (``fit``, ``validate``, ``generate``) in a subprocess on
 ``configs/speech/{mot,dense}.yaml`` + ``configs/model/tiny.yaml`` with a few steps, or hand-made bad
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - start
     failed = sum(not r.ok for r in rows)
-    report = (f"# Fault injection (issue 14)\n\n`OMP_NUM_THREADS=1 python benchmarks/fault_injection.py"
+    report = (f"# Fault injection\n\n`OMP_NUM_THREADS=1 python benchmarks/fault_injection.py"
               f"{'' if args.cases == ','.join(CASES) else ' --cases ' + args.cases}` on {platform.machine()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}: {len(rows) - failed} of {len(rows)} pass, "
               f"{total / 60:.1f} min.\n\n{table(rows)}\n")

@@ -14,10 +14,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # counts are varied explicitly (README: the numerics tests under OMP_NUM_THREADS=1 and =2).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer  # noqa: E402
 from mot_lightning.eval.worlds import get_world  # noqa: E402
@@ -35,13 +37,44 @@ SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "
               "--data.loader.train_batches_per_epoch", "2"]
 
 
+# Session fixtures that hold runs made lazily, part by part, in one process (their parts are not plain files a
+# second process could pick up): every test asking for one runs on the same pytest-xdist worker.
+IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
+# relative cost of a test by its marks, to hand the two workers the heaviest groups first
+COST = {"multiprocess": 20.0, "slow": 5.0}
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if config.getoption("dist", "no") == "loadgroup":
+        group_for_xdist(items)
+
+
+def group_for_xdist(items) -> None:
+    """One pytest-xdist group per test module (its module fixtures run once), merged with every module that
+    shares an ``IN_PROCESS_SHARED`` fixture with it; the items are ordered by group, most expensive group
+    first (with ``--no-loadscope-reorder`` xdist deals groups out in this order), the same on every worker."""
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            a = parent[a]
+        return a
+
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for name in IN_PROCESS_SHARED:
+            if name in item.fixturenames:
+                parent[find(item.nodeid.split("::")[0])] = find(name)
+    cost: dict[str, float] = {}
+    for item in items:
+        group = find(item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+        cost[group] = cost.get(group, 0.0) + max([COST[m] for m in COST if m in item.keywords], default=0.3)
+    items.sort(key=lambda item: -cost[find(item.nodeid.split("::")[0])])  # stable: each group keeps its order
 
 
 @pytest.fixture(autouse=True)
@@ -50,13 +83,36 @@ def _seed():
     yield
 
 
-@pytest.fixture(scope="session")
-def demo_env(tmp_path_factory) -> dict[str, str]:
-    """Demo shards + fitted tokenizer files, made once by a real `mot fit` fast_dev_run."""
-    root = tmp_path_factory.mktemp("demo_env")
+def shared_dir(tmp_path_factory) -> Path:
+    """The folder every process of this test session sees: the session's base temp dir, or under
+    pytest-xdist the parent of the workers' base dirs (they share one ``pytest-<n>`` folder)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def once_per_session(tmp_path_factory, name: str, make):
+    """``make(folder)`` once per test session across pytest-xdist workers; its JSON result is kept beside the
+    folder, so a second worker waits on the lock and reads it instead of making it again. A failed ``make``
+    leaves no result, so the next worker to ask tries again (and fails the same way, in its own test)."""
+    root = shared_dir(tmp_path_factory)
+    folder, result = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result.exists():
+            folder.mkdir(exist_ok=True)
+            result.write_text(json.dumps(make(folder)))
+    return json.loads(result.read_text())
+
+
+def _make_demo_env(root: Path) -> dict[str, str]:
     env = {"demo_dir": str(root / "demo"), "tokenizer_dir": str(root / "tokenizers")}
     run_fit(["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.fast_dev_run", "1"], env, root / "runs")
     return env
+
+
+@pytest.fixture(scope="session")
+def demo_env(tmp_path_factory) -> dict[str, str]:
+    """Demo shards + fitted tokenizer files, made once by a real `mot fit` fast_dev_run."""
+    return once_per_session(tmp_path_factory, "demo_env", _make_demo_env)
 
 
 @pytest.fixture(scope="session")
@@ -64,20 +120,24 @@ def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
     """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml, made once by a
     real 1-step run that fits it (``TRANSFUSION_ONE_STEP``; the file name depends only on the tokenizer config,
     so every later run loads it). ``"fitting_run"``: that run's group (its logs); ``"fitted_file"``: the file."""
-    save_dir = tmp_path_factory.mktemp("transfusion_env") / "runs"
-    tokenizers = Path(demo_env["tokenizer_dir"])
-    before = set(tokenizers.glob("*.pt"))
-    run_fit(TRANSFUSION_ONE_STEP, demo_env, save_dir)
-    [fitted] = set(tokenizers.glob("*.pt")) - before  # this run fitted it (no other run had)
-    return {**demo_env, "fitting_run": str(save_dir / "transfusion" / "mot"), "fitted_file": str(fitted)}
+    def make(root: Path) -> dict[str, str]:
+        tokenizers = Path(demo_env["tokenizer_dir"])
+        before = set(tokenizers.glob("image-*.pt"))
+        run_fit(TRANSFUSION_ONE_STEP, demo_env, root / "runs")
+        [fitted] = set(tokenizers.glob("image-*.pt")) - before  # this run fitted it (no other run had)
+        return {**demo_env, "fitting_run": str(root / "runs" / "transfusion" / "mot"), "fitted_file": str(fitted)}
+
+    return once_per_session(tmp_path_factory, "transfusion_env", make)
 
 
 @pytest.fixture(scope="session")
 def scorer_file(tmp_path_factory) -> Path:
     """A fixed-world scorer at 32 px, fitted with ``TEST_SCORER``."""
-    path = tmp_path_factory.mktemp("scorer") / "scorer-fixed-test.pt"
-    save_scorer(fit_scorer(get_world("fixed"), 32, TEST_SCORER), path)
-    return path
+    def make(root: Path) -> str:
+        save_scorer(fit_scorer(get_world("fixed"), 32, TEST_SCORER), root / "scorer-fixed-test.pt")
+        return str(root / "scorer-fixed-test.pt")
+
+    return Path(once_per_session(tmp_path_factory, "scorer", make))
 
 
 def gen_metrics_callback(scorer_file: Path) -> list[str]:
@@ -93,11 +153,13 @@ def speech_runs(demo_env, scorer_file, tmp_path_factory) -> Path:
     validation (1 batch) with generation metrics after each, samples after step 2. Checked by
     tests/eval/test_gen_metrics_app.py; their checkpoints serve test_checkpoints and test_generate, the MoT
     run's samples test_samples_callback."""
-    root = tmp_path_factory.mktemp("speech_runs")
-    for variant in ("dense", "mot"):
-        run_fit(["--config", str(CONFIGS / f"speech/{variant}.yaml"), *gen_metrics_callback(scorer_file), *SAMPLES,
-                 *SPEECH_RUN], demo_env, root)
-    return root
+    def make(root: Path) -> str:
+        for variant in ("dense", "mot"):
+            run_fit(["--config", str(CONFIGS / f"speech/{variant}.yaml"), *gen_metrics_callback(scorer_file),
+                     *SAMPLES, *SPEECH_RUN], demo_env, root)
+        return str(root)
+
+    return Path(once_per_session(tmp_path_factory, "speech_runs", make))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ written. With a GradScaler (``16-mixed``) the scaler owns overflow handling and 
 
 It also warns once when a modality's smoothed training loss stays above ``chance_factor * ln(vocab)``
 (a uniform guess over the joint vocabulary) after ``check_after_steps`` steps, naming the learning rate:
-a diverged run rarely reaches NaN on its own (the issue's ``lr: 10`` sat at 978 against 6.65).
+a diverged run rarely reaches NaN on its own (a measured run at ``lr: 10`` sat at 978 against 6.65).
 """
 from __future__ import annotations
 

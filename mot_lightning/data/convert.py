@@ -2,7 +2,7 @@
 
 Every converter checks what it writes (images decode with PIL, audio with
 soundfile, captions are UTF-8 and not empty), skips and counts what fails,
-and writes the layouts of data/README.md "Shard layouts" with ``webdataset.ShardWriter``
+and writes the layouts of docs/demo_data.md "Shard layouts" with ``webdataset.ShardWriter``
 (``shard_size`` samples or ``shard_mb`` MB per shard, whichever comes first).
 Keys are ``<8-digit index>_<sanitised source name>`` (no dots: WebDataset
 splits member names at the first dot).

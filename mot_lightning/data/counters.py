@@ -33,7 +33,7 @@ SKIP_REASONS = (
     "image_too_large",  # more pixels than data.loader.max_image_pixels (checked before decoding)
     "bad_audio",  # audio bytes soundfile cannot decode, or empty audio
     "audio_too_long",  # longer than data.loader.max_audio_seconds (checked before decoding)
-    "unknown_layout",  # a sample matching none of the layouts in data/README.md "Shard layouts"
+    "unknown_layout",  # a sample matching none of the layouts in docs/demo_data.md "Shard layouts"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")
     "bad_pretokenized",  # a pre-tokenized document whose arrays are damaged (data/pretokenized.py)

@@ -1,7 +1,7 @@
 """The demo corpus: the demo world (``mot_lightning/world``) written in every shard layout.
 
 From scenes (``world/scenes.py``) and spoken captions (``world/speech.py``) the
-generator writes (``data/README.md`` shows the files):
+generator writes (``docs/demo_data.md`` shows the files):
 
 - ``train/image_caption-*.tar``  image-caption pairs (img2dataset layout);
 - ``train/speech_caption-*.tar`` spoken caption + transcript pairs;

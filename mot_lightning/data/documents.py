@@ -1,6 +1,6 @@
 """Raw WebDataset samples -> ``Document`` (a list of decoded segments).
 
-Layouts (data/README.md, "Shard layouts"), tried in this order:
+Layouts (docs/demo_data.md, "Shard layouts"), tried in this order:
 
 1. image-caption pair (img2dataset): ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.txt``
    (a ``<key>.json`` next to them is img2dataset metadata and is ignored);

@@ -123,7 +123,7 @@ def test_model_config_differences_are_named():
 
 
 def test_dense_checkpoint_with_mot_config_is_refused_unless_asked(runs, demo_env, tmp_path):
-    """issue 14 case 3: the YAML says MoT, the checkpoint is dense: refused before anything is built."""
+    """The YAML says MoT, the checkpoint is dense: refused before anything is built."""
     args = ["--config", SPEECH_MOT, *ONE_STEP, "--trainer.max_steps", "3", "--ckpt_path", str(runs["dense"])]
     for command in ("fit", "validate"):
         with pytest.raises(ValueError, match="backbone.sparsity: checkpoint 'dense', config 'mot'"):

@@ -1,4 +1,4 @@
-"""Non-finite losses (``callbacks/nonfinite.py``): the issue's ``lr: 1.0e6`` run stops naming the step and
+"""Non-finite losses (``callbacks/nonfinite.py``): an ``lr: 1.0e6`` run stops naming the step and
 keeps a finite ``last.ckpt``; a batch of corrupt latents stops or is skipped (no update, counted); a
 checkpoint of non-finite weights is refused; a loss far above chance warns; validation logs NaN as NaN."""
 from __future__ import annotations
