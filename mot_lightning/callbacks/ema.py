@@ -15,8 +15,9 @@ losses and the checkpoint's ``state_dict`` keep the live weights; the averages a
 
 - in a process that trains: ``with ema_weights(trainer, pl_module): ...`` puts them in place for the block
   (a no-op without an ``EMA`` callback), e.g. SampleLogger around its generation;
-- from a checkpoint file: ``ema_state_dict(checkpoint)`` is the module ``state_dict`` with them in place
-  (None when the run had no EMA), for ``mot generate`` / export to ``load_state_dict``.
+- from a checkpoint file: ``ema_state_dict(checkpoint)`` (``checkpoints/loading.py``) is the module
+  ``state_dict`` with them in place (None when the run had no EMA), for ``mot generate`` / export
+  to ``load_state_dict``.
 
 Sharding. Under FSDP2 each rank averages its own shards of the parameters (no communication per step);
 a checkpoint gathers them into full tensors (every rank calls ``state_dict``), and a resumed run keeps each
@@ -42,9 +43,9 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from mot_lightning.checkpoints.loading import EMA_FORMAT as FORMAT
+from mot_lightning.checkpoints.loading import ema_state_dict  # noqa: F401  (the file side, kept importable here)
 from mot_lightning.model.towers import clean_name
-
-FORMAT = "mot_lightning.ema"
 
 
 class EMA(pl.Callback):
@@ -154,15 +155,6 @@ def ema_weights(trainer: pl.Trainer | None, pl_module: nn.Module):
     """Context manager: the EMA weights in place while inside (nothing changes without an EMA callback)."""
     ema = find_ema(trainer)
     return ema.swapped(pl_module) if ema is not None else nullcontext()
-
-
-def ema_state_dict(checkpoint: dict) -> dict[str, Tensor] | None:
-    """A checkpoint's module ``state_dict`` with the EMA weights in place of the live ones (None: the run
-    had no EMA callback). Load it like ``checkpoint["state_dict"]``."""
-    for state in (checkpoint.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("format") == FORMAT and state.get("weights"):
-            return {**checkpoint["state_dict"], **state["weights"]}
-    return None
 
 
 def _local(p: Tensor) -> Tensor:

@@ -122,3 +122,16 @@ def checkpoint_hparams(path: str | Path) -> dict | None:
         check_sharded_metadata(path)
         return load_checkpoint(path / META_FILE).get("hyper_parameters")
     return load_checkpoint(path, mmap=True).get("hyper_parameters")
+
+
+# the `callbacks` entry the EMA callback (callbacks/ema.py) writes: its averages, read here from a file
+EMA_FORMAT = "mot_lightning.ema"
+
+
+def ema_state_dict(checkpoint: dict) -> dict[str, torch.Tensor] | None:
+    """A checkpoint's module ``state_dict`` with the EMA weights in place of the live ones (None: the run
+    had no EMA callback). Load it like ``checkpoint["state_dict"]``."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("format") == EMA_FORMAT and state.get("weights"):
+            return {**checkpoint["state_dict"], **state["weights"]}
+    return None

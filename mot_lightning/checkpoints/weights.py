@@ -5,7 +5,7 @@ asked for) before anything heavy is built, and says which configs and overrides 
 ``WeightsSource.load_into`` then loads the weights (weights-only, config compared first).
 
 ``ema=True`` takes the exponential moving average of the weights instead of the live ones: from a
-checkpoint, the averages the ``EMA`` callback saved in it (``callbacks/ema.py``: ``ema_state_dict``; a
+checkpoint, the averages the ``EMA`` callback saved in it (``checkpoints/loading.py``: ``ema_state_dict``; a
 consolidated FSDP2 checkpoint keeps them); from an export folder, only when it was written with
 ``mot export --ema`` (its ``export.json`` says which weights it holds).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from mot_lightning.checkpoints.loading import is_sharded, load_checkpoint
+from mot_lightning.checkpoints.loading import ema_state_dict, is_sharded, load_checkpoint
 from mot_lightning.checkpoints.model_config import check_model_config
 
 EXPORT_FILE, WEIGHTS_FILE, MODEL_FILE, CONFIG_FILE = "export.json", "model.safetensors", "model.yaml", "config.yaml"
@@ -119,8 +119,6 @@ def weights_source(ckpt: str | None, export: str | None, configs: list[str] | No
 
 
 def _ema_weights(checkpoint: dict, path: Path) -> dict:
-    from mot_lightning.callbacks.ema import ema_state_dict  # a tool's import: loaded only when asked for
-
     state_dict = ema_state_dict(checkpoint)
     if state_dict is None:
         raise ValueError(f"--ema: {path} holds no EMA averages: the run had no EMA callback (add "
