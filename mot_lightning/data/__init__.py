@@ -13,6 +13,13 @@ from __future__ import annotations
 
 import importlib
 
+from mot_lightning.shards.reader import register_generator
+from mot_lightning.world import virtual
+
+# the procedural demo world's virtual shards (world://...) are read like any shard: registered here, in every
+# process that imports the data layer (DataLoader workers unpickle data-layer objects, so they import it too)
+register_generator(virtual.SCHEME, virtual.samples)
+
 _EXPORTS = {
     "IGNORE_INDEX": "mot_lightning.data.batch",
     "MultiModalBatch": "mot_lightning.data.batch",

@@ -15,6 +15,6 @@
 
 The demo corpus writer (``data/demo.py``) builds its shards from the same scenes.
 All randomness comes from a ``random.Random`` the caller seeds, so the same seed
-gives the same bytes. Layering: imports nothing else from ``mot_lightning``; the
-shard reader (``shards/reader.py``) imports ``virtual.py`` to read ``world://`` URLs.
+gives the same bytes. Layering: imports nothing else from ``mot_lightning``; the data layer
+registers ``virtual.samples`` with the shard reader (``shards/reader.py``) to serve ``world://`` URLs.
 """

@@ -91,10 +91,6 @@ class VirtualShard:
         return cls(parts.netloc, path[0], int(path[1]), **numbers)
 
 
-def is_world_url(url: str) -> bool:
-    return url.startswith(f"{SCHEME}://")
-
-
 def shard_pattern(split: str, kind: str, shards: int, seed: int = 0, docs: int = 50, size: int = 32) -> str:
     """A brace pattern naming virtual shards ``0..shards-1`` (``shards/urls.py`` expands it)."""
     if shards < 1:
