@@ -42,9 +42,6 @@ from mot_lightning.checkpoints.weights import WeightsSource, weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
 from mot_lightning.modality import Modality
 
-TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMAGE},
-         "text_to_speech": {Modality.SPEECH}, "speech_to_text": {Modality.SPEECH}}
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
@@ -53,19 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
     p.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with --ckpt")
     p.add_argument("--out", required=True, help="directory for the PNG/WAV/TXT files")
-    p.add_argument("--task", action="append", choices=list(TASKS), help="repeatable; default: all the model can do")
+    p.add_argument("--task", action="append", choices=list(sampling.TASKS),
+                   help="repeatable; default: all the model can do")
     p.add_argument("--prompt", action="append", help="caption / text prompt (repeatable); default: demo captions")
     p.add_argument("--n", type=int, default=4, help="validation images / speech clips for image_to_caption / "
                    "speech_to_text")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_caption_tokens", type=int, default=64, help="longest caption / transcription")
-    p.add_argument("--max_speech_units", type=int, default=100)
-    p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together (left-padded)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
-    p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
+    sampling.add_sampling_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ema", action="store_true", help="sample from the EMA averages of the weights (the run "
                    "had an EMA callback) instead of the live weights")
@@ -121,21 +111,17 @@ def _with_references(generated: list[str], references: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
-    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)  # checked first
+    settings = sampling.sampling_from_args(args)  # checked first, with the weights source
+    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)
     model, dm = build(source.configs, source.overrides)
-    # trained on (the data's kept modalities) and decodable (a tokenizer is configured)
-    have = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
-    tasks = args.task or [t for t, need in TASKS.items() if need <= have]
-    missing = [t for t in tasks if not TASKS[t] <= have]
+    have = sampling.generable_modalities(model, dm)
+    tasks = args.task or sampling.generable_tasks(have)
+    missing = [t for t in tasks if t not in sampling.generable_tasks(have)]
     if missing:
         raise SystemExit(f"mot generate: this model cannot do {missing}: it has {sorted(m.label for m in have)}")
     source.load_into(model, args.device)  # weights-only; a checkpoint of another model config is refused
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = sampling.SamplingSettings(
-        temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
-        steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
-        max_speech_units=args.max_speech_units, batch_size=args.batch_size)
     gen = sampling.GenerationTasks.of(model, dm, settings)  # every task starts from the seed: reruns agree
     prompts = args.prompt or list(sampling.DEMO_CAPTIONS)
     written: list[Path] = []

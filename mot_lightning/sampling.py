@@ -36,8 +36,11 @@ time when decoding, so cached and recomputed samples differ for it.
 """
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -145,27 +148,88 @@ def id_mask(vocab: JointVocab, ranges: Sequence[tuple[int, int]], ids: Sequence[
     return mask
 
 
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How every task samples (SampleLogger, ``mot generate`` and evaluation share the fields)."""
+    """How every task samples: the one group of sampling settings. ``SampleLogger`` and ``GenerationMetrics``
+    take it as their ``sampling:`` argument (a YAML mapping of these fields), ``mot generate`` and ``mot eval``
+    as ``--sampling FILE`` (the same mapping in a YAML file) and one ``--<field>`` flag per field
+    (``add_sampling_arguments``); the defaults below are the only ones."""
 
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = None  # sample among the k most likely allowed ids; None = all
-    guidance: float = 3.0  # classifier-free guidance scale of diffusion images (1 = none)
-    sampler: str = "ddim"  # diffusion images: "ddim" (``steps``), "ddpm" (every step) or "flow"
-    steps: int = 50  # diffusion sampler steps (ddim, flow)
-    seed: int = 0  # every task starts its own generator from this seed
-    max_text_tokens: int = 64  # longest caption / transcription
-    max_speech_units: int = 100  # longest generated speech
-    batch_size: int = 64  # prompts decoded together (one left-padded batch; sampled ids depend on it)
+    temperature: float = _help("0 = greedy", 1.0)
+    top_k: int | None = _help("sample among the k most likely allowed ids; None = all", None)
+    guidance: float = _help("classifier-free guidance scale of diffusion images (1 = none)", 3.0)
+    sampler: str = _help("diffusion images: ddim (--steps), ddpm (every step) or flow", "ddim")
+    steps: int = _help("diffusion sampler steps (ddim, flow)", 50)
+    seed: int = _help("every task starts its own generator from this seed", 0)
+    max_text_tokens: int = _help("longest generated caption / transcription", 64)
+    max_speech_units: int = _help("longest generated speech", 100)
+    batch_size: int = _help("prompts decoded together (one left-padded batch; sampled ids depend on it)", 64)
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or (self.top_k is not None and self.top_k < 1):
-            raise ValueError(f"temperature must be >= 0 and top_k >= 1 or None, got {self}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"sampling: temperature must be a finite number >= 0 (0 = greedy), got "
+                             f"{self.temperature}")
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"sampling: guidance must be a finite number (1 = none), got {self.guidance}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"sampling: top_k must be >= 1 or None, got {self.top_k}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if min(self.steps, self.max_text_tokens, self.max_speech_units, self.batch_size) < 1:
-            raise ValueError(f"steps, max_text_tokens, max_speech_units and batch_size must be >= 1, got {self}")
+            raise ValueError(f"sampling: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        small = {k: getattr(self, k) for k in ("steps", "max_text_tokens", "max_speech_units", "batch_size")
+                 if getattr(self, k) < 1}
+        if small:
+            raise ValueError(f"sampling: these must be >= 1: {small}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> SamplingSettings:
+        """The settings of a YAML mapping of these fields (a ``sampling:`` group), then ``overrides``."""
+        import yaml
+
+        group = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = sorted(set(group) - {f.name for f in fields(cls)})
+        if not isinstance(group, dict) or unknown:
+            raise ValueError(f"--sampling {path}: expected a mapping of {[f.name for f in fields(cls)]}, "
+                             f"got unknown keys {unknown}")
+        return cls(**{**group, **overrides})
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sampling FILE`` and one ``--<field>`` flag per ``SamplingSettings`` field (same names, same
+    defaults: an unset flag leaves the file's or the default value)."""
+    group = parser.add_argument_group("sampling (SamplingSettings)")
+    group.add_argument("--sampling", help="a YAML file holding a sampling group (the callbacks' `sampling:`)")
+    for f in fields(SamplingSettings):
+        kind = float if f.type in ("float", float) else str if f.type in ("str", str) else int
+        group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
+                           help=f"{f.metadata['help']} (default {f.default})")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
+    """The settings ``add_sampling_arguments``' flags name: defaults < ``--sampling`` file < flags."""
+    flags = {f.name: getattr(args, f.name) for f in fields(SamplingSettings) if hasattr(args, f.name)}
+    if args.sampling:
+        return SamplingSettings.from_file(args.sampling, **flags)
+    return SamplingSettings(**flags)
+
+
+# the app's generation tasks and the modalities each needs
+TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMAGE},
+         "text_to_speech": {Modality.SPEECH}, "speech_to_text": {Modality.SPEECH}}
+
+
+def generable_modalities(model, dm) -> set[Modality]:
+    """What a model can generate with a data module: modalities in the model, trained on (the data's kept
+    modalities) and decodable (a tokenizer is configured). The one answer every tool uses."""
+    return {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
+
+
+def generable_tasks(modalities: set[Modality]) -> list[str]:
+    """The tasks of ``TASKS`` that ``modalities`` allow, in ``TASKS`` order."""
+    return [task for task, need in TASKS.items() if need <= modalities]
 
 
 def _doc(*segments: tuple[Modality, str | Tensor]) -> Document:

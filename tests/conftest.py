@@ -28,11 +28,11 @@ from tests.app.conftest import CONFIGS, TRANSFUSION_ONE_STEP, run_fit  # noqa: E
 # a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure)
 TEST_SCORER = ScorerConfig(steps=150, pool=1500, batch_size=64, lr=3e-3, augment=False)
 # the speech_runs: GenerationMetrics with small limits after every validation, SampleLogger after step 2
-GEN_METRICS_LIMITS = {"n_prompts": "4", "n_heldout": "2", "n_speech": "2", "max_caption_tokens": "8",
-                      "max_speech_units": "6", "diffusion_steps": "4"}
+GEN_METRICS_LIMITS = {"n_prompts": "4", "n_heldout": "2", "n_speech": "2", "sampling.max_text_tokens": "8",
+                      "sampling.max_speech_units": "6", "sampling.steps": "4"}
 SAMPLES = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
            "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
-           "--trainer.callbacks.max_caption_tokens", "8", "--trainer.callbacks.max_speech_units", "6"]
+           "--trainer.callbacks.sampling.max_text_tokens", "8", "--trainer.callbacks.sampling.max_speech_units", "6"]
 SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
               "--data.loader.train_batches_per_epoch", "2"]
 

@@ -42,7 +42,7 @@ from mot_lightning.callbacks.generation import generate_in_run, is_sharded
 from mot_lightning.eval.evaluate import EvalResult, EvalSuite, ScorerSource, build_suite, evaluate
 from mot_lightning.eval.scorer import ScorerConfig
 from mot_lightning.modality import Modality
-from mot_lightning.sampling import GenerationTasks, SamplingSettings
+from mot_lightning.sampling import GenerationTasks, SamplingSettings, generable_modalities
 
 log = logging.getLogger("mot_lightning.eval")
 PREFIX = "val/gen/"
@@ -50,9 +50,7 @@ PREFIX = "val/gen/"
 
 class GenerationMetrics(pl.Callback):
     def __init__(self, every_n_val: int = 1, n_prompts: int = 64, n_heldout: int = 32, n_speech: int = 32,
-                 temperature: float = 1.0, top_k: int | None = None, guidance: float = 3.0,
-                 diffusion_sampler: str = "ddim", diffusion_steps: int = 50, max_caption_tokens: int = 64,
-                 max_speech_units: int = 100, batch_size: int = 64, seed: int = 0, world: str = "auto",
+                 sampling: SamplingSettings = SamplingSettings(), world: str = "auto",
                  scorer_dir: str | None = None, scorer_file: str | None = None, scorer: ScorerConfig | None = None,
                  inception_weights: str | None = None, ema: bool = True) -> None:
         """
@@ -61,9 +59,8 @@ class GenerationMetrics(pl.Callback):
             n_prompts: caption->image prompts of the training distribution (also the FID / KID set size and
                 the image->caption images); n_heldout: prompts whose scenes show a held-out colour/shape
                 pair (0 = none); n_speech: validation clips for speech->text and text->speech.
-            temperature / top_k / guidance / diffusion_sampler / diffusion_steps / max_caption_tokens /
-                max_speech_units / batch_size / seed: the sampling settings (``SamplingSettings``); ``seed``
-                also draws the prompts.
+            sampling: how every task samples (``SamplingSettings``, the group ``SampleLogger``, ``mot
+                generate`` and ``mot eval`` share); its ``seed`` also draws the prompts.
             world: ``auto`` (the data module's ``demo.mode`` when it reads the demo corpus), ``fixed`` or
                 ``procedural``.
             scorer_dir: where the fit-once scorer file lives; None = ``data.tokenizer_files.dir``.
@@ -77,10 +74,7 @@ class GenerationMetrics(pl.Callback):
                              f"and n_heldout, n_speech >= 0; got {every_n_val}, {n_prompts}, {n_heldout}, "
                              f"{n_speech}")
         self.every_n_val, self.n_prompts, self.n_heldout, self.n_speech = every_n_val, n_prompts, n_heldout, n_speech
-        self.settings = SamplingSettings(
-            temperature=temperature, top_k=top_k, guidance=guidance, sampler=diffusion_sampler,
-            steps=diffusion_steps, seed=seed, max_text_tokens=max_caption_tokens,
-            max_speech_units=max_speech_units, batch_size=batch_size)
+        self.settings = sampling
         self.world, self.inception_weights, self.ema = world, inception_weights, ema
         self.scorer = ScorerSource(scorer_file, scorer_dir, scorer or ScorerConfig())
         self._validations = 0
@@ -94,7 +88,7 @@ class GenerationMetrics(pl.Callback):
         if self._validations % self.every_n_val or pl_module.net is None:
             return
         dm = trainer.datamodule
-        modalities = {m for m in dm.modalities if m in pl_module.modalities and dm.tokenizers.get(m) is not None}
+        modalities = generable_modalities(pl_module, dm)
         if not modalities & {Modality.IMAGE, Modality.SPEECH}:
             return
         self._prepare(trainer, pl_module, dm, modalities)

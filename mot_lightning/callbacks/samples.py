@@ -12,8 +12,8 @@ Tags (each only when the model has the modalities it needs):
 
 The tasks are ``sampling.GenerationTasks`` (the same as ``mot generate``): with a
 continuous image tokenizer (Transfusion setting) ``caption_to_image`` is guided
-diffusion over the image span (``guidance``, ``diffusion_sampler``,
-``diffusion_steps``) decoded by the VAE.
+diffusion over the image span (``sampling.guidance``, ``sampling.sampler``,
+``sampling.steps``) decoded by the VAE.
 
 Validation images and speech come from the first validation set
 (``image_text_pairs`` / ``speech_text_pairs`` of the data module), read once.
@@ -36,37 +36,29 @@ from torchvision.utils import make_grid
 
 from mot_lightning.callbacks.generation import generate_in_run
 from mot_lightning.modality import Modality
-from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings
+from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings, generable_modalities
 
 SILENCE_S = 0.25  # between concatenated speech samples
 
 
 class SampleLogger(pl.Callback):
-    def __init__(self, every_n_steps: int = 500, n_samples: int = 4, temperature: float = 1.0,
-                 top_k: int | None = None, captions: list[str] | None = None, max_caption_tokens: int = 64,
-                 max_speech_units: int = 75, seed: int = 0, guidance: float = 3.0,
-                 diffusion_sampler: str = "ddim", diffusion_steps: int = 50, ema: bool = True) -> None:
+    def __init__(self, every_n_steps: int = 500, n_samples: int = 4, captions: list[str] | None = None,
+                 sampling: SamplingSettings = SamplingSettings(), ema: bool = True) -> None:
         """
         Args:
             every_n_steps: log after every N-th optimizer step.
             n_samples: images / captions / speech clips per task.
-            temperature / top_k: sampling settings (temperature 0 = greedy).
             captions: prompts for caption->image and text->speech; default: demo-style captions.
-            max_caption_tokens / max_speech_units: length limits of generated captions and transcriptions /
-                speech.
-            seed: seed of the sampling generator (the same at every logging step).
-            guidance / diffusion_sampler / diffusion_steps: classifier-free guidance scale (1 = none), sampler
-                ("ddim", "ddpm", "flow") and its steps for continuous (diffusion) images.
+            sampling: how every task samples (``SamplingSettings``: temperature, top_k, diffusion sampler,
+                steps and guidance, length limits, seed, batch size); the same group ``mot generate`` and
+                ``mot eval`` read with ``--sampling``. The seed is the same at every logging step.
             ema: sample with the EMA weights when the run has an ``EMA`` callback (else the live weights).
         """
         if every_n_steps < 1 or n_samples < 1:
             raise ValueError(f"every_n_steps and n_samples must be >= 1, got {every_n_steps}, {n_samples}")
         self.every_n_steps, self.n_samples, self.ema = every_n_steps, n_samples, ema
         self.captions = list(captions or DEMO_CAPTIONS)
-        self.settings = SamplingSettings(
-            temperature=temperature, top_k=top_k, guidance=guidance, sampler=diffusion_sampler,
-            steps=diffusion_steps, seed=seed, max_text_tokens=max_caption_tokens,
-            max_speech_units=max_speech_units)
+        self.settings = sampling
         self._last_step = -1
         self._val_images: tuple[torch.Tensor, list[str]] | None = None
         self._val_speech: tuple[list[torch.Tensor], list[str]] | None = None
@@ -85,9 +77,8 @@ class SampleLogger(pl.Callback):
         if writer is None or pl_module.net is None:
             return
         dm = trainer.datamodule
-        have = set(pl_module.modalities) & set(getattr(dm, "modalities", []))  # in the model and trained on
-        media = [m for m in (Modality.IMAGE, Modality.SPEECH)
-                 if m in have and dm.tokenizers.get(m) is not None]
+        have = generable_modalities(pl_module, dm)
+        media = [m for m in (Modality.IMAGE, Modality.SPEECH) if m in have]
         if not media:
             return
         records = generate_in_run(trainer, pl_module, lambda: self.samples(pl_module, dm, media), self.ema)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mot_lightning.sampling import GenerationTasks, SamplingSettings
+from mot_lightning.sampling import GenerationTasks, add_sampling_arguments, generable_modalities, sampling_from_args
 
 METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
 
@@ -37,15 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    "size and the image->caption images)")
     p.add_argument("--n_heldout", type=int, default=32, help="prompts showing held-out colour/shape pairs")
     p.add_argument("--n_speech", type=int, default=32, help="validation clips for speech->text, text->speech")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (and the prompts' draw)")
-    p.add_argument("--max_caption_tokens", type=int, default=64)
-    p.add_argument("--max_speech_units", type=int, default=100)
-    p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together (left-padded)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (diffusion images)")
-    p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
+    add_sampling_arguments(p)
     p.add_argument("--ema", action="store_true", help="score the EMA averages of the weights (the run's EMA "
                    "callback saved them; or an export written with `mot export --ema`)")
     p.add_argument("--world", default="auto", help="demo world of the prompts: auto (data.demo.mode), fixed, "
@@ -64,16 +56,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict:
     from mot_lightning.eval.grid import save_grid
     from mot_lightning.generate import build
 
-    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)  # checked first
+    settings = sampling_from_args(args)  # checked first, with the weights source
+    source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)
     model, dm = build(source.configs, source.overrides)
     step = source.load_into(model, args.device)
-    settings = SamplingSettings(
-        temperature=args.temperature, top_k=args.top_k, guidance=args.guidance, sampler=args.sampler,
-        steps=args.steps, seed=args.seed, max_text_tokens=args.max_caption_tokens,
-        max_speech_units=args.max_speech_units, batch_size=args.batch_size)
-    modalities = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
+    modalities = generable_modalities(model, dm)
     suite = build_suite(dm, modalities, args.device, args.n, args.n_heldout, args.n_speech, args.world,
-                        ScorerSource(args.scorer_file, args.scorer_dir), args.inception_weights, args.seed)
+                        ScorerSource(args.scorer_file, args.scorer_dir), args.inception_weights, settings.seed)
     result = evaluate(GenerationTasks.of(model, dm, settings), suite, modalities)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,12 @@ LOGGING = ["--trainer.log_every_n_steps", "1", "--throughput.log_every_n_steps",
 # itself); `mot generate` with the same prompts, seed and limits must draw the same samples
 N, CAPTION_TOKENS, SPEECH_UNITS = 2, 8, 6
 SAMPLE_LOGGER = ["--trainer.callbacks+=mot_lightning.callbacks.SampleLogger", "--trainer.callbacks.every_n_steps",
-                 "2", "--trainer.callbacks.n_samples", str(N), "--trainer.callbacks.max_caption_tokens",
-                 str(CAPTION_TOKENS), "--trainer.callbacks.max_speech_units", str(SPEECH_UNITS)]
+                 "2", "--trainer.callbacks.n_samples", str(N), "--trainer.callbacks.sampling.max_text_tokens",
+                 str(CAPTION_TOKENS), "--trainer.callbacks.sampling.max_speech_units", str(SPEECH_UNITS)]
 EMA = ["--trainer.callbacks+=mot_lightning.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.5"]
 # GenerationMetrics after each validation; `mot eval` with the same limits must measure the same
-GEN_LIMITS = {"n_prompts": "3", "n_heldout": "2", "n_speech": "2", "max_caption_tokens": "6",
-              "max_speech_units": "5"}
+GEN_LIMITS = {"n_prompts": "3", "n_heldout": "2", "n_speech": "2", "sampling.max_text_tokens": "6",
+              "sampling.max_speech_units": "5"}
 
 
 def one_thread_env() -> dict[str, str]:
@@ -89,7 +89,7 @@ def finish_all(procs: list[subprocess.Popen]) -> list[str]:
 def generate_args(ckpt: Path, out: Path) -> list[str]:
     """`mot generate --ema` with SampleLogger's prompts, number and limits."""
     return ["generate", "--ckpt", str(ckpt), "--config", SPEECH, "--ema", "--out", str(out), "--n", str(N),
-            "--max_caption_tokens", str(CAPTION_TOKENS), "--max_speech_units", str(SPEECH_UNITS),
+            "--max_text_tokens", str(CAPTION_TOKENS), "--max_speech_units", str(SPEECH_UNITS),
             *[a for c in DEMO_CAPTIONS[:N] for a in ("--prompt", c)]]
 
 
@@ -223,8 +223,8 @@ class Fsdp2Runs:
         limits = GEN_LIMITS
         evaluate = ["eval", "--ckpt", str(consolidated), "--config", SPEECH, "--ema", "--out",
                     str(self.root / "evaluated"), "--n", limits["n_prompts"], "--n_heldout", limits["n_heldout"],
-                    "--n_speech", limits["n_speech"], "--max_caption_tokens", limits["max_caption_tokens"],
-                    "--max_speech_units", limits["max_speech_units"], "--scorer_file", str(self.scorer_file)]
+                    "--n_speech", limits["n_speech"], "--max_text_tokens", limits["sampling.max_text_tokens"],
+                    "--max_speech_units", limits["sampling.max_speech_units"], "--scorer_file", str(self.scorer_file)]
         read_output, *_ = finish_all([
             start_mot("fit", [*self.full_state_args, "--trainer.max_steps", "6", "--ckpt_path", "last"], self.env,
                       full_state),

@@ -48,7 +48,7 @@ def trained(demo_env, tmp_path_factory) -> Path:
 def generate(source: list[str], env: dict[str, str], out: Path, *extra: str) -> dict:
     """`mot generate` (caption->image, image->caption) in this process -> {"images": uint8 arrays, "captions"}."""
     mot(["generate", *source, "--out", str(out), "--task", "caption_to_image", "--task", "image_to_caption",
-         "--n", str(N), "--max_caption_tokens", str(CAPTION_TOKENS), "--device", "cpu",
+         "--n", str(N), "--max_text_tokens", str(CAPTION_TOKENS), "--device", "cpu",
          *[a for p in PROMPTS for a in ("--prompt", p)], *extra, *data_args(env)])
     images = [np.asarray(Image.open(out / f"caption_to_image_{i:02d}.png")) for i in range(N)]
     return {"images": images, "captions": (out / "image_to_caption.txt").read_text()}

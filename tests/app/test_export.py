@@ -77,7 +77,7 @@ def test_export_folder_generates_without_the_training_config(exported, tmp_path)
     out = tmp_path / "samples"
     # no --config and no tokenizer dir: everything comes from the folder (the demo data only for image_to_caption)
     mot(["generate", "--export", str(folder), "--out", str(out), "--prompt", "one blue square", "--n", "1",
-         "--max_caption_tokens", "4", "--max_speech_units", "4"])
+         "--max_text_tokens", "4", "--max_speech_units", "4"])
     with Image.open(out / "caption_to_image_00.png") as img:
         assert img.size == (32, 32)
     assert (out / "text_to_speech_00.wav").stat().st_size > 44

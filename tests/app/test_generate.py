@@ -23,7 +23,7 @@ def checkpoint(speech_runs):
 def _generate(checkpoint, demo_env, out, *extra: str) -> None:
     mot(["generate", "--ckpt", str(checkpoint), "--config", SPEECH, "--out", str(out),
          "--prompt", "two small red circles on the left", "--prompt", "one blue square",
-         "--n", "2", "--max_caption_tokens", "8", "--max_speech_units", "4", "--top_k", "20",
+         "--n", "2", "--max_text_tokens", "8", "--max_speech_units", "4", "--top_k", "20",
          *extra, *TINY_MODEL, *data_args(demo_env)])
 
 

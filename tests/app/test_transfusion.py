@@ -137,7 +137,7 @@ def test_sample_logger_shows_generated_images_in_tensorboard(transfusion_env, tm
     run_fit(["--config", str(CONFIGS / "transfusion/mot.yaml"), *TRANSFUSION,
              "--trainer.callbacks+=mot_lightning.callbacks.SampleLogger",
              "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.n_samples", "2",
-             "--trainer.callbacks.diffusion_steps", "4", "--trainer.max_steps", "2",
+             "--trainer.callbacks.sampling.steps", "4", "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "0", "--data.loader.train_batches_per_epoch", "2"],
             transfusion_env, tmp_path)
     acc = EventAccumulator(str(max(run_dir(tmp_path / "transfusion" / "mot").glob("version_*"))),

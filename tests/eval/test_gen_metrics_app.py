@@ -57,7 +57,7 @@ def test_mot_compare_reports_the_generation_metrics(speech_runs, tmp_path, capsy
 
 def _eval(ckpt, config, env, out, scorer_file, *extra):
     mot(["eval", "--ckpt", str(ckpt), "--config", str(config), "--out", str(out), "--n", "4", "--n_heldout", "2",
-         "--n_speech", "2", "--max_caption_tokens", "8", "--max_speech_units", "6", "--steps", "4",
+         "--n_speech", "2", "--max_text_tokens", "8", "--max_speech_units", "6", "--steps", "4",
          "--scorer_file", str(scorer_file), *extra, *TINY_MODEL, *data_args(env)])
     return json.loads((out / "metrics.json").read_text())
 
