@@ -1,7 +1,8 @@
 """``mot sweep --config sweep.yaml``: a grid of ``mot fit`` runs (variants x grid x seeds) from one YAML.
 
-Runs go sequentially on this machine (each ``mot fit`` in its own process), or ``--print`` /
-``--write jobs.txt`` emit one command per run for a cluster scheduler. The sweep YAML::
+Runs go on this machine (each ``mot fit`` in its own process), one after another or ``--jobs N`` at
+once (each with cores/N threads), or ``--print`` / ``--write jobs.txt`` emit one command per run for a
+cluster scheduler. The sweep YAML::
 
     name: speech_dense_vs_mot          # runs land in <save_dir>/<name>/<variant>[/<grid point>]/s<seed>-<hash>
     save_dir: runs                     # default runs
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,18 +121,66 @@ def plan(sweep: dict, name: str, save_dir: str | None = None, extra: list[str] |
     return jobs
 
 
-def run_jobs(jobs: list[Job], keep_going: bool) -> list[Job]:
-    """Run each job as ``mot fit`` in a child process, in order; return the ones that failed."""
-    failed = []
-    for i, job in enumerate(jobs, 1):
-        print(f"\n[mot sweep {i}/{len(jobs)}] {job.group} seed {job.seed}: {job.command()}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "mot_lightning.cli", "fit", *job.args], check=False)
+def run_jobs(jobs: list[Job], keep_going: bool, parallel: int = 1, log_dir: Path | None = None) -> list[Job]:
+    """Run each job as ``mot fit`` in a child process, ``parallel`` at a time, in order; return the ones that
+    failed. With ``parallel`` > 1 each run's output goes to ``<log_dir>/sweep_logs/<group>/s<seed>.log`` (the
+    runs would interleave on the terminal) and each run gets ``lane_threads`` intra-op threads."""
+    env = lane_env(parallel)
+    failed: list[Job] = []
+    running: list[tuple[int, Job, subprocess.Popen, Path | None]] = []
+    queue = list(enumerate(jobs, 1))
+    while queue or running:
+        while queue and len(running) < parallel and not (failed and not keep_going):
+            i, job = queue.pop(0)
+            print(f"\n[mot sweep {i}/{len(jobs)}] {job.group} seed {job.seed}: {job.command()}", flush=True)
+            log = None if parallel == 1 else (log_dir or Path(".")) / "sweep_logs" / job.group / f"s{job.seed}.log"
+            running.append((i, job, _start(job, env, log), log))
+        if failed and not keep_going and not running:
+            break
+        i, job, proc, log = _wait_any(running)
         if proc.returncode != 0:
             failed.append(job)
-            if not keep_going:
-                raise SystemExit(f"mot sweep: run {i}/{len(jobs)} ({job.group}, seed {job.seed}) failed with exit "
-                                 f"code {proc.returncode}; rerun it alone with:\n  {job.command()}")
+            where = f" (output: {log})" if log else ""
+            print(f"[mot sweep {i}/{len(jobs)}] {job.group} seed {job.seed} failed: exit code {proc.returncode}{where}",
+                  flush=True)
+        elif log:
+            print(f"[mot sweep {i}/{len(jobs)}] {job.group} seed {job.seed} done (output: {log})", flush=True)
+    if failed and not keep_going:
+        job = failed[0]
+        raise SystemExit(f"mot sweep: run {jobs.index(job) + 1}/{len(jobs)} ({job.group}, seed {job.seed}) failed; "
+                         f"rerun it alone with:\n  {job.command()}")
     return failed
+
+
+def lane_threads(parallel: int, cores: int | None = None) -> int:
+    """Intra-op threads per run when ``parallel`` runs share this machine's cores (at least 1)."""
+    return max(1, (cores or os.cpu_count() or 1) // parallel)
+
+
+def lane_env(parallel: int) -> dict[str, str]:
+    """The environment of each run: ``OMP_NUM_THREADS`` split between the lanes unless already set."""
+    env = dict(os.environ)
+    if parallel > 1:
+        env.setdefault("OMP_NUM_THREADS", str(lane_threads(parallel)))
+    return env
+
+
+def _start(job: Job, env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", *job.args]
+    if log is None:
+        return subprocess.Popen(cmd, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:  # the child keeps its own handle
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_any(running: list) -> tuple:
+    """Remove and return the first entry of ``running`` whose process has ended (polling every 0.2 s)."""
+    while True:
+        for k, entry in enumerate(running):
+            if entry[2].poll() is not None:
+                return running.pop(k)
+        time.sleep(0.2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--print", action="store_true", help="print one `mot fit` command per run; run nothing")
     out.add_argument("--write", type=Path, metavar="FILE", help="write the commands to FILE, one per line; run nothing")
     p.add_argument("--keep-going", action="store_true", help="run the remaining jobs when one fails")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at once on this machine (default 1); each gets cores/N intra-op threads unless "
+                        "OMP_NUM_THREADS is set, and writes its output to <save_dir>/sweep_logs/<group>/s<seed>.log")
     return p
 
 
@@ -165,8 +219,10 @@ def main(argv: list[str]) -> None:
         args.write.write_text(commands)
         print(f"mot sweep: wrote {len(jobs)} commands to {args.write}")
         return
-    failed = run_jobs(jobs, args.keep_going)
+    if args.jobs < 1:
+        raise SystemExit(f"mot sweep: --jobs must be >= 1, got {args.jobs}")
     save_dir = args.save_dir or sweep.get("save_dir", "runs")
+    failed = run_jobs(jobs, args.keep_going, args.jobs, Path(save_dir))
     groups = list(dict.fromkeys(j.group for j in jobs))
     print(f"\nmot sweep: {len(jobs) - len(failed)}/{len(jobs)} runs done. Compare them with:\n  "
           + shlex.join(["mot", "compare", *(f"{save_dir}/{g}" for g in groups[1:]),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shlex
 
@@ -10,7 +11,7 @@ import yaml
 
 from mot_lightning.cli import main as mot_main
 from mot_lightning.compare.cli import main as compare_main
-from mot_lightning.sweep import plan
+from mot_lightning.sweep import Job, lane_env, lane_threads, plan, run_jobs
 from tests.app.conftest import CONFIGS, TINY, TINY_MODEL, data_args
 
 SHIPPED = CONFIGS / "sweeps/speech_dense_vs_mot.yaml"
@@ -54,8 +55,13 @@ def test_a_2x2_sweep_runs_and_compares_with_intervals(demo_env, tmp_path, monkey
              "args": {"trainer.max_steps": 3, "trainer.val_check_interval": 3, "trainer.limit_val_batches": 1,
                       "trainer.log_every_n_steps": 1, "throughput.log_every_n_steps": 1}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    mot_main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--", *TINY_MODEL, *TINY, *data_args(demo_env)])
-    assert f"mot compare {save}/pair/mot --baseline {save}/pair/dense" in capsys.readouterr().out
+    # two lanes: the runs go two at a time, each writing its own log beside its runs
+    mot_main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--jobs", "2", "--", *TINY_MODEL, *TINY,
+              *data_args(demo_env)])
+    out = capsys.readouterr().out
+    assert f"mot compare {save}/pair/mot --baseline {save}/pair/dense" in out and "4/4 runs done" in out
+    for variant, seed in itertools.product(("dense", "mot"), (0, 1)):
+        assert "max_steps=3" in (save / "sweep_logs" / "pair" / variant / f"s{seed}.log").read_text()
     for variant in ("dense", "mot"):
         runs = sorted((save / "pair" / variant).iterdir())
         assert [r.name.split("-")[0] for r in runs] == ["s0", "s1"]
@@ -71,3 +77,22 @@ def test_a_2x2_sweep_runs_and_compares_with_intervals(demo_env, tmp_path, monkey
     md = (tmp_path / "c" / "table.md").read_text()
     assert "| pair/mot | val/loss | 2/2 (2 by seed) |" in md and "Noise floor" in md
     assert (tmp_path / "c" / "loss_vs_steps.png").stat().st_size > 5000
+
+
+def test_lanes_split_the_cores(monkeypatch):
+    assert [lane_threads(n, cores=8) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert lane_env(2)["OMP_NUM_THREADS"] == str(lane_threads(2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+    assert lane_env(2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_failing_lane_stops_the_sweep_naming_the_run(tmp_path, capsys):
+    jobs = [Job("exp/a", 0, ("--config", str(tmp_path / "missing.yaml"))), Job("exp/b", 0, ("--no-such-flag",)),
+            Job("exp/c", 0, ("--never-started",))]
+    with pytest.raises(SystemExit, match=r"\(exp/[ab], seed 0\) failed; rerun it alone with"):
+        run_jobs(jobs, keep_going=False, parallel=2, log_dir=tmp_path)
+    assert "exp/c" not in capsys.readouterr().out  # no new run starts once one has failed
+    logs = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.log"))
+    assert logs == ["sweep_logs/exp/a/s0.log", "sweep_logs/exp/b/s0.log"]
+    assert "missing.yaml" in (tmp_path / "sweep_logs" / "exp" / "a" / "s0.log").read_text()  # for the user
