@@ -144,3 +144,28 @@ def skip_report(totals: dict[str, int], threshold: float, final: bool = False) -
 def _slot() -> int:
     info = get_worker_info()
     return 0 if info is None else info.id
+
+
+def summed_skips(counters: list[StreamCounters]) -> dict[str, int]:
+    """Skips by reason, added up over several streams' counters."""
+    total: dict[str, int] = {}
+    for c in counters:
+        for name, n in c.skips().items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def sum_over_ranks(trainer, values) -> list[float]:
+    """Elementwise sums over ranks: an all-reduce when ``trainer`` runs several (every rank must call this);
+    the values themselves with one rank or no trainer."""
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if trainer is not None and trainer.world_size > 1 and tensor.numel():
+        tensor = trainer.strategy.reduce(tensor.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+    return tensor.tolist()
+
+
+def any_rank(trainer, flag: bool) -> bool:
+    """True when ``flag`` is true on any rank (every rank must call this with several ranks)."""
+    if trainer is None or trainer.world_size == 1:
+        return flag
+    return trainer.strategy.reduce_boolean_decision(flag, all=False)

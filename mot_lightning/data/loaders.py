@@ -157,3 +157,17 @@ class EqualBatches:
                 self.padded += 1
             yield self.empty if batch is None else batch
         self.watch.check(final=True)
+
+
+def worker_loader(stream, options) -> DataLoader:
+    """The ``DataLoader`` over a stream that yields whole batches, with ``data.loader``'s workers, pinning and
+    timeout (a timeout needs workers: without them the main process reads and nothing can stall apart)."""
+    return DataLoader(
+        stream,
+        batch_size=None,  # the stream yields whole batches
+        num_workers=options.num_workers,
+        pin_memory=options.pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if options.num_workers else None,
+        timeout=options.timeout if options.num_workers else 0,
+    )

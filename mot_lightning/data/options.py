@@ -32,6 +32,7 @@ import yaml
 from mot_lightning.data.demo import PROCEDURAL_DIR, DemoConfig, ProceduralConfig
 from mot_lightning.data.documents import DecodeLimits
 from mot_lightning.data.mix import MixEntry, check_entries
+from mot_lightning.data.stream import StreamConfig
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.fitting import TrainConfig
 
@@ -78,6 +79,18 @@ class LoaderConfig:
         if self.num_workers < 0 or self.train_batches_per_epoch < 1 or self.pack_open_rows < 1:
             raise ValueError(f"data.loader needs num_workers >= 0, train_batches_per_epoch >= 1 and "
                              f"pack_open_rows >= 1, got {self}")
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_image_pixels, self.max_audio_seconds)
+
+    def stream_config(self, seq_len: int, batch_size: int, image_size: int, seed: int,
+                      infinite: bool) -> StreamConfig:
+        """A stream's settings: training (``infinite``) shuffles and drops captions, validation does neither."""
+        return StreamConfig(
+            seq_len=seq_len, batch_size=batch_size, image_size=image_size, infinite=infinite,
+            shuffle_buffer=self.shuffle_buffer if infinite else 0, overlong=self.overlong,
+            open_rows=self.pack_open_rows, seed=seed, caption_dropout=self.caption_dropout if infinite else 0.0,
+            limits=self.decode_limits())
 
 
 @dataclass
@@ -200,3 +213,27 @@ def _yaml(value: str) -> object:
         return yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+
+
+def image_size_of(image_size: int | None, tok) -> int:
+    """The image side the data decodes to: ``data.loader.image_size``, else the image tokenizer's
+    resolution, else 32; the two must agree when both are given."""
+    resolution = getattr(getattr(tok, "config", None), "resolution", None)
+    if image_size is None:
+        return resolution or 32
+    if resolution is not None and resolution != image_size:
+        raise ValueError(f"data.loader.image_size={image_size} but the image tokenizer's resolution is "
+                         f"{resolution}: drop data.loader.image_size (it follows the tokenizer) or make them equal")
+    return image_size
+
+
+def kept_modalities(available: frozenset[Modality], modalities: Sequence[str] | None) -> frozenset[Modality]:
+    """``data.modalities`` as a set (every tokenized modality when None); each needs a tokenizer."""
+    if modalities is None:
+        return available
+    wanted = frozenset(Modality.parse(m) for m in modalities)
+    missing = wanted - available
+    if missing:
+        names = ", ".join(m.label for m in sorted(missing))
+        raise ValueError(f"modalities {sorted(m.label for m in wanted)} need a tokenizer for: {names}")
+    return wanted

@@ -41,11 +41,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from mot_lightning.data.counters import NullCounters
 from mot_lightning.data.documents import SAMPLE_RATE, BadSample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import Doc, LatentDoc
 from mot_lightning.data.vocab import SPECIAL_TOKENS, JointVocab
 from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import shard_samples
+from mot_lightning.shards.urls import is_local
 from mot_lightning.tokenizers.base import Tokenizer
 
 MEMBER = "tok.npy"  # the sample field of a pre-tokenized document (``<key>.tok.npy`` in the tar)
@@ -170,6 +173,19 @@ class PretokenizedReader:
         state = dict(self.__dict__)
         state["_accepted"] = set()
         return state
+
+    def check_source(self, source) -> None:
+        """Refuse a pre-tokenized source made with other tokenizers before any worker reads it: decodes the
+        first document of its first shard (local shards; a remote one is checked by the stream, which reads
+        it anyway). A damaged chunk is left to the stream, which counts it."""
+        if not is_local(source.urls[0]):
+            return
+        first = next(iter(shard_samples(source.urls[:1], NullCounters())), None)
+        if first is not None and self.holds(first):
+            try:
+                self.decode(first, source.keep, lambda modalities: False)
+            except BadSample:
+                pass
 
     @staticmethod
     def holds(sample: dict) -> bool:

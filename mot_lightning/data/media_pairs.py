@@ -1,0 +1,46 @@
+"""Raw validation media with their text, for the generation tools: images or speech clips and the text of
+the documents they come from, read from a validation set's shards (no tokenizer involved).
+
+The image->caption prompts, the tokenizer reconstructions of ``SampleLogger``, the speech->text prompts and
+the FID reference images all come from here (through the data module's ``image_text_pairs`` /
+``speech_text_pairs``). Damaged shards and documents are passed over: the validation stream itself counts
+them.
+"""
+from __future__ import annotations
+
+import torch
+
+from mot_lightning.data.counters import NullCounters
+from mot_lightning.data.documents import BadSample, DecodeLimits, parse_sample
+from mot_lightning.data.sources import SourceConfig, resolve
+from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import shard_samples
+
+
+def media_text_pairs(val_sets: list[SourceConfig], modality: Modality, n: int, image_size: int,
+                     limits: DecodeLimits) -> tuple[list[torch.Tensor], list[str]]:
+    """Up to ``n`` pairs from the first of ``val_sets``, in shard order: each document's last ``modality``
+    segment (a two-scene story holds two images) and its text segments joined by spaces (the transcript of
+    a speech-transcript pair). No pairs without a validation set."""
+    media: list[torch.Tensor] = []
+    texts: list[str] = []
+    if n <= 0 or not val_sets:
+        return media, texts
+    source = resolve(val_sets[0], frozenset({Modality.TEXT, modality}))
+    for sample in shard_samples(source.urls, NullCounters()):
+        try:
+            doc = parse_sample(sample, source.keep, image_size, limits)
+        except BadSample:
+            continue
+        value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
+        if value is not None:
+            media.append(value)
+            texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
+        if len(media) == n:
+            break
+    return media, texts
+
+
+def stack_images(images: list[torch.Tensor], side: int) -> torch.Tensor:
+    """float[N, 3, side, side] (float[0, 3, side, side] for no image)."""
+    return torch.stack(images) if images else torch.zeros(0, 3, side, side)

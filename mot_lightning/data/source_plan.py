@@ -1,0 +1,75 @@
+"""Which shards a data module reads: its training sources, its named validation sets, and what its
+tokenizers are fitted on, whether they come from the config (``sources`` / ``val_sets``) or from the demo
+corpus (``sources`` null: ``data.demo``, fixed tar shards or the procedural world's virtual shards)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mot_lightning.data import demo as demo_corpus
+from mot_lightning.data.mix import MixSchedule
+from mot_lightning.data.options import DemoCorpus, TokenizerFiles
+from mot_lightning.data.sources import SourceConfig
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    sources: list[SourceConfig] | None  # None: the demo corpus
+    val_sets: list[SourceConfig] | None  # None: the demo corpus' val_seen / val_heldout (with the demo)
+    demo: DemoCorpus
+    tokenizer_files: TokenizerFiles
+    image_size: int
+
+    @property
+    def uses_demo(self) -> bool:
+        return self.sources is None
+
+    def demo_corpus(self) -> demo_corpus.DemoConfig | demo_corpus.ProceduralConfig:
+        """The demo corpus of ``data.demo.mode`` (both answer prepare / train_sources / val_sets / fit_data)."""
+        return self.demo.corpus(self.image_size)
+
+    def val_set_names(self) -> list[str]:
+        if self.val_sets is not None:
+            return [v.name for v in self.val_sets]
+        return list(demo_corpus.VAL_SETS) if self.uses_demo else []
+
+    def train_configs(self) -> list[SourceConfig]:
+        return self.demo_corpus().train_sources() if self.uses_demo else list(self.sources)
+
+    def val_configs(self) -> list[SourceConfig]:
+        if self.val_sets is not None:
+            configs = list(self.val_sets)
+        else:
+            configs = self.demo_corpus().val_sets() if self.uses_demo else []
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"validation set names must be unique, got {names}")
+        return configs
+
+    def split(self, split: str) -> list[SourceConfig]:
+        """The sources of ``split``: ``"train"`` (the training sources) or a validation set's name."""
+        if split == "train":
+            return self.train_configs()
+        named = {c.name: c for c in self.val_configs()}
+        if split not in named:
+            raise ValueError(f"split {split!r}: expected 'train' or a validation set name, one of {sorted(named)}")
+        return [named[split]]
+
+    def tokenizer_dir(self) -> str:
+        """Tokenizers fitted on the procedural demo are kept apart from those fitted on the fixed corpus."""
+        files = self.tokenizer_files
+        return self.demo.tokenizer_dir(files.dir) if self.uses_demo and files.fit_data is None else files.dir
+
+    def fit_data(self) -> str | None:
+        """What missing tokenizers are fitted on: ``tokenizer_files.fit_data``, else the demo corpus, else every
+        URL of the first training source (any scheme)."""
+        if self.tokenizer_files.fit_data is not None:
+            return self.tokenizer_files.fit_data
+        if self.uses_demo:
+            return self.demo_corpus().fit_data()
+        urls = self.sources[0].urls if self.sources else None
+        return urls if isinstance(urls, str) else ("::".join(urls) if urls else None)
+
+
+def mix_schedule(weights_schedule, configs: list[SourceConfig]) -> MixSchedule:
+    """``data.loader.weights_schedule`` over the training sources (names an unknown source)."""
+    return MixSchedule.build(weights_schedule, [c.name for c in configs], [c.weight for c in configs])
