@@ -61,7 +61,7 @@ class Ctx:
     base: dict[str, Path] = field(default_factory=dict)  # variant -> last.ckpt of a 1-step tiny run
 
     def mot(self, args: list[str], timeout: float = 300, env: dict | None = None) -> Proc:
-        """``python -m mot_lightning.cli <args>`` in ``work``; never raises on a failing command."""
+        """``python -m mot_lightning.commands <args>`` in ``work``; never raises on a failing command."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
                **(env or {})}
         start = time.perf_counter()
@@ -69,7 +69,7 @@ class Ctx:
         # pipe open and make the command look slower than it is
         with tempfile.TemporaryFile() as log:
             try:
-                rc = subprocess.run([sys.executable, "-m", "mot_lightning.cli", *args], cwd=self.work, env=env,
+                rc = subprocess.run([sys.executable, "-m", "mot_lightning.commands", *args], cwd=self.work, env=env,
                                     check=False, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
             except subprocess.TimeoutExpired:
                 rc = -9

@@ -134,7 +134,7 @@ TORN = ["--checkpoint.every_n_train_steps", "1", "--trainer.limit_val_batches", 
 def kill_mid_save(ctx: Ctx, save: str, tmpdir: Path) -> tuple[Path, list[str]]:
     """Start a long `mot fit` saving every step (default-size model: ~34 MB per file), SIGKILL it while
     a checkpoint temporary is being written; (checkpoint dir, names of the temporaries it left)."""
-    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", "--config", str(CONFIGS / "speech/mot.yaml"),
+    cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", "--config", str(CONFIGS / "speech/mot.yaml"),
            *SMALL, *DATA, "--trainer.logger.init_args.save_dir", str(ctx.work / save), *TORN,
            "--trainer.max_steps", "100000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmpdir)}

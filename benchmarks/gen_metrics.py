@@ -183,7 +183,7 @@ def data_overrides(args) -> list[str]:
 def validation_halves(args, feat) -> dict:
     """FID / KID between the first two disjoint halves of n images of the config's first validation set (the
     ``fid_floor_val`` bound of the callback), for every n the set holds twice."""
-    from mot_lightning.generate import build
+    from mot_lightning.building import build
 
     configs = [args.config] if args.config != DEFAULT_CONFIG else WORLD_CONFIGS[args.world]
     overrides = data_overrides(args)
@@ -198,8 +198,8 @@ def validation_halves(args, feat) -> dict:
 
 # --- cost -------------------------------------------------------------------------------------------
 def cost_section(args) -> dict:
+    from mot_lightning.building import build, load_weights
     from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
-    from mot_lightning.generate import build, load_weights
     from mot_lightning.sampling import GenerationTasks, SamplingSettings
 
     overrides = data_overrides(args)
@@ -262,7 +262,7 @@ def run_cost_section(args) -> dict:
     for arm, overlay in RUN_ARMS.items():
         (out_dir / f"{arm}.yaml").write_text(overlay)
         save = out_dir / f"runs_{arm}"
-        cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", "--config", args.config, "--config",
+        cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", "--config", args.config, "--config",
                str(out_dir / f"{arm}.yaml"), "--trainer.logger.init_args.save_dir", str(save),
                "--trainer.enable_progress_bar", "false"]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -305,9 +305,9 @@ def train_step_cpu_seconds(model, dm, steps: int = 10) -> float:
 # --- conditional vs caption-ignoring -----------------------------------------------------------------
 def conditioning_section(args) -> dict:
     """Two chameleon-setting runs on the fixed demo world, caption dropout 0 and 0.99, scored alike."""
+    from mot_lightning.building import build, load_weights
+    from mot_lightning.commands.fit import cli_main
     from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
-    from mot_lightning.generate import build, load_weights
-    from mot_lightning.lit_cli import cli_main
     from mot_lightning.sampling import GenerationTasks, SamplingSettings
 
     out = Path(args.out)

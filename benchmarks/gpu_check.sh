@@ -61,7 +61,7 @@ stamp "$(head -1 "$OUT/env.txt")"
 
 # 0. demo corpus and fitted tokenizers for every run (on CPU, in the background while the tests run)
 stamp "demo corpus and tokenizers (background)"
-python -m mot_lightning.cli fit --config configs/speech/mot.yaml --trainer.accelerator cpu --trainer.devices 1 \
+python -m mot_lightning.commands fit --config configs/speech/mot.yaml --trainer.accelerator cpu --trainer.devices 1 \
   --trainer.precision 32-true --trainer.max_steps 1 --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
   --model.backbone.dim 32 --model.backbone.n_layers 1 --data.loader.num_workers 0 \
   --checkpoint.save_last false --checkpoint.save_top_k 0 \
@@ -79,7 +79,7 @@ wait $PREP || { stamp "data preparation failed: $OUT/data_prep.log"; exit 1; }
 fit() {  # fit NAME SETTING STRATEGY_ARGS... : one bf16 run, STEPS steps, no validation, no checkpoint files
   local name=$1 setting=$2; shift 2
   stamp "fit $name"
-  timeout "$RUN_TIMEOUT" python -m mot_lightning.cli fit --config "configs/speech/$setting.yaml" "${SIZE[@]}" \
+  timeout "$RUN_TIMEOUT" python -m mot_lightning.commands fit --config "configs/speech/$setting.yaml" "${SIZE[@]}" \
     "${DEVICE[@]}" "$@" --data.seq_len "$SEQ" --data.batch_size "$BATCH" --data.loader.num_workers "$WORKERS" \
     --trainer.max_steps "$STEPS" --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
     --trainer.log_every_n_steps 1 --trainer.enable_progress_bar false \

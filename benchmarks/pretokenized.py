@@ -45,7 +45,7 @@ def fit_vqvae(name: str, demo_dir: str, work: str, steps: int) -> tuple[str, dic
     config = ROOT / "configs" / "tokenizers" / f"{name}.yaml"
     out = os.path.join(work, f"{name}.pt")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mot_lightning.cli", "tokenizer", "fit", "--config", str(config),
+    subprocess.run([sys.executable, "-m", "mot_lightning.commands", "tokenizer", "fit", "--config", str(config),
                     "--data.path", os.path.join(demo_dir, "train"), "--data.max_items", "256",
                     "--train.max_steps", str(steps), "--train.batch_size", "8", "--train.accelerator", "cpu",
                     "--train.precision", "32-true", "--train.num_workers", "0",

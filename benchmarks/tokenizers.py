@@ -142,7 +142,7 @@ def bench_learned(data: Path, path: Path, label: str) -> tuple[str, str, str, st
 # --- the image tokenizers of the LM settings, fitted as `mot fit` fits them -----------------------------
 def resolved_data(configs: list[str]) -> dict:
     """The ``data`` section that ``mot fit --config A --config B ...`` resolves (jsonargparse's merge)."""
-    from mot_lightning.lit_cli import cli_main
+    from mot_lightning.commands.fit import cli_main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):

@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from mot_lightning.generate import build, load_weights
+from mot_lightning.building import build, load_weights
 
 
 def per_document(configs: list[str], ckpt: str, overrides: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:

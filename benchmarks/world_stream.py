@@ -76,7 +76,7 @@ def measure_training(configs: list[Path], demo_dir: str, tokenizer_dir: str, ste
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config_args = [a for c in configs for a in ("--config", str(c))]
-    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", *config_args,
+    cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", *config_args,
            "--data.demo.dir", demo_dir, "--data.tokenizer_files.dir", tokenizer_dir,
            "--trainer.max_steps", str(steps), "--trainer.num_sanity_val_steps", "0",
            "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "10",

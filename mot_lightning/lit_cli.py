@@ -1,4 +1,5 @@
-"""``mot fit|validate|test``: LightningCLI over ``MultiModalLM`` and ``MultiModalDataModule``.
+"""The app's LightningCLI (``MotCLI``) over ``MultiModalLM`` and ``MultiModalDataModule``: what ``mot
+fit|validate|test`` run (``commands/fit.py``) and what the tools build trained models with (``building.py``).
 
 Vocabulary size and layout, modality count, validation-set names and the latent-image
 width (Transfusion) flow from the data
@@ -26,9 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from mot_lightning.callbacks import FlopsThroughput, NonFiniteGuard
 from mot_lightning.checkpoints import use_atomic_io
 from mot_lightning.checkpoints.model_config import ckpt_model_config
-from mot_lightning.data.datamodule import MultiModalDataModule
 from mot_lightning.data.options import moved_data_keys
-from mot_lightning.lit_module import MultiModalLM
 from mot_lightning.run_identity import (
     DEFAULT_NAME,
     RUN_FILE,
@@ -213,15 +212,3 @@ def log_final_hparams(trainer, identity: RunIdentity) -> None:
     logger.log_hyperparams(params, metrics, step=trainer.global_step)
     logger.hparams = module_hparams
     logger.finalize("success")  # fit had closed the writer; flush the one log_hyperparams reopened
-
-
-def cli_main(args: list[str] | None = None) -> None:
-    """Run the CLI (``args=None`` reads ``sys.argv``; tests pass a list)."""
-    MotCLI(
-        MultiModalLM,
-        MultiModalDataModule,
-        args=args,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,  # the optimizer is built in configure_optimizers (FSDP2-safe)
-    )

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mot_lightning"
 
 # (module prefix, layer), most specific first; a module takes the first prefix it starts with.
 LAYERS = [
-    ("mot_lightning.checkpoints.cli", 7),  # tools of `mot checkpoint` / `mot export` / `mot generate`
-    ("mot_lightning.checkpoints.consolidate", 7),
+    ("mot_lightning.commands", 8),  # the `mot` commands: the top layer, nothing imports them
+    ("mot_lightning.checkpoints.consolidate", 7),  # tools a command uses: consolidate, export folders, weights
     ("mot_lightning.checkpoints.export", 7),
     ("mot_lightning.checkpoints.weights", 7),
     ("mot_lightning.modality", 0),
@@ -31,19 +31,17 @@ LAYERS = [
     ("mot_lightning.schedules", 6),
     ("mot_lightning.lit_module", 6),
     ("mot_lightning.sampling", 7),
-    ("mot_lightning.generate", 7),
+    ("mot_lightning.building", 7),  # model and data module from a training YAML (lit_cli's parse, not run)
     ("mot_lightning.callbacks", 7),
     ("mot_lightning.eval", 7),
     ("mot_lightning.lit_cli", 7),
-    ("mot_lightning.cli", 7),
     ("mot_lightning.run_identity", 7),
-    ("mot_lightning.sweep", 7),
     ("mot_lightning.compare", 7),
     ("mot_lightning", 0),  # the package's own __init__
 ]
 NAMES = {0: "shards/world/modality", 1: "tokenizers", 2: "data", 3: "model", 4: "objectives",
-         5: "training/checkpoints", 6: "lit_module", 7: "callbacks/cli/tools"}
-PUBLIC_DATA_READERS = ("mot_lightning.callbacks", "mot_lightning.sampling", "mot_lightning.generate")
+         5: "training/checkpoints", 6: "lit_module", 7: "callbacks/tools", 8: "commands"}
+PUBLIC_DATA_READERS = ("mot_lightning.callbacks", "mot_lightning.sampling", "mot_lightning.commands.generate")
 
 
 def module_name(path: Path) -> str:
@@ -121,10 +119,10 @@ def test_model_and_tokenizers_stand_apart():
     """The model imports only the bottom layer (never data, tokenizers or the CLI); tokenizers never import
     the model; data never imports the model or a command; the shard reader never imports the demo world;
     checkpoint code never imports a callback."""
-    forbidden = {"mot_lightning.model": ("mot_lightning.data", "mot_lightning.tokenizers", "mot_lightning.cli",
+    forbidden = {"mot_lightning.model": ("mot_lightning.data", "mot_lightning.tokenizers", "mot_lightning.commands",
                                          "mot_lightning.lit_cli", "mot_lightning.shards", "mot_lightning.world"),
                  "mot_lightning.tokenizers": ("mot_lightning.model",),
-                 "mot_lightning.data": ("mot_lightning.model", "mot_lightning.cli", "mot_lightning.lit_cli"),
+                 "mot_lightning.data": ("mot_lightning.model", "mot_lightning.commands", "mot_lightning.lit_cli"),
                  # the generic shard reader knows no data source by name: the demo world plugs in from above
                  "mot_lightning.shards": ("mot_lightning.world",),
                  # checkpoint files are read without the callbacks that wrote them
@@ -188,7 +186,22 @@ def test_the_checks_can_fail(tmp_path):
     upward = "from mot_lightning.lit_module import MultiModalLM\n"
     msg = _fails(test_imports_point_down_only, {"mot_lightning.data._probe": upward}, tmp_path)
     assert "mot_lightning.data._probe (data) imports mot_lightning.lit_module (lit_module)" in msg
+    into_a_command = "def f():\n    from mot_lightning.commands.generate import run\n"
+    msg = _fails(test_imports_point_down_only, {"mot_lightning.eval._probe": into_a_command}, tmp_path)
+    assert "mot_lightning.eval._probe (callbacks/tools) imports mot_lightning.commands.generate (commands)" in msg
     cycle = {"mot_lightning.world._a": "from mot_lightning.world import _b\n",
              "mot_lightning.world._b": "import mot_lightning.world._a\n"}
     assert "mot_lightning.world._a -> mot_lightning.world._b -> mot_lightning.world._a" in _fails(
         test_module_graph_is_acyclic, cycle, tmp_path)
+
+
+def test_every_command_lives_in_commands_under_its_own_name():
+    """``mot <name>`` is ``mot_lightning/commands/<name>.py`` (fit, validate and test: ``fit.py``); no other
+    module there but the dispatcher."""
+    from mot_lightning.commands.main import LIGHTNING_COMMANDS, TOOLS
+
+    assert {name: module for name, (module, _) in TOOLS.items()} == {
+        name: f"mot_lightning.commands.{name}" for name in TOOLS}
+    commands = {m.rsplit(".", 1)[1] for m in MODULES if m.startswith("mot_lightning.commands.")}
+    assert commands == set(TOOLS) | {"fit", "main", "__main__"}, commands
+    assert set(LIGHTNING_COMMANDS) == {"fit", "validate", "test"}

@@ -8,7 +8,8 @@ to travel.
 - ``export.py`` / ``weights.py``: ``mot export`` folders (safetensors + config + tokenizers) and what
   ``mot generate`` loads (a checkpoint with its YAML, or an export folder).
 
-Tool modules (``cli.py``, ``export.py``) are imported by the ``mot`` command, not here.
+Tool modules (``export.py``, ``weights.py``, ``consolidate.py``) are imported by the commands
+(``mot_lightning/commands``), not here.
 """
 from mot_lightning.checkpoints.atomic import AtomicCheckpointIO, atomic_torch_save, use_atomic_io
 from mot_lightning.checkpoints.loading import (

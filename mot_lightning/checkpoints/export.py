@@ -1,4 +1,5 @@
-"""``mot export``: a trained model as one folder that travels (weights, config, tokenizers).
+"""A trained model as one folder that travels (weights, config, tokenizers): what ``mot export`` writes
+(``commands/export.py``).
 
     mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
         [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
@@ -13,10 +14,7 @@ Pretrained (diffusers) tokenizers are referenced by their folder in config.yaml,
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
 from pathlib import Path
 
 import yaml
@@ -31,7 +29,6 @@ from mot_lightning.checkpoints.weights import (
     TOKENIZER_DIR,
     WEIGHTS_FILE,
     exported_model_spec,
-    weights_source,
 )
 from mot_lightning.modality import Modality
 
@@ -52,17 +49,6 @@ net.eval()
 # tokens, modality: long[B, T] joint-vocabulary ids (ranges in spec["vocab"]) and their modality ids
 # (0 text, 1 image, 2 speech); logits = net(tokens, modality) is float[B, T, vocab_size]
 '''
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mot export", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                epilog="any other --key value is passed to the training config (LightningCLI)")
-    p.add_argument("--ckpt", required=True, help="a checkpoint file (consolidate a sharded one first)")
-    p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
-    p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
-    p.add_argument("--ema", action="store_true", help="export the EMA averages of the weights (the "
-                   "checkpoint must hold them: the run had an EMA callback) instead of the live weights")
-    return p
 
 
 def vocab_spec(vocab) -> dict:
@@ -139,26 +125,3 @@ Plain PyTorch (needs `mot_lightning` for the module's code, not its training con
 ```python
 {SNIPPET.format(export_dir=out.resolve())}```
 """  # noqa: E501 (the table's rows are markdown: they cannot wrap)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from mot_lightning.generate import build_cli
-
-    args, overrides = _parser().parse_known_args(argv)
-    source = weights_source(args.ckpt, None, args.config, overrides, ema=args.ema)  # checked before building
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SystemExit(f"mot export: --out {out} exists and is not empty: choose a new folder")
-    cli = build_cli(source.configs, source.overrides)
-    step = source.load_into(cli.model)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)  # the folder appears complete or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"exported {source.path} (step {step}, {source.kind} weights) to {out}")

@@ -8,7 +8,7 @@ Files, in pipeline order:
     report.py    groups against a baseline group -> rows (intervals, noise floor, flags, verdict)
     tables.py    rows -> text / Markdown / CSV
     plots.py     loss vs steps / FLOPs / time PNGs: seeds thin, group mean bold with a band
-    cli.py       ``mot compare GROUP... [--baseline GROUP] [--out DIR]``
+    (``mot compare GROUP... [--baseline GROUP] [--out DIR]`` is ``commands/compare.py``)
 
 Imports only ``mot_lightning.modality``, ``mot_lightning.run_identity`` and libraries (docs/architecture.md, "Layers").
 """

@@ -3,8 +3,8 @@
 Read in this order: ``batch.py`` (the contract), ``vocab.py`` (joint ids),
 ``packing.py``, ``stream.py``, ``options.py`` (the grouped arguments),
 ``datamodule.py``. ``demo.py`` writes the demo corpus (from ``mot_lightning/world``),
-``fitted_tokenizers.py`` keeps fit-once tokenizer files, ``convert.py`` and
-``cli.py`` are the ``mot data`` commands. Shards are read by ``mot_lightning/shards``.
+``fitted_tokenizers.py`` keeps fit-once tokenizer files, ``convert.py`` the shard
+converters that ``mot data`` (``commands/data.py``) runs. Shards are read by ``mot_lightning/shards``.
 
 Exports are imported lazily so ``mot data demo`` does not pay for importing Lightning.
 """

@@ -11,7 +11,7 @@ Files, in pipeline order:
                      speech-unit accuracy and duration ratio
     evaluate.py      ``EvalSuite`` (what stays fixed) + ``evaluate`` (one evaluation -> named metrics)
     grid.py          a PNG of generated pictures with their prompts and verdicts
-    cli.py           ``mot eval --ckpt ... --config ... --out DIR``: metrics.json + samples.png
+    (``mot eval --ckpt ... --config ... --out DIR`` is ``commands/eval.py``: metrics.json + samples.png)
 
 The training-time callback is ``callbacks/gen_metrics.py`` (``val/gen/<metric>``). Layering: worlds,
 degrade, scorer, faithfulness and metrics import only ``world/`` and libraries; evaluate uses the

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mot_lightning.lit_cli import cli_main
+from mot_lightning.commands.fit import cli_main
 from tests.app.controls_run import Runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def run_fit(args: list[str], env: dict[str, str], save_dir: Path, command: str =
 
 def run_fit_subprocess(args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 300) -> str:
     """`mot fit` as a real command (Lightning relaunches it once per rank for DDP/FSDP2)."""
-    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", *_ordered(args, True), *data_args(env),
+    cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", *_ordered(args, True), *data_args(env),
            "--trainer.logger.init_args.save_dir", str(save_dir)]
     proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run(cmd, cwd=save_dir.parent, env=proc_env, capture_output=True, text=True, timeout=timeout)

@@ -56,7 +56,7 @@ def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, 
 
 
 def start_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mot_lightning.cli", command, *_ordered(args, True), *data_args(env),
+    cmd = [sys.executable, "-m", "mot_lightning.commands", command, *_ordered(args, True), *data_args(env),
            "--trainer.logger.init_args.save_dir", str(save_dir)]
     save_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(cmd, cwd=save_dir, env=one_thread_env(), stdout=subprocess.PIPE,
@@ -65,7 +65,7 @@ def start_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path
 
 def start_one_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """`mot generate` / `mot eval` (``args``) on one thread, like each rank of the runs (the same kernels)."""
-    cmd = [sys.executable, "-m", "mot_lightning.cli", *args, "--device", "cpu", *TINY_MODEL, *data_args(env)]
+    cmd = [sys.executable, "-m", "mot_lightning.commands", *args, "--device", "cpu", *TINY_MODEL, *data_args(env)]
     return subprocess.Popen(cmd, cwd=ROOT, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

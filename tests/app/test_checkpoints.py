@@ -24,7 +24,7 @@ from mot_lightning.checkpoints import (
     plain_config,
 )
 from mot_lightning.checkpoints.loading import unsafe_globals
-from mot_lightning.cli import main as mot
+from mot_lightning.commands.main import main as mot
 from mot_lightning.lit_module import MultiModalLM
 from mot_lightning.model import TransformerConfig
 from mot_lightning.objectives import NextToken
@@ -234,7 +234,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_mot_fit_writes_through_the_atomic_io(demo_env, tmp_path):
-    from mot_lightning.generate import build_cli
+    from mot_lightning.building import build_cli
 
     cli = build_cli([SPEECH_MOT], [*TINY_MODEL, *data_args(demo_env)])
     assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mot_lightning.lit_cli import cli_main
+from mot_lightning.commands.fit import cli_main
+from mot_lightning.commands.sweep import plan
 from mot_lightning.model import PRESETS
 from mot_lightning.run_identity import flatten
-from mot_lightning.sweep import plan
 from tests.app.conftest import CONFIGS, ROOT, TRANSFUSION, run_fit
 
 SETTINGS = sorted(p for p in CONFIGS.glob("*/*.yaml")
@@ -83,7 +83,7 @@ def test_fast_dev_run_cpu_model_sizes(size, demo_env, tmp_path):
 
 
 def test_mot_command_dispatch_and_clear_errors(capsys):
-    from mot_lightning.cli import main
+    from mot_lightning.commands.main import main
 
     main(["--help"])
     assert "compare" in capsys.readouterr().out

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from mot_lightning.building import build
 from mot_lightning.callbacks.ema import ema_state_dict
 from mot_lightning.checkpoints import atomic_torch_save, load_checkpoint
 from mot_lightning.checkpoints.consolidate import consolidate
 from mot_lightning.checkpoints.weights import weights_source
-from mot_lightning.cli import main as mot
-from mot_lightning.generate import build
+from mot_lightning.commands.main import main as mot
 from mot_lightning.sampling import DEMO_CAPTIONS, GenerationTasks, SamplingSettings
 from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir, run_fit
 from tests.app.controls_run import FSDP2

@@ -14,10 +14,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from PIL import Image
 
+from mot_lightning.building import build
 from mot_lightning.checkpoints import UnsafeCheckpointError, checkpoint_hparams, load_checkpoint
 from mot_lightning.checkpoints.export import SNIPPET
-from mot_lightning.cli import main as mot
-from mot_lightning.generate import build
+from mot_lightning.commands.main import main as mot
 from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, data_args, run_fit
 from tests.app.test_checkpoints import SideEffect
 from tests.numerics import assert_close, transformer_reduction

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mot_lightning.cli import main as mot
+from mot_lightning.commands.main import main as mot
 from tests.app.conftest import CONFIGS, TINY_MODEL, data_args, run_dir
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")

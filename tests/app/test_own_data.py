@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mot_lightning.checkpoints import checkpoint_hparams
-from mot_lightning.cli import main as mot
+from mot_lightning.commands.main import main as mot
 from mot_lightning.world import speech
 from mot_lightning.world.scenes import random_scene, render
 from tests.app.conftest import CONFIGS, TINY_MODEL, run_dir

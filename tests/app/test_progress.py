@@ -15,7 +15,7 @@ import termios
 import pytest
 import torch
 
-from mot_lightning.cli import main as mot_main
+from mot_lightning.commands.main import main as mot_main
 from mot_lightning.logs import LEVEL_VARIABLE, configure_logging
 from mot_lightning.tokenizers.media import save_image
 from tests.app.conftest import CONFIGS, ROOT, run_fit_subprocess
@@ -77,7 +77,7 @@ def _on_a_terminal(args: list[str]) -> tuple[int, str]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mot_lightning.cli", *args], cwd=ROOT, env=env, timeout=300,
+    proc = subprocess.run([sys.executable, "-m", "mot_lightning.commands", *args], cwd=ROOT, env=env, timeout=300,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, check=False)
     os.close(slave)
     shown = b""

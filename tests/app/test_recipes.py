@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from mot_lightning.checkpoints import load_checkpoint
-from mot_lightning.lit_cli import cli_main
+from mot_lightning.commands.fit import cli_main
 from tests.app.conftest import CONFIGS, run_dir, run_fit
 
 RECIPES = CONFIGS / "recipes"

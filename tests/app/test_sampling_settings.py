@@ -11,8 +11,8 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from mot_lightning.callbacks import GenerationMetrics, SampleLogger
-from mot_lightning.eval import cli as eval_cli
-from mot_lightning.generate import _parser as generate_parser
+from mot_lightning.commands import eval as eval_cli
+from mot_lightning.commands.generate import _parser as generate_parser
 from mot_lightning.sampling import SamplingSettings, sampling_from_args
 
 GROUP = {"temperature": 0.7, "top_k": 20, "guidance": 2.0, "sampler": "ddpm", "steps": 7, "seed": 3,

@@ -102,7 +102,7 @@ def last_checkpoint(save_dir: Path) -> Path:
 @pytest.mark.multiprocess
 def test_torchrun_one_node_two_nodes_and_resume_on_one_process(demo_env, tmp_path):
     ddp = [*SPEECH, "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", *SHORT]
-    module = ["-m", "mot_lightning.cli"]
+    module = ["-m", "mot_lightning.commands"]
     torchrun = str(BIN / "torchrun")
 
     # one node: the guide's single-node command, 2 ranks, 2 steps

@@ -9,9 +9,9 @@ import shlex
 import pytest
 import yaml
 
-from mot_lightning.cli import main as mot_main
-from mot_lightning.compare.cli import main as compare_main
-from mot_lightning.sweep import Job, lane_env, lane_threads, plan, run_jobs
+from mot_lightning.commands.compare import main as compare_main
+from mot_lightning.commands.main import main as mot_main
+from mot_lightning.commands.sweep import Job, lane_env, lane_threads, plan, run_jobs
 from tests.app.conftest import CONFIGS, TINY, TINY_MODEL, data_args
 
 SHIPPED = CONFIGS / "sweeps/speech_dense_vs_mot.yaml"

@@ -9,9 +9,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mot_lightning import sampling
-from mot_lightning.compare.cli import main as compare_main
-from mot_lightning.generate import build, load_weights
-from mot_lightning.generate import main as generate_main
+from mot_lightning.building import build, load_weights
+from mot_lightning.commands.compare import main as compare_main
+from mot_lightning.commands.generate import main as generate_main
 from mot_lightning.modality import Modality
 from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit
 

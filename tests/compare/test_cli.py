@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mot_lightning import cli as mot_cli
-from mot_lightning.compare.cli import main
+from mot_lightning.commands import main as mot_cli
+from mot_lightning.commands.compare import main
 from tests.compare.events import linear, write_version
 
 STEPS = range(0, 1001, 100)

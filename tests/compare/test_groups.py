@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mot_lightning.compare.cli import main
+from mot_lightning.commands.compare import main
 from mot_lightning.compare.groups import load_group
 from mot_lightning.compare.report import Smoothing, compare_groups
 from mot_lightning.compare.runs import RunError, load_run

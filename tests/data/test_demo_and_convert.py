@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mot_lightning.data import cli
+from mot_lightning.commands import data as cli
 from mot_lightning.data.demo import DemoConfig, generate
 from mot_lightning.data.options import DemoCorpus
 from mot_lightning.data.sources import SourceConfig

@@ -180,7 +180,7 @@ def test_procedural_tokenizers_and_files_live_apart_from_the_fixed_corpus(tmp_pa
 
 
 def test_run_identity_includes_the_mode(capsys):
-    from mot_lightning.lit_cli import cli_main
+    from mot_lightning.commands.fit import cli_main
     from tests.app.conftest import CONFIGS
 
     resolved = {}

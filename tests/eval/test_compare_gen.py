@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mot_lightning.compare.cli import main
+from mot_lightning.commands.compare import main
 from mot_lightning.compare.runs import direction
 from tests.compare.events import write_run
 

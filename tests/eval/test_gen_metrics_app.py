@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mot_lightning.cli import main as mot
-from mot_lightning.compare.cli import main as compare
+from mot_lightning.commands.compare import main as compare
+from mot_lightning.commands.main import main as mot
 from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer
 from mot_lightning.eval.worlds import get_world
 from tests.app.conftest import CONFIGS, TINY_MODEL, TRANSFUSION, data_args, run_dir, run_fit

@@ -15,9 +15,9 @@ import itertools
 
 import torch
 
+from mot_lightning.building import build
 from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
 from mot_lightning.eval.faithfulness import ATTRIBUTES
-from mot_lightning.generate import build
 from mot_lightning.modality import Modality
 from mot_lightning.sampling import GenerationTasks, SamplingSettings
 from tests.app.conftest import CONFIGS, data_args

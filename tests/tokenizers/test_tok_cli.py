@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mot_lightning.commands.tokenizer import build_parser, main
 from mot_lightning.tokenizers import FittableTokenizer, load_tokenizer
-from mot_lightning.tokenizers.cli import build_parser, main
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "tokenizers").glob("*.yaml"))
 

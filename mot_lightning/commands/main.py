@@ -1,8 +1,8 @@
 """The ``mot`` command.
 
-``mot fit|validate|test`` run experiments through LightningCLI (``lit_cli.py``);
-generation is ``mot generate``; the tool commands below are dispatched to the
-module that owns them, imported lazily so ``mot --help`` stays fast.
+``mot fit|validate|test`` run experiments through LightningCLI (``fit.py``); every
+other command is dispatched to the module of this folder named after it, imported
+lazily so ``mot --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from mot_lightning.logs import configure_logging
 
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
-    "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
-    "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
-    "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
-    "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),
-    "eval": ("mot_lightning.eval.cli", "score a checkpoint's generations: faithfulness, FID/KID, BLEU, WER/CER"),
-    "checkpoint": ("mot_lightning.checkpoints.cli", "checkpoint tools: consolidate a sharded (FSDP2) checkpoint"),
-    "export": ("mot_lightning.checkpoints.export", "a checkpoint as one folder: safetensors + config + tokenizers"),
-    "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),
-    "sweep": ("mot_lightning.sweep", "run (or print) a grid of `mot fit` runs: variants x seeds x any key"),
+    "info": ("mot_lightning.commands.info", "print parameters and FLOPs per token of a backbone config"),
+    "data": ("mot_lightning.commands.data", "demo corpus and shard converters (`mot data --help`)"),
+    "tokenizer": ("mot_lightning.commands.tokenizer", "fit / inspect tokenizers (`mot tokenizer --help`)"),
+    "generate": ("mot_lightning.commands.generate", "write samples (images, speech, captions) of a checkpoint"),
+    "eval": ("mot_lightning.commands.eval", "score a checkpoint's generations: faithfulness, FID/KID, BLEU, WER/CER"),
+    "checkpoint": ("mot_lightning.commands.checkpoint", "checkpoint tools: consolidate a sharded (FSDP2) checkpoint"),
+    "export": ("mot_lightning.commands.export", "a checkpoint as one folder: safetensors + config + tokenizers"),
+    "compare": ("mot_lightning.commands.compare", "step-matching comparison of runs: table + PNG plots"),
+    "sweep": ("mot_lightning.commands.sweep", "run (or print) a grid of `mot fit` runs: variants x seeds x any key"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("mot predict: generation is `mot generate --ckpt ... --config ... --out DIR` "
                          "(images, captions, speech as files); `mot test` scores a checkpoint on the val sets")
     if command in LIGHTNING_COMMANDS:
-        lit_cli = importlib.import_module("mot_lightning.lit_cli")
-        lit_cli.cli_main(None if argv_from_sys else [command, *rest])
+        fit = importlib.import_module("mot_lightning.commands.fit")
+        fit.cli_main(None if argv_from_sys else [command, *rest])
         return
     raise SystemExit(f"mot: unknown command {command!r}\n\n{_usage()}")
 

@@ -166,7 +166,7 @@ def lane_env(parallel: int) -> dict[str, str]:
 
 
 def _start(job: Job, env: dict[str, str], log: Path | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mot_lightning.cli", "fit", *job.args]
+    cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", *job.args]
     if log is None:
         return subprocess.Popen(cmd, env=env)
     log.parent.mkdir(parents=True, exist_ok=True)

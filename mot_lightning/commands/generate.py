@@ -29,7 +29,6 @@ checkpoint keeps it), or from an export written with ``mot export --ema``.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,8 @@ import torch
 from PIL import Image
 
 from mot_lightning import sampling
-from mot_lightning.checkpoints.weights import WeightsSource, weights_source
+from mot_lightning.building import build
+from mot_lightning.checkpoints.weights import weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
 from mot_lightning.modality import Modality
 
@@ -60,35 +60,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="sample from the EMA averages of the weights (the run "
                    "had an EMA callback) instead of the live weights")
     return p
-
-
-def build_cli(configs: list[str], overrides: list[str]):
-    """The ``MotCLI`` of the training YAML, not run: model built (``configure_model``), data module after
-    ``setup`` (fitted tokenizers loaded, validation shards found); weights not loaded yet."""
-    from mot_lightning.data.datamodule import MultiModalDataModule  # heavy imports only when used
-    from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI
-    from mot_lightning.lit_module import MultiModalLM
-
-    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *overrides]
-    with warnings.catch_warnings():  # `args` deliberately differs from sys.argv (which holds `mot generate ...`)
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
-                     save_config_callback=None, auto_configure_optimizers=False)
-    cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
-    cli.model.configure_model()
-    return cli
-
-
-def build(configs: list[str], overrides: list[str]):
-    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet."""
-    cli = build_cli(configs, overrides)
-    return cli.model, cli.datamodule
-
-
-def load_weights(model, ckpt: str, device: str, ema: bool = False) -> None:
-    """Checkpoint weights into ``model``, moved to ``device``, eval mode (loaded weights-only; a checkpoint
-    of another model config is refused, naming the differences); ``ema``: its EMA averages."""
-    WeightsSource(Path(ckpt), [], [], ema).load_into(model, device)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:

@@ -51,10 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> dict:
+    from mot_lightning.building import build
     from mot_lightning.checkpoints.weights import weights_source
     from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
     from mot_lightning.eval.grid import save_grid
-    from mot_lightning.generate import build
 
     settings = sampling_from_args(args)  # checked first, with the weights source
     source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)

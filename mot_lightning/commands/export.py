@@ -1,0 +1,55 @@
+"""``mot export``: a trained model as one folder that travels (weights, config, tokenizers).
+
+    mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
+        [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
+        [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
+
+Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
+``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
+rebuilds ``TokenLM``); ``export.json`` and the README say which weights it holds (``live`` or ``ema``).
+A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``, which keeps the EMA
+averages).
+Pretrained (diffusers) tokenizers are referenced by their folder in config.yaml, not copied.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from mot_lightning.building import build_cli
+from mot_lightning.checkpoints.export import write_export
+from mot_lightning.checkpoints.weights import weights_source
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot export", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                epilog="any other --key value is passed to the training config (LightningCLI)")
+    p.add_argument("--ckpt", required=True, help="a checkpoint file (consolidate a sharded one first)")
+    p.add_argument("--config", action="append", required=True, help="the run's YAML (repeatable, as for fit)")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    p.add_argument("--ema", action="store_true", help="export the EMA averages of the weights (the "
+                   "checkpoint must hold them: the run had an EMA callback) instead of the live weights")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = _parser().parse_known_args(argv)
+    source = weights_source(args.ckpt, None, args.config, overrides, ema=args.ema)  # checked before building
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SystemExit(f"mot export: --out {out} exists and is not empty: choose a new folder")
+    cli = build_cli(source.configs, source.overrides)
+    step = source.load_into(cli.model)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"exported {source.path} (step {step}, {source.kind} weights) to {out}")
