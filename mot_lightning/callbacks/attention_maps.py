@@ -94,8 +94,7 @@ class AttentionMaps(pl.Callback):
         pad_id = getattr(getattr(trainer.datamodule, "vocab", None), "pad_id", None)
         valid = self.batch.tokens != pad_id if pad_id is not None else torch.ones_like(self.batch.tokens, dtype=bool)
         self.last = record_attention(pl_module, self.batch, valid)
-        if trainer.is_global_zero:
-            self._write(trainer, pl_module, self.last)
+        self._write(trainer, pl_module, self.last)
 
     def metrics(self, pl_module, rec: AttentionRecorder) -> dict[str, float]:
         labels = [m.label for m in pl_module.modalities]
@@ -111,15 +110,13 @@ class AttentionMaps(pl.Callback):
         return out
 
     def _write(self, trainer: pl.Trainer, pl_module, rec: AttentionRecorder) -> None:
-        step = trainer.global_step
-        metrics = self.metrics(pl_module, rec)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        pl_module.log_dict(self.metrics(pl_module, rec), sync_dist=False)  # at val/loss's step; rank 0's written
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if writer is None or not self.heatmaps:
+        if writer is None or not self.heatmaps or not trainer.is_global_zero:
             return
         import matplotlib.pyplot as plt
 
+        step = max(trainer.global_step - 1, 0)  # the step Lightning logs this validation's scalars at
         labels = [m.label for m in pl_module.modalities]
         for i in sorted(rec.shares):
             fig = share_heatmap(rec.shares[i].cpu().numpy(), labels, f"layer {i}, step {step}")

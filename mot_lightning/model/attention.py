@@ -66,10 +66,11 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> tup
     if q.shape[1] != k.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    logits = (q.float() @ k.float().transpose(-2, -1)) / q.shape[-1] ** 0.5  # (B, H, T, T)
+    dtype = torch.promote_types(q.dtype, torch.float32)  # float32 at least: bf16 runs get exact shares
+    logits = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) / q.shape[-1] ** 0.5  # (B, H, T, T)
     logits = logits.masked_fill(~allowed, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return (probs @ v.float()).to(q.dtype), probs, logits
+    return (probs @ v.to(dtype)).to(q.dtype), probs, logits
 
 
 # (attention module, q (B, H, T, hd), k/v (B, KV, T, hd)) -> y (B, H, T, hd); see ``Attention.probe``

@@ -25,12 +25,13 @@ def modality_shares(probs: Tensor, allowed: Tensor, modality: Tensor, valid: Ten
     """probs float[B, H, T, T], allowed bool[B, 1, T, T], modality long[B, T], valid bool[B, T] ->
     (normalised share float[M, M], mass float[M, M], queries per modality float[M]); a row whose modality has
     no valid query is NaN."""
-    keys = F.one_hot(modality, n_modalities).float()[:, None]  # (B, 1, T, M)
-    mass = probs.float() @ keys  # (B, H, T, M)
-    n_keys = allowed.float() @ keys  # (B, 1, T, M)
+    dtype = torch.promote_types(probs.dtype, torch.float32)
+    keys = F.one_hot(modality, n_modalities).to(dtype)[:, None]  # (B, 1, T, M)
+    mass = probs.to(dtype) @ keys  # (B, H, T, M)
+    n_keys = allowed.to(dtype) @ keys  # (B, 1, T, M)
     density = torch.where(n_keys > 0, mass / n_keys.clamp_min(1), 0.0)
-    share = density / density.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    queries = keys[:, 0] * valid[..., None].float()  # (B, T, M): one-hot of valid queries
+    share = density / density.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    queries = keys[:, 0] * valid[..., None].to(dtype)  # (B, T, M): one-hot of valid queries
     counts = queries.sum((0, 1))  # (M,)
     per = counts.where(counts > 0, float("nan"))[:, None]
     share_qk = torch.einsum("btq,btk->qk", queries, share.mean(1)) / per
