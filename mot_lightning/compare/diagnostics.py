@@ -68,7 +68,8 @@ def section(groups: list[Group]) -> str:
         for a, qa in enumerate(labels):
             for b, kb in enumerate(labels):
                 cells = [_cell(finals(g, f"diag/attn/{qa}_to_{kb}/layer{layer}")) for g in groups]
-                lines.append(f"| {qa} -> {kb} | " + " | ".join(cells) + " |")
+                if set(cells) != {"-"}:
+                    lines.append(f"| {qa} -> {kb} | " + " | ".join(cells) + " |")
     scalar_tags = sorted({t for g in groups for r in g.runs for t in r.scalars
                           if t.startswith(PER_TOWER) or NOISE_BIN.match(t)})
     if scalar_tags:
