@@ -37,7 +37,7 @@ def finals(group: Group, tag: str) -> np.ndarray:
 def _cell(values: np.ndarray) -> str:
     if not len(values):
         return "-"
-    return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+    return f"{values.mean():.4g}" + (f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else "")
 
 
 def attention_tables(groups: list[Group]) -> tuple[list[str], dict[int, dict[str, np.ndarray]]]:

@@ -32,8 +32,8 @@ def test_diagnostics_section_and_plots(tmp_path: Path, capsys):
     table = (out / "table.md").read_text()
     section = table[table.index("## Diagnostics"):]
     assert "| query -> key | speech/dense | speech/mot |" in section  # the baseline first
-    assert "| image -> text | 0.400 ± 0.200 | 0.100 ± 0.000 |" in section
-    assert "| image -> image | 0.600 ± 0.200 | 0.900 ± 0.000 |" in section
+    assert "| image -> text | 0.4 ± 0.2 | 0.1 ± 0 |" in section
+    assert "| image -> image | 0.6 ± 0.2 | 0.9 ± 0 |" in section
     assert "text -> text" not in section  # no run logged it
     assert "| diag/update_ratio/image/ffn | 0.011 ± 0.001 | 0.011 ± 0.001 |" in section
     assert "| val/val_seen/loss_image_t0 |" in section
