@@ -118,6 +118,8 @@ def _tower_curves(groups: list[Group], path: Path) -> bool:
             for gi, g in enumerate(groups):
                 for tag in [t for t in tags if t.split("/")[1] == kind and t.split("/")[3] == component]:
                     series = [run.scalars[tag] for run in g.runs if tag in run.scalars]
+                    if not series:  # a tower of another group (dense has only "shared")
+                        continue
                     steps = series[0].steps
                     mean = np.mean([np.interp(steps, s.steps, s.values) for s in series], axis=0)
                     ax.plot(steps, mean, styles[gi % len(styles)], label=f"{g.label}: {tag.split('/')[2]}")

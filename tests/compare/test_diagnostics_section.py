@@ -12,12 +12,14 @@ STEPS = range(0, 101, 10)
 
 def _group(root: Path, name: str, image_to_text: list[float]) -> Path:
     group = root / "runs" / "speech" / name
+    tower = "shared" if name == "dense" else "image"  # towers differ between the groups, as dense vs MoT
     for seed, share in enumerate(image_to_text):
         write_run(group, seed, {"train/loss": linear(STEPS, 2.0, 1 / 200),
                                 "diag/attn/image_to_text/layer0": [(s, share) for s in STEPS],
                                 "diag/attn/image_to_image/layer0": [(s, 1 - share) for s in STEPS],
                                 "diag/update_ratio/image/ffn": [(s, 0.01 + seed * 1e-3) for s in STEPS],
                                 "diag/grad_norm/image/ffn": [(s, 0.5) for s in STEPS],
+                                f"diag/update_ratio/{tower}/attn": [(s, 0.02) for s in STEPS],
                                 "val/val_seen/loss_image_t0": [(s, 0.3) for s in STEPS]},
                   experiment={"model": {"sparsity": name}})
     return group
