@@ -223,3 +223,24 @@ def test_router_entropy_and_dead_experts_by_definition():
     assert float(s.entropy) == pytest.approx(float(direct), rel=1e-5)
     assert_close(s.mean_probs, p32.mean(0), reduction=64 * 16)
     assert float(s.mean_probs[0]) < 0.1 / moe.n_experts < float(s.mean_probs[1:].min())
+
+
+def test_tower_health_logs_router_health_of_a_moe_run(tmp_path):
+    pl.seed_everything(0)
+    cfg = TransformerConfig(**CFG, sparsity="moe", moe_router="token_choice", n_experts=4)
+    model = MultiModalLM(backbone=cfg, vocab_size=VOCAB, optimizer=adamw)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[TowerHealth(every_n_steps=1)])
+    trainer.fit(model, datamodule=FixedBatches(2, 1))
+    m = logged(Path(trainer.logger.log_dir) / "metrics.csv")
+    stats = list(model.net.backbone.moe_stats().values())  # the last forward: the last logged step's
+    assert len(stats) == 2
+    expected = {"entropy": sum(float(s.entropy) for s in stats) / 2,
+                "load_imbalance": sum(float(s.load.max()) * 4 for s in stats) / 2,
+                "dropped": sum(float(s.dropped) for s in stats) / 2}
+    for name, value in expected.items():
+        assert m[f"diag/router/{name}"][1] == pytest.approx(value, rel=1e-6), name
+    assert 0 < m["diag/router/entropy"][1] <= math.log(4) and m["diag/router/load_imbalance"][1] >= 1
+    assert m["diag/router/dead_experts"][1] == 0.0  # a fresh router starves no expert
+    assert {"diag/grad_norm/shared/ffn", "diag/tokens/shared"} <= set(m)  # MoE: every parameter is shared
