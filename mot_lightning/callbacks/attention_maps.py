@@ -93,7 +93,8 @@ class AttentionMaps(pl.Callback):
             return
         pad_id = getattr(getattr(trainer.datamodule, "vocab", None), "pad_id", None)
         valid = self.batch.tokens != pad_id if pad_id is not None else torch.ones_like(self.batch.tokens, dtype=bool)
-        self.last = record_attention(pl_module, self.batch, valid)
+        with trainer.precision_plugin.val_step_context():  # the validation's own precision (bf16-mixed: autocast)
+            self.last = record_attention(pl_module, self.batch, valid)
         self._write(trainer, pl_module, self.last)
 
     def metrics(self, pl_module, rec: AttentionRecorder) -> dict[str, float]:
