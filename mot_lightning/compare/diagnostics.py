@@ -126,7 +126,8 @@ def _tower_curves(groups: list[Group], path: Path) -> bool:
             ax.set_title(f"{kind} / {component}", fontsize=9)
             ax.set_xlabel("optimizer step")
             ax.set_yscale("log")
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
