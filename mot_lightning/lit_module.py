@@ -75,6 +75,7 @@ class MultiModalLM(pl.LightningModule):
         self._accounting: dict[int, Accounting] = {}  # by sequence length
         self.eval_losses = EvalLosses(self.val_set_names, self.modalities)
         self.step_losses: StepLosses | None = None  # the latest training micro-batch's (NonFiniteGuard)
+        self.eval_step_losses: StepLosses | None = None  # the latest validation/test batch's (diagnostics)
         self._step_average = StepAverage()  # what is logged: the whole optimizer step's losses
         self.controls = TrainingControls(backbone, vocab_size, init_from, freeze, tower_lr, tower_weight_decay,
                                          vocab_layout)
@@ -117,7 +118,7 @@ class MultiModalLM(pl.LightningModule):
         return out.total + self.net.backbone.aux_loss()  # MoE load balancing (0 without token-choice MoE)
 
     def validation_step(self, batch: MultiModalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        out = self._shared_step(batch, "val", seed=dataloader_idx * 100_003 + batch_idx)  # fixed per batch
+        out = self.eval_step_losses = self._shared_step(batch, "val", seed=dataloader_idx * 100_003 + batch_idx)
         set_name = self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else "val"
         self.eval_losses.update(set_name, out.doc_sums, out.doc_weights)
 
@@ -180,6 +181,9 @@ class MultiModalLM(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip under DDP, FSDP1 and FSDP2 alike and log the total norm before clipping."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        for callback in self.trainer.callbacks:  # diagnostics that read the gradients exactly as clipped here
+            if hasattr(callback, "before_clipping"):
+                callback.before_clipping(self.trainer, self, params)
         norm = clip_gradients(self.trainer.strategy.model, params, gradient_clip_val, gradient_clip_algorithm)
         self.log("train/grad_norm", norm, batch_size=1)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mot_lightning.compare.diagnostics import has_diagnostics
+from mot_lightning.compare.diagnostics import section as diagnostics_section
 from mot_lightning.compare.groups import Group, load_group
 from mot_lightning.compare.report import Smoothing, compare_groups
 from mot_lightning.compare.runs import RunError, short_labels
@@ -22,6 +24,8 @@ the baseline's best value, divided by the step where the baseline got there. s_f
 when both groups have the same seeds. Noise floor: the baseline's seeds against each other.
 Generation metrics (val/gen/*, from the GenerationMetrics callback) follow the losses, matched in
 their direction: accuracies and BLEU reach the baseline by rising to it; FID, KID, WER, CER by falling.
+Diagnostics (diag/* and val/<set>/loss_image_t<k>, docs/diagnostics.md) get a section of their own in
+table.md (last values, mean +- sd over seeds) and, with plots, attention_maps.png and tower_curves.png.
 Example: mot compare runs/speech/mot --baseline runs/speech/dense --out compare_out
 """
 
@@ -77,13 +81,18 @@ def main(argv: list[str]) -> None:
     print(to_text(rows))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(to_markdown(rows, header))
+    diagnostics = diagnostics_section(groups) if has_diagnostics(groups) else ""
+    (out / "table.md").write_text(to_markdown(rows, header) + ("\n" + diagnostics if diagnostics else ""))
     (out / "table.csv").write_text(to_csv(rows))
     written = [out / "table.md", out / "table.csv"]
     if not args.no_plots:
         from mot_lightning.compare.plots import plot_all  # matplotlib only when plotting
 
         written += plot_all(groups, baseline, smoothing, out)
+        if diagnostics:
+            from mot_lightning.compare.diagnostics import plot_diagnostics
+
+            written += plot_diagnostics(groups, out)
     print("wrote " + ", ".join(str(p) for p in written))
 
 

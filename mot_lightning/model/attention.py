@@ -6,6 +6,7 @@ sequence: the paper's "untied projections, global attention".
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,29 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
                                           enable_gqa=gqa)
 
 
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The explicit twin of ``attend``: q (B, H, T, hd), k/v (B, KV, T, hd), ``allowed`` bool[B, 1, T, T]
+    (True = may attend) -> (y (B, H, T, hd), probs (B, H, T, T), logits (B, H, T, T) pre-softmax, -inf where
+    masked). SDPA's scale ``1/sqrt(hd)``; grouped-query heads share their key/value head."""
+    if q.shape[1] != k.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    dtype = torch.promote_types(q.dtype, torch.float32)  # float32 at least: bf16 runs get exact shares
+    logits = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) / q.shape[-1] ** 0.5  # (B, H, T, T)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return (probs @ v.to(dtype)).to(q.dtype), probs, logits
+
+
+# (attention module, q (B, H, T, hd), k/v (B, KV, T, hd)) -> y (B, H, T, hd); see ``Attention.probe``
+Probe = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
+
+
 class Attention(nn.Module):
+    # Set only by diagnostics (``callbacks/attention_maps.py``) around one no-grad forward: it replaces ``attend``
+    # by an explicit softmax that records what it sees. Training never sets it, so its kernels are untouched.
+    probe: Probe | None = None
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         n, copy, towers = cfg.towers_for("attn"), cfg.tower_init == "copy", cfg.tower_ids_for("attn")
@@ -88,6 +111,6 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KV, T, hd)
         if ctx.kv is not None:  # decoding: the new queries also see every cached key/value
             k, v = ctx.kv.extend(k, v)  # (B, KV, L + T, hd)
-        y = attend(q, k, v, ctx.mask)  # (B, H, T, hd)
+        y = attend(q, k, v, ctx.mask) if self.probe is None else self.probe(self, q, k, v)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B * T, self.n_heads * self.head_dim)  # (N, H*hd) sequence order
         return self.wo(r.to_sorted(y), r)

@@ -58,6 +58,8 @@ class MoEStats:
     # expert choice: fraction of tokens no expert picked; token choice: fraction of assignments dropped
     dropped: Tensor  # float[]
     aux_loss: Tensor  # float[]: unweighted load-balancing loss (0 for expert choice)
+    entropy: Tensor  # float[]: mean over tokens of the router distribution's entropy (nats; log E = uniform)
+    mean_probs: Tensor  # float[E]: router probability of each expert averaged over tokens
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class MoEFeedForward(nn.Module):
             dispatch, assigned = token_choice(probs, self.top_k, self.capacity(N))
         aux = load_balancing_loss(probs, assigned) if self.router_kind == "token_choice" else probs.new_zeros(())
         self.last_aux_loss = aux
-        self.last_stats = self._stats(dispatch, assigned, N, aux)
+        self.last_stats = self._stats(dispatch, assigned, probs, aux)
         return self._run_experts(x, dispatch)
 
     def _run_experts(self, x: Tensor, d: Dispatch) -> Tensor:
@@ -150,7 +152,8 @@ class MoEFeedForward(nn.Module):
         return ys.new_zeros(x.shape[0], ys.shape[-1]).index_add(0, d.tokens, ys)  # (N, dim)
 
     @torch.no_grad()
-    def _stats(self, d: Dispatch, assigned: Tensor | None, n_tokens: int, aux: Tensor) -> MoEStats:
+    def _stats(self, d: Dispatch, assigned: Tensor | None, probs: Tensor, aux: Tensor) -> MoEStats:
+        n_tokens = probs.shape[0]
         counts = torch.tensor(d.counts, dtype=torch.float32, device=d.gates.device)  # processed pairs
         if assigned is None:  # expert choice: tokens that no expert picked
             load = counts / counts.sum().clamp(min=1)
@@ -159,7 +162,9 @@ class MoEFeedForward(nn.Module):
         else:
             load = assigned.float() / assigned.sum().clamp(min=1)
             dropped = 1.0 - counts.sum() / assigned.sum().clamp(min=1)
-        return MoEStats(load=load, dropped=dropped, aux_loss=aux.detach())
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean() if n_tokens else probs.new_zeros(())
+        mean_probs = probs.mean(0) if n_tokens else probs.new_zeros(probs.shape[1])
+        return MoEStats(load=load, dropped=dropped, aux_loss=aux.detach(), entropy=entropy, mean_probs=mean_probs)
 
     def extra_repr(self) -> str:
         return (f"n_experts={self.n_experts}, router={self.router_kind}, capacity_factor={self.capacity_factor}, "

@@ -35,6 +35,10 @@ class StepLosses:
     ``values[m] == doc_sums[:, m].sum() / weights[m]`` and ``weights == doc_weights.sum(0)``. Validation
     turns them into each loss and its standard error over documents (``eval_losses.py``), training into
     losses per source (``training/source_losses.py``); rows of padding hold zeros (detached).
+    ``latent_err`` / ``noise_level`` (diffusion objectives, where ``per_document``; else ``None``): float[B, T],
+    the squared error per latent element at each latent position (0 elsewhere; its sum over the latent
+    positions / their count is ``values[image]``) and each position's diffusion time as a fraction of the
+    schedule in [0, 1) (0 = clean); what the loss by noise level bins (``training/noise_bins.py``).
     """
 
     total: Tensor
@@ -43,6 +47,8 @@ class StepLosses:
     extras: dict[str, Tensor] = field(default_factory=dict)
     doc_sums: Tensor | None = None
     doc_weights: Tensor | None = None
+    latent_err: Tensor | None = None
+    noise_level: Tensor | None = None
 
 
 def per_document(stage: str, batch: MultiModalBatch) -> bool:

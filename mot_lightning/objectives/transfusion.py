@@ -106,6 +106,11 @@ class Transfusion(Objective):
         (in [0, 1]) scaled to the same range."""
         return t.float() * self.num_steps if self.objective == "flow" else t.float()
 
+    def noise_level(self, t: Tensor) -> Tensor:
+        """Diffusion times as a fraction of the schedule, float in [0, 1): DDPM steps / num_steps, flow times
+        as they are (0 = clean, towards 1 = pure noise)."""
+        return t.float() if self.objective == "flow" else t.float() / self.num_steps
+
     def times_and_noise(self, batch: MultiModalBatch, stage: str, seed: int) -> tuple[Tensor, Tensor]:
         """One diffusion time per image (span), broadcast to its positions.
 
@@ -151,6 +156,7 @@ class Transfusion(Objective):
             per_position = torch.where(mask, err, 0.0)
             out.doc_sums[:, Modality.IMAGE] = document_sums(per_position, index, one, n, 1)[:, 0]
             out.doc_weights[:, Modality.IMAGE] = document_sums(mask.float(), index, one, n, 1)[:, 0]
+            out.latent_err, out.noise_level = per_position, self.noise_level(t)
         return out
 
     # ------------------------------------------------------------------ sampling
