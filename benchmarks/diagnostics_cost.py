@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+from mot_lightning.building import build
 from mot_lightning.callbacks.attention_maps import record_attention
 from mot_lightning.callbacks.heatmaps import share_heatmap
-from mot_lightning.generate import build
 from mot_lightning.training import clip_gradients
 from mot_lightning.training.noise_bins import NoiseBinLosses
 from mot_lightning.training.tower_stats import TowerGroups

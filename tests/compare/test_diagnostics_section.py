@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mot_lightning.compare.cli import main
+from mot_lightning.commands.compare import main
 from tests.compare.events import linear, write_run
 
 STEPS = range(0, 101, 10)
