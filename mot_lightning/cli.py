@@ -21,6 +21,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "eval": ("mot_lightning.eval.cli", "score a checkpoint's generations: faithfulness, FID/KID, BLEU, WER/CER"),
     "checkpoint": ("mot_lightning.checkpoints.cli", "checkpoint tools: consolidate a sharded (FSDP2) checkpoint"),
     "export": ("mot_lightning.checkpoints.export", "a checkpoint as one folder: safetensors + config + tokenizers"),
+    "hf": ("mot_lightning.checkpoints.hf_export", "Hugging Face Llama/Qwen folders: `mot hf backbone DIR` prints "
+           "the backbone YAML that imports one"),
     "compare": ("mot_lightning.compare.cli", "step-matching comparison of runs: table + PNG plots"),
     "sweep": ("mot_lightning.sweep", "run (or print) a grid of `mot fit` runs: variants x seeds x any key"),
 }

@@ -17,6 +17,7 @@ LAYERS = [
     ("mot_lightning.checkpoints.cli", 7),  # tools of `mot checkpoint` / `mot export` / `mot generate`
     ("mot_lightning.checkpoints.consolidate", 7),
     ("mot_lightning.checkpoints.export", 7),
+    ("mot_lightning.checkpoints.hf_export", 7),
     ("mot_lightning.checkpoints.weights", 7),
     ("mot_lightning.modality", 0),
     ("mot_lightning.logs", 0),

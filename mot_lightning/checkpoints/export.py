@@ -3,6 +3,7 @@
     mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
         [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
         [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
+        [--format hf [--tower text]]  (a Hugging Face Llama / Qwen2 / Qwen3 folder instead: hf_export.py)
 
 Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
 ``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
     p.add_argument("--ema", action="store_true", help="export the EMA averages of the weights (the "
                    "checkpoint must hold them: the run had an EMA callback) instead of the live weights")
+    p.add_argument("--format", choices=("app", "hf"), default="app", help="app: this folder layout (default); "
+                   "hf: a Hugging Face folder of one tower that transformers loads (checkpoints/hf_export.py)")
+    p.add_argument("--tower", default="text", help="with --format hf: the modality whose tower to write")
     return p
 
 
@@ -154,7 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
+        if args.format == "hf":
+            from mot_lightning.checkpoints.hf_export import write_hf
+
+            dm = cli.datamodule
+            write_hf(cli.model, dm.vocab, dm.tokenizers[Modality.TEXT], tmp, Modality.parse(args.tower))
+        else:
+            write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)  # the folder appears complete or not at all
