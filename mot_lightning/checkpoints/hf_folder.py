@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.hf_llama import TensorMap, backbone_kwargs, tensor_maps, to_app
+from mot_lightning.tokenizers.hf_text import LAYOUT_KEY
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
@@ -34,6 +35,8 @@ class HFFolder:
         self.config = json.loads((self.path / CONFIG).read_text())
         self.cfg = TransformerConfig(**backbone_kwargs(self.config))
         self.vocab_size = int(self.config["vocab_size"])
+        # the embedding rows' blocks: all text for an LLM; text + the app's boundary tokens for an app export
+        self.layout = dict(self.config.get(LAYOUT_KEY) or {"text": self.vocab_size})
         self._files = self._weight_map()
         self.tied = bool(self.config.get("tie_word_embeddings")) or "lm_head.weight" not in self._files
         self.maps = {m.dense_name: m for m in tensor_maps(self.cfg, tied=self.tied)}

@@ -148,7 +148,7 @@ def _hf_source(path: str) -> _Source:
     folder = HFFolder(path)
     with torch.device("meta"):
         skeleton = TokenLM(folder.cfg, folder.vocab_size)
-    return _Source(folder.cfg, folder.app_state(), parameter_places(skeleton), {"text": folder.vocab_size})
+    return _Source(folder.cfg, folder.app_state(), parameter_places(skeleton), folder.layout)
 
 
 HF_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "norm_layout", "qk_norm",
