@@ -2,7 +2,8 @@
 
 Files: base (interface) · files (weights-only file format) · media (image/audio conversion)
 · fit_inputs (folders, globs and tar shards to fit on) · fitting (FitData, TrainConfig)
-· text (bytes, BPE) · hf_text (a HF folder's tokenizer.json) · image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE)
+· text (bytes, BPE) · hf_text (a HF folder's tokenizer.json) · image_kmeans · vqvae (+ nets, autoencoder)
+· speech · latent (KL-VAE)
 · pretrained (diffusers VQ / KL autoencoders from a local folder)
 · registry (load_tokenizer) · cli (`mot tokenizer`). Demo data to fit on comes from
 ``mot_lightning/world`` (``mot tokenizer demo-data``).

@@ -37,7 +37,7 @@ def hf_config(family: str, **overrides):
     return Qwen3Config(**{**common, "head_dim": 32, "tie_word_embeddings": True, **overrides})
 
 
-def make_folder(path: Path, family: str, seed: int = 0, **overrides) -> Path:
+def make_folder(path: Path, family: str, seed: int = 0, save_kwargs: dict | None = None, **overrides) -> Path:
     """Save a random ``family`` model (weights at a trained model's scale: std 0.2) and its tokenizer."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -49,7 +49,7 @@ def make_folder(path: Path, family: str, seed: int = 0, **overrides) -> Path:
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
+    model.save_pretrained(path, **(save_kwargs or {}))
     tok = PreTrainedTokenizerFast(tokenizer_object=_tokenizer_object(), eos_token="<|endoftext|>",
                                   additional_special_tokens=SPECIALS[1:])
     tok.save_pretrained(path)
