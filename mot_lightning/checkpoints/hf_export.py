@@ -69,8 +69,8 @@ def write_hf(model, vocab, text_tokenizer, out: Path, modality: Modality = Modal
 
 
 def backbone_yaml(folder: str) -> str:
-    """The ``model.backbone`` YAML block (a dense one-tower backbone) that imports ``folder``; set ``sparsity``
-    and the modalities for an MoT."""
+    """The ``model.backbone`` keys, ``model.init_from`` and ``data.text_tokenizer`` YAML that import ``folder``
+    (no ``sparsity``: a recipe's dense or MoT setting stays)."""
     from mot_lightning.checkpoints.hf_folder import HFFolder
 
     hf = HFFolder(folder)
