@@ -68,6 +68,9 @@ def write_hf(model, vocab, text_tokenizer, out: Path, modality: Modality = Modal
     (out / "generation_config.json").write_text(json.dumps({k: v for k, v in ids.items()}, indent=2) + "\n")
 
 
+TEXT_TOKENIZER = "mot_lightning.tokenizers.hf_text.HFTextTokenizer"
+
+
 def backbone_yaml(folder: str) -> str:
     """The ``model.backbone`` keys, ``model.init_from`` and ``data.text_tokenizer`` YAML that import ``folder``
     (no ``sparsity``: a recipe's dense or MoT setting stays)."""
@@ -79,7 +82,7 @@ def backbone_yaml(folder: str) -> str:
     backbone = {k: getattr(hf.cfg, k) for k in keep if getattr(hf.cfg, k) is not None}
     return (f"# {folder}: {hf.config.get('model_type')}, vocab {hf.vocab_size}, tied embeddings {hf.tied}\n"
             + yaml.safe_dump({"model": {"backbone": backbone, "init_from": {"checkpoint": str(folder)}},
-                              "data": {"text_tokenizer": {"class_path": "mot_lightning.tokenizers.HFTextTokenizer",
+                              "data": {"text_tokenizer": {"class_path": TEXT_TOKENIZER,
                                                           "init_args": {"path": str(folder)}}}}, sort_keys=False))
 
 

@@ -25,7 +25,8 @@ def _app_model(ckpt) -> TokenLM:
 
     checkpoint = load_checkpoint(ckpt)
     backbone = plain_config(checkpoint["hyper_parameters"])["backbone"]
-    net = TokenLM(TransformerConfig(**backbone.get("init_args", backbone)), checkpoint["hyper_parameters"]["vocab_size"])
+    cfg = TransformerConfig(**backbone.get("init_args", backbone))
+    net = TokenLM(cfg, checkpoint["hyper_parameters"]["vocab_size"])
     net.load_state_dict({k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
     return net.eval()
 

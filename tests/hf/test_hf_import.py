@@ -126,3 +126,15 @@ def test_missing_tensors_are_named(folder, tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(ValueError, match=r"model\.layers\.2\."):
         HFFolder(broken)
+
+
+def test_mot_hf_backbone_prints_the_backbone_that_imports_the_folder(folder, capsys):
+    import yaml
+
+    from mot_lightning.checkpoints.hf_export import main
+
+    main(["backbone", str(folder)])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    cfg = TransformerConfig(**printed["model"]["backbone"], sparsity="dense")
+    assert cfg == HFFolder(folder).cfg
+    assert printed["model"]["init_from"]["checkpoint"] == printed["data"]["text_tokenizer"]["init_args"]["path"]
