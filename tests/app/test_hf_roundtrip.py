@@ -31,16 +31,23 @@ def _app_model(ckpt) -> TokenLM:
     return net.eval()
 
 
-@pytest.mark.slow
-def test_train_export_load_in_transformers_import_as_text_tower_and_train_on(demo_env, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    run_fit(["--config", str(RECIPES / "text_only.yaml"), "--trainer.max_steps", "2", *BASE_ARGS], demo_env,
-            tmp_path / "a")
-    ckpt = run_dir(tmp_path / "a" / "recipes" / "text_only") / "checkpoints" / "last.ckpt"
-    out = tmp_path / "hf"
+@pytest.fixture(scope="module")
+def exported(demo_env, tmp_path_factory):
+    """A 2-step text-only `mot fit` run (tiny) and its `mot export --format hf` folder: (checkpoint, folder)."""
+    tmp = tmp_path_factory.mktemp("hf_roundtrip")
+    run_fit(["--config", str(RECIPES / "text_only.yaml"), "--trainer.max_steps", "2", *BASE_ARGS], demo_env, tmp / "a")
+    ckpt = run_dir(tmp / "a" / "recipes" / "text_only") / "checkpoints" / "last.ckpt"
+    out = tmp / "hf"
     export_main(["--format", "hf", "--ckpt", str(ckpt), "--config", str(RECIPES / "text_only.yaml"), "--out", str(out),
                  *TINY_MODEL, *data_args(demo_env)])
+    return ckpt, out
+
+
+@pytest.mark.slow
+def test_train_export_load_in_transformers_import_as_text_tower_and_train_on(exported, demo_env, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt, out = exported
 
     app, hf = _app_model(ckpt), AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ids = AutoTokenizer.from_pretrained(out)("<|BOS|>the red square is above", add_special_tokens=False,
@@ -71,3 +78,28 @@ def test_train_export_load_in_transformers_import_as_text_tower_and_train_on(dem
     moved = [k for k in text_tower if not torch.equal(state["net." + k.replace(".weights.0", ".weights.1")],
                                                       exported[k])]
     assert len(moved) >= len(text_tower) // 2  # the image tower started as the copy, then trained
+
+
+@pytest.mark.slow
+def test_bagel_two_stage_recipe_from_an_exported_folder(exported, demo_env, tmp_path):
+    """Stage 1: the dense model is the LLM, new rows at the mean (embedding) and zero (head); stage 2: that
+    model untied into a text+image MoT whose towers start as its copies."""
+    _, out = exported
+    hf_args = ["--data.text_tokenizer.init_args.path", str(out), "--trainer.max_steps", "2",
+               "--trainer.callbacks", "[]", *BASE_ARGS]
+    run_fit(["--config", str(RECIPES / "bagel_hf_stage1.yaml"), "--model.init_from.checkpoint", str(out), *hf_args],
+            demo_env, tmp_path / "s1")
+    stage1_path = run_dir(tmp_path / "s1" / "recipes" / "bagel_hf_stage1") / "checkpoints" / "last.ckpt"
+    stage1 = load_checkpoint(stage1_path)["state_dict"]
+    image = slice(263, 263 + 512)  # after the text bytes and the boundary tokens
+    # two warmup steps of AdamW move a weight by ~1e-4: far below the 0.02 of a fresh init
+    assert stage1["net.head.weight"][image].abs().max() < 1e-3  # zero-initialised head rows
+    assert stage1["net.embed.weight"][image].std(0).max() < 1e-3  # every new row started at the same mean
+    run_fit(["--config", str(RECIPES / "bagel_hf_stage2.yaml"), "--model.init_from.checkpoint", str(stage1_path),
+             *hf_args], demo_env, tmp_path / "s2")
+    stage2 = load_checkpoint(run_dir(tmp_path / "s2" / "recipes" / "bagel_hf_stage2") / "checkpoints" / "last.ckpt")
+    state = stage2["state_dict"]
+    dense = [k for k in stage1 if k.startswith("net.backbone.") and k.endswith(".weights.0")]
+    for k in dense:  # both towers started as the stage-1 weight and moved by two small steps
+        for tower in (k, k.replace(".weights.0", ".weights.1")):
+            assert (state[tower] - stage1[k]).abs().max() < 1e-3, tower
