@@ -38,7 +38,8 @@ class HFFolder:
         # the embedding rows' blocks: all text for an LLM; text + the app's boundary tokens for an app export
         self.layout = dict(self.config.get(LAYOUT_KEY) or {"text": self.vocab_size})
         self._files = self._weight_map()
-        self.tied = bool(self.config.get("tie_word_embeddings")) or "lm_head.weight" not in self._files
+        # tied: the head is the embedding (an untied folder without lm_head.weight is refused below as missing it)
+        self.tied = bool(self.config.get("tie_word_embeddings", "lm_head.weight" not in self._files))
         self.maps = {m.dense_name: m for m in tensor_maps(self.cfg, tied=self.tied)}
         missing = sorted({n for m in self.maps.values() for n in m.hf} - set(self._files))
         if missing:

@@ -138,3 +138,21 @@ def test_mot_hf_backbone_prints_the_backbone_that_imports_the_folder(folder, cap
     cfg = TransformerConfig(**printed["model"]["backbone"], sparsity="dense")
     assert cfg == HFFolder(folder).cfg
     assert printed["model"]["init_from"]["checkpoint"] == printed["data"]["text_tokenizer"]["init_args"]["path"]
+
+
+def test_an_untied_folder_without_its_head_is_refused(folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = HFFolder(folder)
+    if hf.tied:
+        pytest.skip("this family's tiny model ties its head")
+    broken = tmp_path / "no_head"
+    broken.mkdir()
+    shutil.copy(folder / "config.json", broken)
+    state = {}
+    for f in folder.glob("*.safetensors"):
+        state.update(load_file(f))
+    del state["lm_head.weight"]
+    save_file(state, broken / "model.safetensors")
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        HFFolder(broken)
