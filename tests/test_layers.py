@@ -17,6 +17,7 @@ LAYERS = [
     ("mot_lightning.commands", 8),  # the `mot` commands: the top layer, nothing imports them
     ("mot_lightning.checkpoints.consolidate", 7),  # tools a command uses: consolidate, export folders, weights
     ("mot_lightning.checkpoints.export", 7),
+    ("mot_lightning.checkpoints.hf_export", 7),
     ("mot_lightning.checkpoints.weights", 7),
     ("mot_lightning.modality", 0),
     ("mot_lightning.logs", 0),

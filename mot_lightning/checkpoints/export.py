@@ -4,6 +4,7 @@
     mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
         [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
         [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
+        [--format hf [--tower text]]  (a Hugging Face Llama / Qwen2 / Qwen3 folder instead: hf_export.py)
 
 Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
 ``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that

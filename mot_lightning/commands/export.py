@@ -20,7 +20,9 @@ from pathlib import Path
 
 from mot_lightning.building import build_cli
 from mot_lightning.checkpoints.export import write_export
+from mot_lightning.checkpoints.hf_export import write_hf
 from mot_lightning.checkpoints.weights import weights_source
+from mot_lightning.modality import Modality
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
     p.add_argument("--ema", action="store_true", help="export the EMA averages of the weights (the "
                    "checkpoint must hold them: the run had an EMA callback) instead of the live weights")
+    p.add_argument("--format", choices=("app", "hf"), default="app", help="app: this folder layout (default); "
+                   "hf: a Hugging Face folder of one tower that transformers loads (checkpoints/hf_export.py)")
+    p.add_argument("--tower", default="text", help="with --format hf: the modality whose tower to write")
     return p
 
 
@@ -45,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
+        if args.format == "hf":
+            dm = cli.datamodule
+            write_hf(cli.model, dm.vocab, dm.tokenizers[Modality.TEXT], tmp, Modality.parse(args.tower))
+        else:
+            write_export(cli, tmp, source.path.resolve(), step, final=out, weights_kind=source.kind)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)  # the folder appears complete or not at all

@@ -21,6 +21,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "eval": ("mot_lightning.commands.eval", "score a checkpoint's generations: faithfulness, FID/KID, BLEU, WER/CER"),
     "checkpoint": ("mot_lightning.commands.checkpoint", "checkpoint tools: consolidate a sharded (FSDP2) checkpoint"),
     "export": ("mot_lightning.commands.export", "a checkpoint as one folder: safetensors + config + tokenizers"),
+    "hf": ("mot_lightning.commands.hf", "Hugging Face Llama/Qwen folders: `mot hf backbone DIR` prints the YAML "
+           "that imports one"),
     "compare": ("mot_lightning.commands.compare", "step-matching comparison of runs: table + PNG plots"),
     "sweep": ("mot_lightning.commands.sweep", "run (or print) a grid of `mot fit` runs: variants x seeds x any key"),
 }

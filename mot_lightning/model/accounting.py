@@ -40,7 +40,7 @@ from mot_lightning.model.config import TransformerConfig
 class ComponentSizes:
     """Parameters of ONE tower of each component, summed over layers."""
 
-    attn_matmul: int  # W_QKV + W_O
+    attn_matmul: int  # W_QKV + W_O (+ the Q/K/V biases with qkv_bias)
     attn_norm: int  # per-head QK-norm weights
     ffn_matmul: int  # SwiGLU W_1, W_3, W_2
     norm: int  # sublayer norms + final norm
@@ -50,7 +50,7 @@ def component_sizes(cfg: TransformerConfig) -> ComponentSizes:
     q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     L = cfg.n_layers
     return ComponentSizes(
-        attn_matmul=L * (cfg.dim * (q_out + 2 * kv_out) + q_out * cfg.dim),
+        attn_matmul=L * ((cfg.dim + int(cfg.qkv_bias)) * (q_out + 2 * kv_out) + q_out * cfg.dim),
         attn_norm=L * 2 * cfg.head_dim if cfg.qk_norm else 0,
         ffn_matmul=L * 3 * cfg.dim * cfg.ffn_hidden,
         norm=(2 * L + 1) * cfg.dim,

@@ -18,7 +18,7 @@ from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.kv_cache import LayerKV
 from mot_lightning.model.masks import AttentionMask
 from mot_lightning.model.rope import apply_rotary
-from mot_lightning.model.untied import Routing, UntiedLinear, UntiedRMSNorm, scaled_std
+from mot_lightning.model.untied import Routing, UntiedBias, UntiedLinear, UntiedRMSNorm, scaled_std
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Attention(nn.Module):
         self.split_sizes = (q_out, kv_out, kv_out)
         self.wqkv = UntiedLinear(cfg.dim, q_out + 2 * kv_out, n, std=cfg.init_std, copy_towers=copy,
                                  tower_ids=towers)
+        self.qkv_bias = UntiedBias(q_out + 2 * kv_out, n, towers) if cfg.qkv_bias else None
         self.wo = UntiedLinear(q_out, cfg.dim, n, std=scaled_std(cfg.init_std, cfg.n_layers), copy_towers=copy,
                                tower_ids=towers)
         self.q_norm = UntiedRMSNorm(cfg.head_dim, n, cfg.norm_eps, towers) if cfg.qk_norm else None
@@ -98,7 +99,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, ctx: BatchContext) -> Tensor:
         """x: (N, dim) tower-sorted -> (N, dim) tower-sorted."""
         B, T, r = ctx.batch, ctx.seq_len, ctx.routing
-        q, k, v = self.wqkv(x, r).split(self.split_sizes, dim=-1)
+        qkv = self.wqkv(x, r)
+        if self.qkv_bias is not None:
+            qkv = self.qkv_bias(qkv, r)
+        q, k, v = qkv.split(self.split_sizes, dim=-1)
         q = q.unflatten(-1, (self.n_heads, self.head_dim))  # (N, H, hd)
         k = k.unflatten(-1, (self.n_kv_heads, self.head_dim))  # (N, KV, hd)
         if self.q_norm is not None:

@@ -49,6 +49,8 @@ class TransformerConfig:
     # speech has its own (leave-one-modality-out). None: one tower per modality.
     towers: Sequence[int] | None = None
     n_kv_heads: int | None = None  # grouped-query attention; None = n_heads
+    attn_head_dim: int | None = None  # width of one head; None = dim // n_heads (Qwen3 sets it apart from dim)
+    qkv_bias: bool = False  # a bias on the Q/K/V projections (Qwen2), untied with "attn"; zeros at init
     ffn_hidden: int | None = None  # SwiGLU hidden width; None = 8/3 * dim rounded up to ffn_multiple_of
     ffn_multiple_of: int = 64
     norm_layout: NormLayout = "pre"  # "post_sublayer" = Chameleon's norm reordering
@@ -88,7 +90,7 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         self._check_shapes()
         self.n_kv_heads = self.n_kv_heads or self.n_heads
-        self.head_dim = self.dim // self.n_heads
+        self.head_dim = self.attn_head_dim or self.dim // self.n_heads
         if self.ffn_hidden is None:
             hidden = int(8 * self.dim / 3)
             self.ffn_hidden = self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
@@ -100,10 +102,11 @@ class TransformerConfig:
     def _check_shapes(self) -> None:
         if self.sparsity not in ("dense", "mot", "moe"):
             raise ValueError(f"sparsity must be 'dense', 'mot' or 'moe', got {self.sparsity!r}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
-        if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"head_dim={self.dim // self.n_heads} must be even for RoPE")
+        if self.attn_head_dim is None and self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads} (or set attn_head_dim)")
+        head_dim = self.attn_head_dim or self.dim // self.n_heads
+        if head_dim <= 0 or head_dim % 2:
+            raise ValueError(f"head_dim={head_dim} must be positive and even for RoPE")
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={kv}")

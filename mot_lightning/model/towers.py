@@ -18,7 +18,7 @@ from torch import nn
 
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.feedforward import HybridFeedForward
-from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm
+from mot_lightning.model.untied import UntiedBias, UntiedLinear, UntiedRMSNorm
 
 WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -44,7 +44,7 @@ def parameter_places(module: nn.Module) -> dict[str, Place]:
     plain_ffn: dict[str, str] = {}  # "<ffn>.plain." -> "<ffn>."
     for mname, m in module.named_modules():
         prefix = clean_name(mname) + "." if mname else ""
-        if isinstance(m, (UntiedLinear, UntiedRMSNorm)):
+        if isinstance(m, (UntiedLinear, UntiedRMSNorm, UntiedBias)):
             for k in range(m.n_weights):
                 if m.tower_ids is not None:
                     places[f"{prefix}weights.{k}"] = Place(f"{prefix}weights", m.tower_ids[k])

@@ -320,6 +320,30 @@ class UntiedRMSNorm(_UntiedWeights):
         return f"{self.dim}, n_weights={self.n_weights}, eps={self.eps}, towers={self.tower_ids}"
 
 
+class UntiedBias(_UntiedWeights):
+    """A bias per tower (``weights[k]: (dim,)``, zeros at init) added to tower-sorted rows (Qwen2's Q/K/V bias)."""
+
+    def __init__(self, dim: int, n_weights: int = 1, tower_ids: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.weights = nn.ParameterList(nn.Parameter(torch.zeros(dim)) for _ in range(n_weights))
+        self.tower_ids = _tower_ids(tower_ids, n_weights)
+
+    def reset_parameters(self) -> None:
+        for w in self.weights:
+            nn.init.zeros_(w)
+
+    def forward(self, x: Tensor, routing: Routing) -> Tensor:
+        """x: (N, dim) tower-sorted -> x + each tower's bias on its rows."""
+        if self.n_weights == 1:
+            return x + self.weights[0].to(x.dtype)
+        _check_towers(self.n_weights, routing)
+        return torch.cat([xs + w.to(x.dtype) for xs, w in zip(routing.split(x), self.weights)], dim=0)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, n_weights={self.n_weights}, towers={self.tower_ids}"
+
+
 def split_stacked(state_dict: dict, prefix: str, n_weights: int) -> None:
     """In place: ``<prefix>weight`` of the stacked layout (``(n_weights, ...)``, before one Parameter per
     tower) becomes ``<prefix>weights.<k>``. Other state dicts are left as they are."""

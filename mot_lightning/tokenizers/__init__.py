@@ -2,7 +2,8 @@
 
 Files: base (interface) · files (weights-only file format) · media (image/audio conversion)
 · fit_inputs (folders, globs and tar shards to fit on) · fitting (FitData, TrainConfig)
-· text (bytes, BPE) · image_kmeans · vqvae (+ nets, autoencoder) · speech · latent (KL-VAE)
+· text (bytes, BPE) · hf_text (a HF folder's tokenizer.json) · image_kmeans · vqvae (+ nets, autoencoder)
+· speech · latent (KL-VAE)
 · pretrained (diffusers VQ / KL autoencoders from a local folder)
 · registry (load_tokenizer) · cli (`mot tokenizer`). Demo data to fit on comes from
 ``mot_lightning/world`` (``mot tokenizer demo-data``).
@@ -26,7 +27,7 @@ from mot_lightning.tokenizers.base import (
 _LAZY = {
     "FitData": "fitting", "TrainConfig": "fitting", "FittableTokenizer": "fitting",
     "load_tokenizer": "registry",
-    "ByteTokenizer": "text", "BPETokenizer": "text", "BPEConfig": "text",
+    "ByteTokenizer": "text", "BPETokenizer": "text", "BPEConfig": "text", "HFTextTokenizer": "hf_text",
     "KMeansImageTokenizer": "image_kmeans", "KMeansImageConfig": "image_kmeans",
     "VQImageTokenizer": "vqvae", "VQVAEConfig": "vqvae", "VQVAE": "vqvae", "VectorQuantizerEMA": "vqvae",
     "SpeechUnitTokenizer": "speech", "SpeechUnitConfig": "speech",
@@ -49,6 +50,7 @@ __all__ = [
     "DiscreteTokenizer",
     "FitData",
     "FittableTokenizer",
+    "HFTextTokenizer",
     "KLVAEConfig",
     "KMeansImageConfig",
     "KMeansImageTokenizer",

@@ -8,6 +8,7 @@ from mot_lightning.tokenizers.files import read_tokenizer_file
 
 
 def tokenizer_classes() -> dict[str, type[Tokenizer]]:
+    from mot_lightning.tokenizers.hf_text import HFTextTokenizer
     from mot_lightning.tokenizers.image_kmeans import KMeansImageTokenizer
     from mot_lightning.tokenizers.latent import LatentImageTokenizer
     from mot_lightning.tokenizers.pretrained import DiffusersKLTokenizer, DiffusersVQTokenizer
@@ -16,7 +17,7 @@ def tokenizer_classes() -> dict[str, type[Tokenizer]]:
     from mot_lightning.tokenizers.vqvae import VQImageTokenizer
 
     classes = [ByteTokenizer, BPETokenizer, KMeansImageTokenizer, VQImageTokenizer, SpeechUnitTokenizer,
-               LatentImageTokenizer, DiffusersVQTokenizer, DiffusersKLTokenizer]
+               LatentImageTokenizer, DiffusersVQTokenizer, DiffusersKLTokenizer, HFTextTokenizer]
     return {c.__name__: c for c in classes}
 
 

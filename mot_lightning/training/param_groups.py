@@ -25,7 +25,7 @@ from torch import nn
 from mot_lightning.modality import Modality
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.towers import Place, clean_name, tower_modalities
-from mot_lightning.model.untied import UntiedRMSNorm
+from mot_lightning.model.untied import UntiedBias, UntiedRMSNorm
 
 LR_SCALE, WD_SCALE = "lr_scale", "weight_decay_scale"  # extra keys of a param group (saved with the optimizer)
 
@@ -98,9 +98,9 @@ def apply_scales(optimizer) -> None:
 
 def no_decay_names(module: nn.Module, extra: set[str] = frozenset()) -> set[str]:
     """Parameter names (``state_dict`` spelling, ``towers.clean_name``) that never decay: norm weights,
-    embeddings, and ``extra``."""
+    biases, embeddings, and ``extra``."""
     out = set(extra)
     for mname, m in module.named_modules():
-        if isinstance(m, (UntiedRMSNorm, nn.Embedding)):
+        if isinstance(m, (UntiedRMSNorm, UntiedBias, nn.Embedding)):
             out.update(clean_name(f"{mname}.{n}" if mname else n) for n, _ in m.named_parameters())
     return out

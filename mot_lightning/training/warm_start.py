@@ -20,6 +20,13 @@ backbone parameters the checkpoint lacks (more layers, an MoE where it has none)
 checkpoint unties, and a tower serving modalities the checkpoint keeps in different towers. The file is
 read weights-only (``checkpoints/loading.py``); old checkpoints with stacked tower weights are read too.
 
+A Hugging Face folder (``config.json`` + ``*.safetensors``: Llama, Qwen2, Qwen3) is a source too: a dense
+one-tower checkpoint whose vocabulary is all ``text`` block (the LLM's ids keep their rows), read one tensor
+at a time (``checkpoints/hf_folder.py``). The backbone must equal what config.json describes (``mot hf
+backbone DIR`` prints it); a differing RoPE theta, norm eps, head layout, QK-norm or bias is refused by name.
+``new_rows: mean_zero_head`` starts the new embedding rows at the mean of the LLM's and the new output rows at
+zero (NeMo's BAGEL stage 2 zero-initialised head).
+
 It runs whenever ``fit`` builds the model, a resumed run included (the resumed checkpoint then overwrites
 every weight): keep the file while the run may resume.
 """
@@ -33,6 +40,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from mot_lightning.checkpoints import load_checkpoint
+from mot_lightning.checkpoints.hf_folder import HFFolder, is_hf_folder
 from mot_lightning.checkpoints.model_config import plain_config
 from mot_lightning.modality import Modality
 from mot_lightning.model.config import TransformerConfig
@@ -48,12 +56,15 @@ VOCAB_MATRICES = ("embed.weight", "head.weight")  # (V, dim): rows are joint-voc
 class WarmStart:
     """``model.init_from``: which checkpoint starts this run and how its weights fill this model."""
 
-    checkpoint: str  # a `mot fit` checkpoint file (a sharded one: `mot checkpoint consolidate` first)
+    # a `mot fit` checkpoint file (a sharded one: `mot checkpoint consolidate` first), or a Hugging Face
+    # Llama / Qwen2 / Qwen3 folder (config.json + *.safetensors)
+    checkpoint: str
     # modality -> the checkpoint's modality whose tower it starts from, e.g. {text: text, image: text};
     # a modality left out starts fresh. None: each modality from its own tower, new ones as `new_towers`.
     towers: dict[str, str] | None = None
     new_towers: Literal["copy_text", "fresh"] = "copy_text"  # modalities the checkpoint was not trained on
-    new_rows: Literal["init", "mean"] = "init"  # new vocabulary rows: own init, or the mean of the old rows
+    # new vocabulary rows: own init, the mean of the old rows, or that mean in the embedding and zeros in the head
+    new_rows: Literal["init", "mean", "mean_zero_head"] = "init"
 
 
 @dataclass
@@ -77,7 +88,7 @@ def warm_start(net: TokenLM, spec: WarmStart, layout: dict[str, int] | None = No
     vocabulary layout (None: unknown, rows map by id). Raises ``ValueError`` naming what does not fit."""
     src = _read_source(spec.checkpoint)
     report = WarmStartReport()
-    problems: list[str] = []
+    problems: list[str] = _backbone_mismatch(net.backbone.cfg, src.cfg) if is_hf_folder(spec.checkpoint) else []
     sources = _assign(net, src, spec, problems)
     params = dict(net.named_parameters())
     with torch.no_grad():
@@ -110,6 +121,8 @@ def _few(names: list[str], n: int = 4) -> str:
 
 
 def _read_source(path: str) -> _Source:
+    if is_hf_folder(path):
+        return _hf_source(path)
     checkpoint = load_checkpoint(path, mmap=True)
     hparams = plain_config(checkpoint.get("hyper_parameters") or {})
     if "state_dict" not in checkpoint or "backbone" not in hparams:
@@ -129,6 +142,24 @@ def _read_source(path: str) -> _Source:
     layout = hparams.get("vocab_layout")
     check_layout(layout, vocab, where=f"{path}: hyper_parameters.vocab_layout")
     return _Source(cfg, state, parameter_places(skeleton), layout)
+
+
+def _hf_source(path: str) -> _Source:
+    folder = HFFolder(path)
+    with torch.device("meta"):
+        skeleton = TokenLM(folder.cfg, folder.vocab_size)
+    return _Source(folder.cfg, folder.app_state(), parameter_places(skeleton), folder.layout)
+
+
+HF_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "norm_layout", "qk_norm",
+             "qkv_bias", "norm_eps", "rope_theta")
+
+
+def _backbone_mismatch(cfg: TransformerConfig, src: TransformerConfig) -> list[str]:
+    """What differs between this backbone and a HF folder's (a difference would change the LLM's outputs)."""
+    return [f"model.backbone.{name} is {getattr(cfg, name)!r}, config.json gives {getattr(src, name)!r} "
+            "(`mot hf backbone DIR` prints the backbone to use)"
+            for name in HF_FIELDS if getattr(cfg, name) != getattr(src, name)]
 
 
 def _assign(net: TokenLM, src: _Source, spec: WarmStart, problems: list[str]) -> dict[str, str]:
@@ -193,7 +224,9 @@ def _copy_rows(p: nn.Parameter, value: Tensor, src_layout, layout, new_rows: str
     if pairs is None:
         return 0
     new = torch.ones(p.shape[0], dtype=torch.bool)
-    if new_rows == "mean":
+    if new_rows == "mean_zero_head" and name == "head.weight":
+        p.zero_()
+    elif new_rows in ("mean", "mean_zero_head"):
         p[:] = value.float().mean(0).to(p.dtype)
     for (s_lo, s_hi), (t_lo, _) in pairs:
         p[t_lo:t_lo + s_hi - s_lo] = value[s_lo:s_hi].to(p.dtype)

@@ -11,7 +11,8 @@ from mot_lightning.commands.fit import cli_main
 from tests.app.conftest import CONFIGS, run_dir, run_fit
 
 RECIPES = CONFIGS / "recipes"
-SETTINGS = ["text_only.yaml", "lmfusion.yaml", "lmfusion_scratch.yaml"]  # complete configs
+SETTINGS = ["text_only.yaml", "lmfusion.yaml", "lmfusion_scratch.yaml", "lmfusion_hf.yaml", "bagel_hf_stage1.yaml",
+            "bagel_hf_stage2.yaml"]  # complete configs
 FRAGMENTS = ["dense_to_mot.yaml", "tower_lr.yaml", "ema.yaml", "data_mix.yaml"]  # on top of configs/speech/mot.yaml
 
 

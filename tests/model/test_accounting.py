@@ -14,6 +14,7 @@ T = 12
     dict(sparsity="mot", untie=("ffn",)),
     dict(sparsity="mot", towers=[0, 0, 1], n_kv_heads=2),
     dict(sparsity="mot", qk_norm=False),
+    dict(sparsity="mot", qkv_bias=True, attn_head_dim=16, n_kv_heads=2),  # Qwen2 biases, Qwen3's head width
 ])
 def test_total_and_active_params_match_the_module(kw):
     cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=3, **kw)

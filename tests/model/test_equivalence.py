@@ -86,6 +86,25 @@ def test_gqa_with_repeated_kv_heads_equals_full_heads():
     assert_close(gqa(x, modality), mha(x, modality), reduction=REDUCTION)
 
 
+def test_mot_with_identical_towers_equals_dense_with_qkv_bias_and_wide_heads():
+    """Q/K/V biases (Qwen2) and a head width apart from dim / n_heads (Qwen3): still dense with copied towers;
+    a tower's bias moves only its own tokens."""
+    kw = dict(n_modalities=3, qkv_bias=True, attn_head_dim=16, n_kv_heads=2)
+    dense = Transformer(_tiny(sparsity="dense", **kw)).double()
+    mot = Transformer(_tiny(sparsity="mot", **kw)).double()
+    with torch.no_grad():
+        for layer in dense.layers:
+            layer.attn.qkv_bias.weights[0].normal_()
+    copy_dense_into_towers(dense, mot)
+    x, modality = _inputs(3)
+    assert_close(mot(x, modality), dense(x, modality), reduction=REDUCTION)
+    text = torch.zeros_like(modality)
+    before = mot(x, text)
+    with torch.no_grad():
+        mot.layers[0].attn.qkv_bias.weights[1].add_(1.0)  # the image tower's bias
+    assert torch.equal(mot(x, text), before)
+
+
 @pytest.mark.parametrize("with_spans", [False, True])
 def test_flex_backend_equals_sdpa_forward(with_spans):
     """Same ids -> same mask under FlexAttention (eager, forward-only on CPU) and SDPA."""
