@@ -15,6 +15,7 @@ from mot_lightning.logs import configure_logging
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
     "info": ("mot_lightning.model.info", "print parameters and FLOPs per token of a backbone config"),
+    "plan": ("mot_lightning.plan", "parameters, FLOPs and memory per rank of a config; does it fit a GPU"),
     "data": ("mot_lightning.data.cli", "demo corpus and shard converters (`mot data --help`)"),
     "tokenizer": ("mot_lightning.tokenizers.cli", "fit / inspect tokenizers (`mot tokenizer --help`)"),
     "generate": ("mot_lightning.generate", "write generated samples (images, speech, captions) from a checkpoint"),

@@ -38,6 +38,7 @@ LAYERS = [
     ("mot_lightning.cli", 7),
     ("mot_lightning.run_identity", 7),
     ("mot_lightning.sweep", 7),
+    ("mot_lightning.plan", 7),
     ("mot_lightning.compare", 7),
     ("mot_lightning", 0),  # the package's own __init__
 ]
