@@ -17,6 +17,10 @@ ranks sharding them: the world size under FSDP, 1 under DDP or one device):
   unsharded gradients, plus the root module's (embedding, head, final norm: gathered from forward to
   backward) weights and gradients; under DDP its gradient buckets (one more copy of the gradients).
 
+The training peak is parameters + optimizer state + the larger of gradients and activations + transient:
+gradients are freed after every optimizer step (``zero_grad`` sets them to None), so during the backward the
+activations are released layer by layer as the gradients fill in; the two peak at opposite ends of it.
+
 Start-up (before the first step, no gradients or optimizer state yet): the whole model on every rank for an
 eager build (then its shards), or this rank's shards plus the largest part drawn at a time (one block, or the
 embedding / head matrix) on FSDP2's meta-device path (``meta_init.py``).
@@ -52,7 +56,8 @@ class RunShape:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes per rank; ``total`` is the training peak, ``startup`` the peak before the first step."""
+    """Bytes per rank; ``total`` is the training peak (module docstring), ``startup`` the peak before the first
+    step."""
 
     parameters: float
     gradients: float
@@ -63,7 +68,7 @@ class MemoryPlan:
 
     @property
     def total(self) -> float:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.transient
+        return self.parameters + self.optimizer + max(self.gradients, self.activations) + self.transient
 
 
 def total_parameters(cfg: TransformerConfig, vocab_size: int, latent_dim: int = 0) -> tuple[int, int]:
