@@ -35,14 +35,15 @@ from mot_lightning.plan import backbone_config, merged_config  # noqa: E402
 
 GB = 1e9
 SPEECH, FSDP2 = "configs/speech/mot.yaml", "configs/trainer/fsdp2.yaml"
-SHORT = ["--data.seq_len", "64", "--data.batch_size", "1"]
+SHORT = ["--data.seq_len", "128", "--data.batch_size", "1", "--data.loader.overlong", "truncate"]
 # glibc serves large blocks by mmap and returns them to the system when freed, so resident memory follows the
 # live tensors (by default its threshold grows up to 32 MB and freed activations stay in the heap: +20-40%)
 MMAP_THRESHOLD = "65536"
-# SGD with momentum (one state per parameter) instead of AdamW's two: the 443M MoT's two ranks with AdamW
-# would need ~17 GB of this shared 24 GB machine; the plan reads the optimizer from the config either way
+# plain SGD (no optimizer state) instead of AdamW's two fp32 moments: the 443M MoT's two ranks with AdamW would
+# need ~17 GB of this 24 GB machine shared with other jobs (with SGD's momentum, ~14 GB: killed by the kernel's
+# out-of-memory killer when the other jobs grew); the plan counts the optimizer the run uses
 SGD = ["--model.optimizer.class_path", "torch.optim.SGD", "--model.optimizer.init_args.lr", "0.01",
-       "--model.optimizer.init_args.momentum", "0.9"]
+       "--model.optimizer.init_args.momentum", "0.0"]
 CASES = {  # name -> (configs, extra arguments, strategy for the plan, world size)
     "eager_startup": ([SPEECH, "configs/model/chameleon-443m.yaml", FSDP2],
                       [*SHORT, "--model.sharded_init", "false", "--trainer.limit_train_batches", "0"], "fsdp", 2),
@@ -97,7 +98,7 @@ def planned(case: str, rank0: dict, args: list[str]) -> dict:
     if "--model.backbone.sparsity" in opts:
         backbone["sparsity"] = opts["--model.backbone.sparsity"]
     cfg = backbone_config(config)
-    states = 1 if "torch.optim.SGD" in extra else 2
+    states = 0 if "torch.optim.SGD" in extra else 2  # SGD without momentum
     seq_len = int(opts.get("--data.seq_len", config["data"]["seq_len"]))
     shape = RunShape(vocab_size=rank0["vocab_size"], optimizer_states=states, seq_len=seq_len,
                      batch_size=int(opts.get("--data.batch_size", config["data"]["batch_size"])), world_size=world,
@@ -118,12 +119,30 @@ def measured(probe: Path) -> list[dict]:
     return out
 
 
+def summary(results: dict) -> str:
+    """Markdown: per case and rank, start-up time and memory, training memory, each against the plan."""
+    rows = ["| case | rank | parameters | start-up s | start-up GB (plan) | training GB (plan) | steps s | "
+            "global step |", "|---|---|---|---|---|---|---|---|"]
+    for case, res in results.items():
+        plan = res["plan"]
+        for i, r in enumerate(res["ranks"]):
+            train = "-" if r.get("train_model_gb") is None else f"{r['train_model_gb']:.2f} ({plan['total_gb']:.2f})"
+            rows.append(f"| {case} | {i} | {r['parameters'] / 1e9:.3f}B | {r['startup_s']:.1f} | "
+                        f"{r['startup_model_gb']:.2f} ({plan['startup_gb']:.2f}) | {train} | "
+                        f"{', '.join(f'{t:.1f}' for t in r['step_s']) or '-'} | {r['global_step']} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sharded_init.json")
     p.add_argument("--work", type=Path, default=Path("/tmp/mot_sharded_init"))
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--summary", action="store_true", help="print the table of --out's results and stop")
     a = p.parse_args()
+    if a.summary:
+        print(summary(json.loads(a.out.read_text())))
+        return
     a.work.mkdir(parents=True, exist_ok=True)
     if not (a.work / "tokenizers").exists():  # demo corpus + tokenizer files, outside the timings
         mot_fit(["--config", SPEECH, "--config", "configs/model/tiny.yaml", "--trainer.fast_dev_run", "1",
@@ -134,7 +153,7 @@ def main() -> None:
         probe = a.work / "probe" / case
         args = [x for c in configs for x in ("--config", c)] + common(a.work, case) + extra + [
             "--trainer.callbacks+=benchmarks.memory_probe.MemoryProbe", "--trainer.callbacks.out", str(probe)]
-        wait_for_memory(CASES[case][3] * 8.0 if case.startswith("meta") else 10.0)
+        wait_for_memory(CASES[case][3] * 6.0 if case.startswith("meta") else 7.0)
         wall = mot_fit(args, a.work / f"{case}.log")
         ranks = measured(probe)
         results[case] = {"command": "mot fit " + " ".join(args), "wall_s": wall, "ranks": ranks,
