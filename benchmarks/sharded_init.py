@@ -50,12 +50,14 @@ CASES = {  # name -> (configs, extra arguments, strategy for the plan, world siz
     "meta_fit": ([SPEECH, "configs/model/chameleon-443m.yaml", FSDP2], [*SHORT, *SGD, "--trainer.max_steps", "2"],
                  "fsdp", 2),
     "meta_resume": ([SPEECH, "configs/model/chameleon-443m.yaml", FSDP2],
-                    [*SHORT, *SGD, "--trainer.max_steps", "3", "--ckpt_path", "last"], "fsdp", 2),
+                    [*SHORT, *SGD, "--trainer.max_steps", "3", "--ckpt_path", "META_FIT_LAST"], "fsdp", 2),
     "plan_94m": ([SPEECH, "configs/model/chameleon-94m.yaml"], ["--trainer.max_steps", "2"], "single", 1),
     "plan_443m_dense": ([SPEECH, "configs/model/chameleon-443m.yaml"],
                         [*SHORT, "--model.backbone.sparsity", "dense", "--trainer.max_steps", "2"], "single", 1),
 }
-RUN_DIRS = {"meta_resume": "meta_fit"}  # resumed in the first run's save dir
+# resumed from the first run's sharded checkpoint, named by path: each case's probe directory is part of the
+# resolved config, so the resumed run has another config hash (its own run dir) and `last` would not find it
+RUN_DIRS = {"meta_resume": "meta_fit"}
 
 
 def common(work: Path, case: str) -> list[str]:
@@ -151,6 +153,8 @@ def main() -> None:
     for case in a.cases.split(","):
         configs, extra, _, _ = CASES[case]
         probe = a.work / "probe" / case
+        last = sorted((a.work / "runs" / "meta_fit").glob("*/*/*/checkpoints/last.ckpt"))
+        extra = [str(last[0]) if x == "META_FIT_LAST" and last else x for x in extra]
         args = [x for c in configs for x in ("--config", c)] + common(a.work, case) + extra + [
             "--trainer.callbacks+=benchmarks.memory_probe.MemoryProbe", "--trainer.callbacks.out", str(probe)]
         wait_for_memory(CASES[case][3] * 6.0 if case.startswith("meta") else 7.0)
