@@ -93,7 +93,14 @@ def run_shape(config: dict, args: argparse.Namespace) -> RunShape:
                     world_size=devices * nodes, strategy=args.strategy or _strategy(config), param_bytes=weights,
                     compute_bytes=compute, activation_checkpointing=ac, optimizer_states=_optimizer_states(config),
                     z_loss=bool(_get(config, "model.objective.init_args.z_loss", 0)),
-                    latent_dim=args.latent_dim, sharded_init=bool(_get(config, "model.sharded_init", True)))
+                    latent_dim=args.latent_dim, sharded_init=_meta_build(config))
+
+
+def _meta_build(config: dict) -> bool:
+    """FSDP2 builds on the meta device unless ``model.sharded_init: false``; Lightning's FSDP1 builds eagerly."""
+    strategy = _get(config, "trainer.strategy", "auto")
+    fsdp1 = isinstance(strategy, dict) and str(strategy.get("class_path", "")).endswith("FSDPStrategy")
+    return bool(_get(config, "model.sharded_init", True)) and not fsdp1
 
 
 def tower_parameters(cfg: TransformerConfig, vocab_size: int) -> dict[str, int]:

@@ -22,8 +22,9 @@ gradients are freed after every optimizer step (``zero_grad`` sets them to None)
 activations are released layer by layer as the gradients fill in; the two peak at opposite ends of it.
 
 Start-up (before the first step, no gradients or optimizer state yet): the whole model on every rank for an
-eager build (then its shards), or this rank's shards plus the largest part drawn at a time (one block, or the
-embedding / head matrix) on FSDP2's meta-device path (``meta_init.py``).
+eager build (then its shards; on the host: Lightning's FSDP2 builds on the CPU, then moves the shards), or this
+rank's shards plus the largest part drawn at a time (one block, or the embedding / head matrix, drawn on the
+host) on FSDP2's meta-device path (``meta_init.py``).
 """
 from __future__ import annotations
 
