@@ -14,7 +14,8 @@
 #      (configs/trainer/gpu.yaml), FSDP2 (configs/trainer/fsdp2.yaml on 1 device) and FSDP1
 #      (configs/trainer/fsdp1.yaml on 1 device), each with model.compile off and on;
 #   3. the backbone benchmark at 443M, bf16: dense vs MoT (per-tower loop) vs MoT (one torch._grouped_mm)
-#      vs the tutorial's mask routing;
+#      vs the tutorial's mask routing; then the 7B MoT built under FSDP2 on the meta device, sharded and
+#      materialised on the GPU (no step): time and memory (benchmarks/meta_build.py, OUT_DIR/meta_build.json);
 #   4. the summary: OUT_DIR/gpu_check.md (step time, tokens/s, MFU, peak memory, loss after the last step).
 #
 # Every run's log is OUT_DIR/runs/<name>.log, its measurements OUT_DIR/runs/<name>.json (written by the
@@ -118,7 +119,18 @@ if python benchmarks/backbone.py "${BACKBONE[@]}" --cases dense,mot,mot_grouped_
   > "$OUT/backbone.status"
 stamp "  backbone: $(cat "$OUT/backbone.status")"
 
+# 3b. the 7B preset as a 3-modality MoT (19.9B parameters) built as FSDP2 builds it: on the meta device,
+# sharded (one rank), materialised on the GPU (benchmarks/meta_build.py; fp32 where it fits, else bf16); no step
+stamp "7B MoT build: meta device, fully_shard, materialise"
+if [ "$MODE" = "--cpu-smoke" ]; then BUILD=(--preset cpu-small --device cpu); else
+  BUILD=(--preset chameleon-7b --modalities 3 --device cuda); fi
+if timeout "${BUILD_TIMEOUT:-480}" python benchmarks/meta_build.py "${BUILD[@]}" --out "$OUT/meta_build.json" \
+    > "$OUT/meta_build.log" 2>&1; then echo ok; else echo "FAILED rc=$?"; fi > "$OUT/meta_build.status"
+stamp "  meta build: $(cat "$OUT/meta_build.status")"
+
 # 4. one table
 stamp "summary"
 python benchmarks/gpu_check.py summarize "$OUT"
+{ echo; echo "## Meta-device build ($(cat "$OUT/meta_build.status"))"; echo; echo '```'
+  cat "$OUT/meta_build.json" 2>/dev/null; echo '```'; } >> "$OUT/gpu_check.md"
 stamp "done; table in $OUT/gpu_check.md"

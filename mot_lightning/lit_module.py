@@ -24,6 +24,7 @@ from mot_lightning.modality import Modality
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.accounting import Accounting
 from mot_lightning.model.lm import TokenLM
+from mot_lightning.model.meta_init import build_on_meta, materialize
 from mot_lightning.objectives import NextToken, Objective, StepLosses
 from mot_lightning.training import EvalLosses, StepAverage, clip_gradients, log_train_losses
 from mot_lightning.training.controls import TrainingControls
@@ -42,7 +43,7 @@ class MultiModalLM(pl.LightningModule):
                  compile: bool = False, val_set_names: list[str] | None = None, latent_dim: int = 0,
                  init_from: WarmStart | None = None, freeze: Freeze | None = None,
                  tower_lr: dict[str, float] | None = None, tower_weight_decay: dict[str, float] | None = None,
-                 vocab_layout: dict[str, int] | None = None) -> None:
+                 vocab_layout: dict[str, int] | None = None, sharded_init: bool = True) -> None:
         """
         Args:
             backbone: the ``TransformerConfig`` (dense / mot / partial untying / towers / size).
@@ -58,6 +59,9 @@ class MultiModalLM(pl.LightningModule):
                 shared parts, per-tower learning-rate and weight-decay multipliers (``training/controls.py``).
             vocab_layout: the joint vocabulary's block sizes, linked from the data (``training/vocab_rows.py``);
                 recorded in checkpoints for warm starts into a larger vocabulary.
+            sharded_init: under FSDP2 (``ModelParallelStrategy``), build on the meta device, shard, then fill
+                each rank's shard with the eager build's values (``model/meta_init.py``); False: build the whole
+                model on every rank first. Other strategies always build eagerly.
         """
         super().__init__()
         if vocab_size <= 0:
@@ -70,6 +74,7 @@ class MultiModalLM(pl.LightningModule):
         self.objective.setup(self.modalities, latent_dim)  # names a misplaced YAML key
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self.sharded_init = sharded_init
         self.val_set_names = list(val_set_names or ["val"])
         self.net: TokenLM | None = None
         self._accounting: dict[int, Accounting] = {}  # by sequence length
@@ -83,8 +88,13 @@ class MultiModalLM(pl.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        self.net = TokenLM(self.cfg, self.vocab_size, latent_dim=self.latent_dim)
-        self.controls.prepare(self, self.net, self._trainer)  # warm start, freezing: before any wrapper
+        mesh = getattr(self, "device_mesh", None)  # ModelParallelStrategy (FSDP2)
+        on_meta = mesh is not None and self.sharded_init  # weights come after sharding, per rank
+        if on_meta:
+            self.net = build_on_meta(self.cfg, self.vocab_size, latent_dim=self.latent_dim)
+        else:
+            self.net = TokenLM(self.cfg, self.vocab_size, latent_dim=self.latent_dim)
+        self.controls.prepare(self, self.net, self._trainer, load=not on_meta)  # before any wrapper
         layers = self.net.backbone.layers
         if self.activation_checkpointing:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -93,13 +103,15 @@ class MultiModalLM(pl.LightningModule):
                 layers[i] = checkpoint_wrapper(block)
         if self.compile_blocks:
             self.net.backbone.compile_blocks()  # tower sizes symbolic: one graph for every batch
-        if getattr(self, "device_mesh", None) is not None:  # ModelParallelStrategy (FSDP2)
+        if mesh is not None:
             from torch.distributed.fsdp import fully_shard
 
-            mesh = self.device_mesh["data_parallel"]
             for block in layers:
-                fully_shard(block, mesh=mesh)
-            fully_shard(self.net, mesh=mesh)
+                fully_shard(block, mesh=mesh["data_parallel"])
+            fully_shard(self.net, mesh=mesh["data_parallel"])
+        if on_meta:
+            materialize(self.net, self._trainer.strategy.root_device if self._trainer else torch.device("cpu"))
+            self.controls.load(self.net, self._trainer)  # warm start into the shards
 
     def _shared_step(self, batch: MultiModalBatch, stage: str, seed: int) -> StepLosses:
         return self.objective.loss(self.net, batch, stage=stage, seed=seed)

@@ -64,6 +64,7 @@ IGNORED_KEYS: dict[str, str] = {
     "data.loader.val_batch_size": "validation batching",
     "data.loader.timeout": "how long to wait for a stalled data worker before failing",
     "data.loader.skip_warning": "when a high skip rate is warned about",
+    "model.sharded_init": "how FSDP2 builds the weights: the same weights either way (model/meta_init.py)",
 }
 # Callbacks in ``trainer.callbacks`` that only observe training (samples, progress, logging).
 OBSERVER_CALLBACKS = frozenset({

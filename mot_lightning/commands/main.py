@@ -15,6 +15,7 @@ from mot_lightning.logs import configure_logging
 # command -> (module with a ``main(argv: list[str]) -> None``, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
     "info": ("mot_lightning.commands.info", "print parameters and FLOPs per token of a backbone config"),
+    "plan": ("mot_lightning.commands.plan", "parameters, FLOPs and memory per rank of a config; does it fit a GPU"),
     "data": ("mot_lightning.commands.data", "demo corpus and shard converters (`mot data --help`)"),
     "tokenizer": ("mot_lightning.commands.tokenizer", "fit / inspect tokenizers (`mot tokenizer --help`)"),
     "generate": ("mot_lightning.commands.generate", "write samples (images, speech, captions) of a checkpoint"),

@@ -47,6 +47,7 @@ class TimestepEmbedding(nn.Module):
 class TokenLM(nn.Module):
     def __init__(self, cfg: TransformerConfig, vocab_size: int, latent_dim: int = 0) -> None:
         super().__init__()
+        # model/meta_init.py (constructor_parts) replays these draws in this order: change both together
         self.embed = nn.Embedding(vocab_size, cfg.dim)
         self.backbone = Transformer(cfg)
         self.head = nn.Linear(cfg.dim, vocab_size, bias=False)

@@ -26,7 +26,7 @@ from mot_lightning.model.untied import Routing, UntiedRMSNorm, compile_friendly_
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg  # model/meta_init.py (constructor_parts) replays this order: change both together
         self.layers = nn.ModuleList(BLOCKS[cfg.norm_layout](cfg) for _ in range(cfg.n_layers))
         self.norm = UntiedRMSNorm(cfg.dim, cfg.towers_for("norm"), cfg.norm_eps, cfg.tower_ids_for("norm"))
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)

@@ -2,8 +2,9 @@
 
 ``model.init_from`` (``warm_start.py``), ``model.freeze`` (``freezing.py``), ``model.tower_lr`` /
 ``model.tower_weight_decay`` (``param_groups.py``), and the ``params/trainable`` / ``params/frozen`` tags.
-Warm start and freezing act in ``configure_model`` on the bare model, before activation checkpointing,
-compilation or sharding wrap it (FSDP2-safe: every rank loads the full tensors, then shards them).
+Freezing acts in ``configure_model`` on the bare model, before activation checkpointing, compilation or
+sharding wrap it; so does the warm start, except on FSDP2's meta-device path, where it writes each rank's
+shard of the full tensors once the shards hold weights (``model/meta_init.py``).
 """
 from __future__ import annotations
 
@@ -42,15 +43,21 @@ class TrainingControls:
         self.vocab_layout = dict(vocab_layout) if vocab_layout is not None else None
         self.freezer: Freezer | None = None
 
-    def prepare(self, module: nn.Module, net: TokenLM, trainer: pl.Trainer | None) -> None:
-        """``configure_model``, right after ``net`` is built: warm start (when fitting), then freezing."""
-        if self.init_from is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-            warm_start(net, self.init_from, self.vocab_layout)
+    def prepare(self, module: nn.Module, net: TokenLM, trainer: pl.Trainer | None, load: bool = True) -> None:
+        """``configure_model``, right after ``net`` is built: warm start (``load``: the weights exist, not on the
+        meta device), then freezing (names only: meta weights too)."""
+        if load:
+            self.load(net, trainer)
         if self.freeze is not None:
             self.freezer = Freezer(self.freeze, net, self.vocab_layout, prefix=NET)
             self.freezer.apply(module, step=0)
             if trainer is not None:
                 self.freezer.check_strategy(trainer.strategy)
+
+    def load(self, net: TokenLM, trainer: pl.Trainer | None) -> None:
+        """The warm start, when fitting: into the bare model, or into its shards once they hold weights."""
+        if self.init_from is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            warm_start(net, self.init_from, self.vocab_layout)
 
     def param_groups(self, module: nn.Module, net: TokenLM) -> list[dict]:
         """The optimizer's parameter groups (every parameter, frozen ones too); ``scale`` them once built."""

@@ -1,4 +1,7 @@
-"""Warm start (``model.init_from``): a new run's weights from a trained checkpoint, before sharding.
+"""Warm start (``model.init_from``): a new run's weights from a trained checkpoint.
+
+It fills the bare model before any wrapper, or, on FSDP2's meta-device path (``model/meta_init.py``), each
+rank's shard of the full tensors after sharding (every rank reads the checkpoint and keeps its rows).
 
 What moves where. Every parameter has a place (``model/towers.py``): its slot and the tower owning it.
 A target parameter of tower ``t`` takes the checkpoint's weight at the same slot from the tower that the
@@ -38,6 +41,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from mot_lightning.checkpoints import load_checkpoint
 from mot_lightning.checkpoints.hf_folder import HFFolder, is_hf_folder
@@ -45,7 +49,8 @@ from mot_lightning.checkpoints.model_config import plain_config
 from mot_lightning.modality import Modality
 from mot_lightning.model.config import TransformerConfig
 from mot_lightning.model.lm import TokenLM
-from mot_lightning.model.towers import Place, parameter_places, tower_modalities
+from mot_lightning.model.meta_init import write_full
+from mot_lightning.model.towers import Place, clean_name, parameter_places, tower_modalities
 from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm, split_stacked
 from mot_lightning.training.vocab_rows import block_ranges, check_layout
 
@@ -84,23 +89,26 @@ class _Source:
 
 
 def warm_start(net: TokenLM, spec: WarmStart, layout: dict[str, int] | None = None) -> WarmStartReport:
-    """Fill ``net`` (unsharded, before any wrapper) from ``spec.checkpoint``; ``layout``: this model's
+    """Fill ``net`` (bare, or sharded by FSDP2) from ``spec.checkpoint``; ``layout``: this model's
     vocabulary layout (None: unknown, rows map by id). Raises ``ValueError`` naming what does not fit."""
     src = _read_source(spec.checkpoint)
     report = WarmStartReport()
     problems: list[str] = _backbone_mismatch(net.backbone.cfg, src.cfg) if is_hf_folder(spec.checkpoint) else []
     sources = _assign(net, src, spec, problems)
-    params = dict(net.named_parameters())
+    params = {clean_name(n): p for n, p in net.named_parameters()}
     with torch.no_grad():
         for name, src_name in sources.items():
             p, value = params[name], src.state[src_name]
             if name in VOCAB_MATRICES and p.shape[1:] == value.shape[1:]:
-                report.new_rows[name] = _copy_rows(p, value, src.layout, layout, spec.new_rows, name, problems)
+                full = p.full_tensor() if isinstance(p, DTensor) else p  # collective: same order on every rank
+                report.new_rows[name] = _copy_rows(full, value, src.layout, layout, spec.new_rows, name, problems)
+                if full is not p:
+                    write_full(p, full)
             elif p.shape != value.shape:
                 problems.append(f"{name}: checkpoint {src_name} {tuple(value.shape)} vs model {tuple(p.shape)}")
                 continue
             else:
-                p.copy_(value.to(p.dtype))
+                write_full(p, value.to(p.dtype))
             report.loaded.append(name)
     if problems:
         shown = "\n  ".join(problems[:12]) + (f"\n  (+{len(problems) - 12} more)" if len(problems) > 12 else "")

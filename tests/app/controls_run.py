@@ -101,11 +101,13 @@ class Snapshots(pl.Callback):
     def __init__(self) -> None:
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self.has_state: dict[int, dict[str, bool]] = {}
+        self.losses: dict[int, float] = {}  # optimizer step -> this rank's training loss
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step] = float(outputs["loss"])
         self._record(trainer, pl_module)
 
     def _record(self, trainer, pl_module) -> None:
@@ -157,6 +159,8 @@ def main() -> None:
     p.add_argument("--freeze", type=json.loads, default=None)
     p.add_argument("--init_from", type=json.loads, default=None)
     p.add_argument("--ema", type=float, default=None)
+    p.add_argument("--backbone", type=json.loads, default={}, help="TransformerConfig fields, e.g. tower_init")
+    p.add_argument("--sharded_init", type=json.loads, default=True, help="false: FSDP2 builds the whole model")
     p.add_argument("--ckpt_path", default=None)
     p.add_argument("--save", default=None, help="checkpoint written after training (FSDP2: a sharded directory)")
     p.add_argument("--save_at", type=int, default=None, help="write --save after this optimizer step instead")
@@ -164,7 +168,8 @@ def main() -> None:
     pl.seed_everything(0)
     torch.set_default_dtype(torch.float64)  # configure_model builds the weights inside fit: strategies agree
     module = tiny_module(freeze=Freeze(**a.freeze) if a.freeze else None,  # to float64 rounding
-                         init_from=WarmStart(**a.init_from) if a.init_from else None)
+                         init_from=WarmStart(**a.init_from) if a.init_from else None,
+                         sharded_init=a.sharded_init, **a.backbone)
     snapshots = Snapshots()
     ema = EMA(decay=a.ema) if a.ema is not None else None
     save_at = SaveAt(a.save_at, a.save, ema) if a.save and a.save_at is not None else None
@@ -176,7 +181,7 @@ def main() -> None:
     averages = ema.averages() if ema else {}  # collective under FSDP2: every rank
     if trainer.is_global_zero:
         saved_ema = {k: v.cpu() for k, v in save_at.averages.items()} if save_at else {}
-        torch.save({"weights": snapshots.weights, "has_state": snapshots.has_state,
+        torch.save({"weights": snapshots.weights, "has_state": snapshots.has_state, "losses": snapshots.losses,
                     "ema": {k: v.cpu() for k, v in averages.items()}, "saved_ema": saved_ema}, a.out)
 
 
