@@ -36,6 +36,7 @@ SKIP_REASONS = (
     "unknown_layout",  # a sample matching none of the layouts in data/README.md "Shard layouts"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")
+    "bad_document",  # any other error reading, decoding or encoding one document (data/documents.py, contained)
     "bad_pretokenized",  # a pre-tokenized document whose arrays are damaged (data/pretokenized.py)
     "unreadable_shard",  # truncated/corrupt tar or unreadable file: once per shard (shards/reader.py)
     "duplicate_member",  # the same member name twice in one sample (second copy ignored, shards/reader.py)

@@ -27,6 +27,13 @@ soundfile: ``SoundFileError``/``RuntimeError``, ``ValueError``, ``TypeError``,
 ``EOFError``; json: ``JSONDecodeError``, ``RecursionError``); interrupts and
 timeouts (``KeyboardInterrupt``, ``TimeoutError``, ``InterruptedError``) always
 pass through.
+
+Containment (``contained``): whatever else one document raises while it is read, decoded or
+encoded (a tokenizer's ``UnicodeEncodeError``, a library bug on odd bytes) skips that document as
+``bad_document`` with the exception named; only ``PROPAGATE`` leaves: interrupts, timeouts,
+``MemoryError`` and ``SourceUnusable`` (the whole source cannot be used: tokenizers of other files, a
+modality without a tokenizer), which stop the run with their own message. The loader and
+``mot data inspect`` both go through it, so they report the same problems.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import json
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import soundfile
@@ -79,6 +88,26 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class SourceUnusable(Exception):
+    """No document of the source can be used (not a per-document skip): the run stops with this message."""
+
+
+# what a document's failure never turns into a skip
+PROPAGATE = (*PASS_THROUGH, MemoryError, SourceUnusable)
+T = TypeVar("T")
+
+
+def contained(key: str, work: Callable[[], T]) -> T:
+    """``work()`` for one document: ``BadSample`` as raised, any other exception but ``PROPAGATE`` as
+    ``BadSample("bad_document")`` naming it (so one odd document never stops a run)."""
+    try:
+        return work()
+    except (BadSample, *PROPAGATE):
+        raise
+    except Exception as err:  # noqa: BLE001 - the containment boundary: one document, never the whole run
+        raise BadSample("bad_document", f"{key}: {type(err).__name__}: {err}") from None
 
 
 @dataclass
@@ -172,7 +201,7 @@ def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dic
     if modality == Modality.TEXT:
         if not isinstance(seg.get("text"), str):
             raise BadSample("bad_json", f'{key}.json segment {i}: text segment needs a "text" string')
-        return lambda: seg["text"]
+        return lambda: _json_text(seg["text"], f"{key}.json segment {i}")
     name = seg.get("file")
     if not isinstance(name, str):
         raise BadSample("bad_json", f'{key}.json segment {i}: {modality.label} segment needs a "file" name')
@@ -197,6 +226,16 @@ def _build(key: str, parts: list, keep: frozenset[Modality]) -> Document:
             continue
         doc.segments.append(Segment(modality, load()))
     return doc
+
+
+def _json_text(text: str, where: str) -> str:
+    """A JSON string the tokenizers can take: JSON escapes may spell lone surrogates (``"\\ud800"``),
+    which no UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadSample("bad_encoding", f"{where}: not encodable as UTF-8 (lone surrogate?): {err}") from None
+    return text
 
 
 def _text(raw: bytes, key: str) -> str:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from mot_lightning.data.documents import SAMPLE_RATE, BadSample
+from mot_lightning.data.documents import SAMPLE_RATE, BadSample, SourceUnusable
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import Doc, LatentDoc
 from mot_lightning.data.vocab import SPECIAL_TOKENS, JointVocab
@@ -56,7 +56,7 @@ HEADER = 4 + 2 * len(STAMPED)  # magic, version, N, 0, then two words per finger
 NPY_ERRORS = (ValueError, OSError, EOFError, TypeError)
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(SourceUnusable, ValueError):
     """A pre-tokenized document made with other tokenizers than the configured ones."""
 
 

@@ -1,0 +1,46 @@
+"""One bad document never stops a run: whatever one document raises while it is read, decoded or encoded
+skips it under a named reason (counted), the loader and `mot data inspect` report the same problems, and
+only interrupts, timeouts and "the whole source is unusable" errors leave."""
+from __future__ import annotations
+
+import pytest
+
+from mot_lightning.data import cli as data_cli
+from mot_lightning.data.documents import BadSample, SourceUnusable, contained
+from mot_lightning.data.sources import SourceConfig
+
+from .helpers import make_datamodule, write_tar
+
+# valid JSON whose text holds a lone surrogate: json.loads accepts it, no UTF-8 encoder does
+SURROGATE = {"__key__": "surrogate", "json": b'{"segments": [{"modality": "text", "text": "bad \\ud800 text"}]}'}
+
+
+def good_docs(n: int) -> list[dict]:
+    return [{"__key__": f"good{i:03d}", "txt": f"good-{i:03d} a few words".encode()} for i in range(n)]
+
+
+def test_a_lone_surrogate_document_is_skipped_and_counted_and_inspect_names_it(tmp_path, capsys):
+    shard = write_tar(str(tmp_path / "train.tar"), [*good_docs(5), SURROGATE, *good_docs(5)])
+    dm = make_datamodule(tmp_path, [SourceConfig("s", shard)], val_sets=[], num_workers=1, seq_len=64,
+                         batch_size=2, train_batches_per_epoch=4, skip_warning=None)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())  # raised UnicodeEncodeError in the worker before
+    assert len(batches) == 4
+    assert dm.skip_counts("train")["bad_encoding"] >= 1
+
+    data_cli.main(["inspect", shard, "--quiet"])
+    out = capsys.readouterr().out
+    assert "10 readable documents" in out and "problems: bad_encoding=1" in out
+    assert "surrogate.json segment 0" in out  # the document is named
+
+
+def test_contained_turns_any_document_error_into_a_counted_skip_and_lets_the_fatal_ones_through():
+    with pytest.raises(BadSample) as caught:
+        contained("doc7", lambda: "\ud800".encode("utf-8"))
+    assert caught.value.reason == "bad_document" and "doc7: UnicodeEncodeError" in caught.value.detail
+    with pytest.raises(BadSample, match="bad_image"):  # a named skip keeps its reason
+        contained("doc7", lambda: (_ for _ in ()).throw(BadSample("bad_image", "x")))
+    for fatal in (TimeoutError("slow"), InterruptedError("stop"), SourceUnusable("other tokenizers"),
+                  KeyboardInterrupt()):
+        with pytest.raises(type(fatal)):
+            contained("doc7", lambda fatal=fatal: (_ for _ in ()).throw(fatal))
