@@ -38,8 +38,10 @@ import torch
 from PIL import Image
 
 from mot_lightning import sampling
+from mot_lightning.checkpoints import load_checkpoint
 from mot_lightning.checkpoints.weights import WeightsSource, weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
+from mot_lightning.data.pretokenized import STAMP_KEY, check_tokenizers
 from mot_lightning.modality import Modality
 
 TASKS = {"caption_to_image": {Modality.IMAGE}, "image_to_caption": {Modality.IMAGE},
@@ -67,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", help="diffusion images: ddim (--steps), ddpm (all steps) or flow")
     p.add_argument("--steps", type=int, default=50, help="diffusion sampler steps (ddim, flow)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--accept-other-tokenizers", action="store_true", help="sample although the tokenizer files "
+                   "differ from those the checkpoint was trained with (refused by default, naming them)")
     p.add_argument("--ema", action="store_true", help="sample from the EMA averages of the weights (the run "
                    "had an EMA callback) instead of the live weights")
     return p
@@ -129,6 +133,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     missing = [t for t in tasks if not TASKS[t] <= have]
     if missing:
         raise SystemExit(f"mot generate: this model cannot do {missing}: it has {sorted(m.label for m in have)}")
+    if not source.exported:  # a checkpoint trained with other tokenizers is refused (an export carries its own)
+        stamp = (load_checkpoint(source.path, mmap=True).get(type(dm).__qualname__) or {}).get(STAMP_KEY)
+        check_tokenizers(stamp, dm.tokenizer_stamp(), args.accept_other_tokenizers, f"--ckpt {source.path}")
     source.load_into(model, args.device)  # weights-only; a checkpoint of another model config is refused
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,11 +50,11 @@ from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.counters import NullCounters, StreamCounters
 from mot_lightning.data.documents import BadSample, DecodeLimits, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
-from mot_lightning.data.loaders import EpochLoader, EqualBatches
+from mot_lightning.data.loaders import EpochLoader, EqualBatches, ignore_stop_signals
 from mot_lightning.data.locks import once
 from mot_lightning.data.mix import BatchClock, MixSchedule
 from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles
-from mot_lightning.data.pretokenized import PretokenizedReader
+from mot_lightning.data.pretokenized import STAMP_KEY, PretokenizedReader, check_tokenizers, tokenizer_stamp
 from mot_lightning.data.sources import SourceConfig, resolve
 from mot_lightning.data.stream import PackedStream, StreamConfig, empty_batch
 from mot_lightning.data.vocab import JointVocab
@@ -109,6 +109,8 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
         self._train_loader: EpochLoader | None = None
+        self._stamp: dict | None = None  # tokenizer_stamp(), once the tokenizers are loaded
+        self.accept_other_tokenizers = False  # set by `--accept_other_tokenizers true` (pretokenized.py)
         self._carried: dict[str, int] = {}  # training counts restored from a checkpoint (this rank's share)
 
     def _encoder(self) -> DocumentEncoder:
@@ -214,6 +216,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             files = self.tokenizer_files
             self.tokenizers = fitted.load_fitted(self.tokenizers, self._tokenizer_dir(), files.files)
             self.encoder = self._encoder()
+            self._stamp = None
         rank, world = self._rank_world()
         self.pretokenized = PretokenizedReader.for_encoder(self.encoder, self.image_size)
         if stage in (None, "fit"):
@@ -302,6 +305,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if self.loader.num_workers else None,
             timeout=self.loader.timeout if self.loader.num_workers else 0,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> EpochLoader:
@@ -393,11 +397,19 @@ class MultiModalDataModule(pl.LightningDataModule):
         """The training counters at the start of the epoch in progress, summed over ranks (all-reduces:
         Lightning builds checkpoints on every rank). A resumed run regenerates that epoch, counting its
         part again, so the carried counts plus the new ones equal an unbroken run's."""
-        loader = self._train_loader
+        loader, stamp = self._train_loader, {STAMP_KEY: self.tokenizer_stamp()}  # pretokenized.py
         if loader is None:
-            return {}
+            return stamp
         totals = loader.epoch_start_counts
-        return {"train_counts": {k: int(v) for k, v in zip(totals, self._sum_over_ranks(totals.values()))}}
+        return {**stamp, "train_counts": {k: int(v) for k, v in zip(totals, self._sum_over_ranks(totals.values()))}}
+
+    def tokenizer_stamp(self) -> dict:
+        """What a checkpoint records of this module's tokenizers (fingerprints and fitted files)."""
+        if self._stamp is None:
+            files = {m: str(fitted.tokenizer_path(self._tokenizer_dir(), m, t, self.tokenizer_files.files))
+                     for m, t in self.tokenizers.items() if isinstance(t, fitted.FittableTokenizer)}
+            self._stamp = tokenizer_stamp(self.encoder, files)
+        return self._stamp
 
     def _sum_over_ranks(self, values) -> list[float]:
         """Elementwise sums over ranks (an all-reduce with several ranks: every rank must call this)."""
@@ -408,7 +420,9 @@ class MultiModalDataModule(pl.LightningDataModule):
         return tensor.tolist()
 
     def load_state_dict(self, state: dict) -> None:
-        """Carry the saved training counts (rank 0 holds them: logged counts are summed over ranks)."""
+        """Refuse other tokenizers than the checkpoint's; carry the saved training counts (rank 0 holds them:
+        logged counts are summed over ranks)."""
+        check_tokenizers(state.get(STAMP_KEY), self.tokenizer_stamp(), self.accept_other_tokenizers)
         rank, _ = self._rank_world()
         self._carried = dict(state.get("train_counts", {})) if rank == 0 else {}
         if self.train_stream is not None:

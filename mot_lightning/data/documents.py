@@ -10,8 +10,9 @@ Layouts (data/README.md, "Shard layouts"), tried in this order:
 
 Pairs become two segments; their order (text first or media first) is chosen
 per key by a hash, so a corpus trains both captioning and generation and the
-choice is the same on every pass. Images are decoded with PIL (RGB, resized
-and centre-cropped to ``image_size``), audio with soundfile (mono, resampled
+choice is the same on every pass. Images are decoded with PIL (any mode to RGB by
+``tokenizers.media.to_rgb``, the tokenizer fits' conversion; resized and centre-cropped to
+``image_size``), audio with soundfile (mono, resampled
 to 16 kHz with torchaudio). Nothing is unpickled. Problems raise
 ``BadSample(reason)`` with a reason from ``counters.SKIP_REASONS``.
 
@@ -54,6 +55,7 @@ import torchaudio.functional
 from PIL import Image, ImageOps
 
 from mot_lightning.modality import Modality
+from mot_lightning.tokenizers.media import to_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 AUDIO_EXTS = ("wav", "flac")
@@ -261,7 +263,7 @@ def load_image(raw: bytes, size: int, name: str = "image",
                 raise BadSample("image_too_large", f"{name}: {width}x{height} = {width * height:,} pixels > "
                                 f"data.loader.max_image_pixels {max_pixels:,}")
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (others: no-op)
-            img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+            img = ImageOps.fit(to_rgb(img), (size, size), Image.Resampling.BICUBIC)  # one mode conversion
     except PASS_THROUGH:
         raise
     except Image.DecompressionBombError as err:
@@ -291,6 +293,8 @@ def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
         raise BadSample("bad_audio", f"{name}: {type(err).__name__}: {err}") from None
     if data.shape[0] == 0:
         raise BadSample("bad_audio", f"{name}: no samples")
+    if not np.isfinite(data).all():  # a float WAV may hold NaN/inf (as tokenizers.media.read_audio refuses)
+        raise BadSample("bad_audio", f"{name}: non-finite samples (NaN/inf)")
     wave = torch.from_numpy(data).mean(dim=1)  # (N,) mono
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)

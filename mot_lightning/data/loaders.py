@@ -12,6 +12,7 @@ on every rank, both turning a stalled worker into an error and warning once abou
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -157,3 +158,15 @@ class EqualBatches:
                 self.padded += 1
             yield self.empty if batch is None else batch
         self.watch.check(final=True)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker outlives the first SIGTERM. Sent to the whole process group
+    (``docker stop``, ``kill -TERM -<pgid>``) the signal is the trainer's to handle: a worker dying of it would
+    turn a clean stop into "DataLoader worker killed". The trainer then ends its workers itself; a second
+    SIGTERM (the loader terminating a stuck worker, or the process exiting) ends the worker as usual."""
+    signal.signal(signal.SIGTERM, _first_sigterm)
+
+
+def _first_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next one ends this worker

@@ -3,7 +3,13 @@ skips it under a named reason (counted), the loader and `mot data inspect` repor
 only interrupts, timeouts and "the whole source is unusable" errors leave."""
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
+import soundfile
+import torch
+from PIL import Image
 
 from mot_lightning.data import cli as data_cli
 from mot_lightning.data.documents import BadSample, SourceUnusable, contained
@@ -44,3 +50,41 @@ def test_contained_turns_any_document_error_into_a_counted_skip_and_lets_the_fat
                   KeyboardInterrupt()):
         with pytest.raises(type(fatal)):
             contained("doc7", lambda fatal=fatal: (_ for _ in ()).throw(fatal))
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_alpha_and_palette_pngs_decode_the_same_in_training_and_tokenizer_fitting():
+    from mot_lightning.data.documents import load_image
+    from mot_lightning.tokenizers.media import read_image
+
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)  # 16-bit greyscale ramp
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, np.arange(16, dtype=np.uint8)[None, :] * 17  # red fading in over white
+    palette = Image.new("RGB", (16, 16), (0, 0, 255)).convert("P")
+    palette.info["transparency"] = 0
+    for name, img in (("gray16", Image.fromarray(ramp)), ("rgba", Image.fromarray(rgba, "RGBA")),
+                      ("palette", palette)):
+        raw = png(img)
+        training, fitting = load_image(raw, 16, name), read_image(raw)  # (3, 16, 16): no resize either way
+        assert torch.equal(training, fitting), name  # one conversion (tokenizers.media.to_rgb)
+    gray = load_image(png(Image.fromarray(ramp)), 16)
+    assert abs(float(gray.mean()) - 0.5) < 0.01  # was all white: convert("RGB") clips 16-bit values at 255
+    red = load_image(png(Image.fromarray(rgba, "RGBA")), 16)
+    assert torch.allclose(red[:, 0, 0], torch.ones(3))  # transparent -> white (it was black)
+
+
+def test_non_finite_audio_is_bad_audio():
+    from mot_lightning.data.documents import load_audio
+
+    wave = np.zeros(1600, np.float32)
+    wave[10] = np.nan
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(BadSample, match="non-finite") as caught:
+        load_audio(buf.getvalue(), name="nan.wav")
+    assert caught.value.reason == "bad_audio"
