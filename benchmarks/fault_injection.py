@@ -1,4 +1,5 @@
-"""Fault injection: the hostile-but-fair user's list (issue 14) run against the demo configs.
+"""Fault injection: a hostile-but-fair user's list (1-11) and a cluster's (12-18, ``fault_cluster.py``) run
+against the demo configs.
 
 Every case is a real ``mot`` command (``fit``, ``validate``, ``generate``) in a subprocess on
 ``configs/speech/{mot,dense}.yaml`` + ``configs/model/tiny.yaml`` with a few steps, or hand-made bad
@@ -6,7 +7,7 @@ shards, checkpoints and signals; the data-layer cases that cannot be seen from o
 shards, interrupts while decoding) call the public data functions in this process. Prints a markdown
 table case -> expected -> observed -> pass/FAIL and writes it to ``--out``; exits 1 if any case fails.
 
-    OMP_NUM_THREADS=1 python benchmarks/fault_injection.py            # ~3-5 min on 2 busy cores
+    OMP_NUM_THREADS=1 python benchmarks/fault_injection.py            # ~6-10 min on 2 busy cores
     python benchmarks/fault_injection.py --cases 4,10 --keep /tmp/fi  # some cases, keep their files
 
 The demo corpus and fitted tokenizers are read from ``data/`` (made there by the first run if absent).
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fault_cluster import CLUSTER_CASES
 from fault_harness import (
     CONFIGS,
     DATA,
@@ -362,7 +364,7 @@ def case11(ctx: Ctx) -> list[Row]:
 
 CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "1": case1, "2": case2, "3": case3, "4": case4, "5": case5, "6": case6, "7": case7, "8": case8, "9": case9,
-    "10": case10, "11": case11}
+    "10": case10, "11": case11, **CLUSTER_CASES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - start
     failed = sum(not r.ok for r in rows)
-    report = (f"# Fault injection (issue 14)\n\n`OMP_NUM_THREADS=1 python benchmarks/fault_injection.py"
+    report = (f"# Fault injection\n\n`OMP_NUM_THREADS=1 python benchmarks/fault_injection.py"
               f"{'' if args.cases == ','.join(CASES) else ' --cases ' + args.cases}` on {platform.machine()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}: {len(rows) - failed} of {len(rows)} pass, "
               f"{total / 60:.1f} min.\n\n{table(rows)}\n")

@@ -241,8 +241,11 @@ def save_last(trainer: pl.Trainer) -> str | None:
     ckpt = trainer.checkpoint_callback
     if not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last or ckpt.dirpath is None:
         return None
-    ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))  # Lightning's own last-file save
-    return ckpt.last_model_path
+    if trainer.fast_dev_run:
+        return None
+    if not ckpt._should_skip_saving_checkpoint(trainer):  # skipped when this step was saved already
+        ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))  # Lightning's own last-file save
+    return ckpt.last_model_path or None
 
 
 def requeue_slurm_job() -> None:
