@@ -178,7 +178,24 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     return written
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Numbers that would fail late or sample nonsense are refused before anything is loaded."""
+    import math
+
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        parser.error(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    for name in ("n", "max_caption_tokens", "max_speech_units", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top_k must be >= 1 (or left out), got {args.top_k}")
+    if not math.isfinite(args.guidance):
+        parser.error(f"--guidance must be a finite number, got {args.guidance}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args, overrides = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, overrides = parser.parse_known_args(argv)
+    check_args(parser, args)
     written = run(args, overrides)
     print(f"wrote {len(written)} samples to {args.out}")

@@ -145,3 +145,13 @@ def test_other_tokenizer_files_are_refused_by_resume_validate_and_generate(demo_
             "validate")
     run_fit([*one_step, "--trainer.limit_val_batches", "1", *swap, "--ckpt_path", str(ckpt),
              "--accept_other_tokenizers", "true"], demo_env, tmp_path / "v2", "validate")
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--n", "0", "--n must be >= 1"),
+                                                        ("--temperature", "nan", "--temperature must be a finite")])
+def test_generate_refuses_numbers_that_would_fail_late(flag, value, message, capsys):
+    from mot_lightning.generate import main as generate
+
+    with pytest.raises(SystemExit):  # before any config, checkpoint or tokenizer is read
+        generate(["--ckpt", "never-read.ckpt", "--out", "unused", flag, value])
+    assert message in capsys.readouterr().err
