@@ -122,13 +122,14 @@ _NAMED = 20  # problem documents listed by name
 def _inspect(args) -> None:
     from mot_lightning.data.convert import progress
     from mot_lightning.data.counters import StreamCounters
-    from mot_lightning.data.documents import BadSample, contained, parse_sample
+    from mot_lightning.data.documents import NO_LIMITS, BadSample, contained, parse_sample
     from mot_lightning.shards.reader import shard_samples
     from mot_lightning.shards.urls import expand
 
     urls = [u for pattern in args.urls for u in expand(pattern, "mot data inspect")]
     counters, kinds, named = StreamCounters(), Counter(), []
-    for sample in shard_samples(progress(urls, "inspect", not args.quiet, "shard"), counters):
+    max_bytes = NO_LIMITS.max_member_bytes  # the loader's default caps (data.loader.max_*)
+    for sample in shard_samples(progress(urls, "inspect", not args.quiet, "shard"), counters, max_bytes):
         key = str(sample.get("__key__", "?"))
         try:  # the loader's containment: the same problems under the same reasons
             doc = contained(key, partial(parse_sample, sample, frozenset(Modality), args.image_size))

@@ -33,6 +33,9 @@ SKIP_REASONS = (
     "image_too_large",  # more pixels than data.loader.max_image_pixels (checked before decoding)
     "bad_audio",  # audio bytes soundfile cannot decode, or empty audio
     "audio_too_long",  # longer than data.loader.max_audio_seconds (checked before decoding)
+    "member_too_large",  # a tar member over data.loader.max_member_bytes (never read)
+    "too_many_members",  # an interleaved document naming more than data.loader.max_doc_members media files
+    "doc_too_large",  # a document's images / audio over data.loader.max_doc_pixels / max_doc_audio_seconds
     "unknown_layout",  # a sample matching none of the layouts in data/README.md "Shard layouts"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")

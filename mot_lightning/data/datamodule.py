@@ -373,7 +373,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         return media, texts
 
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(self.loader.max_image_pixels, self.loader.max_audio_seconds)
+        return self.loader.decode_limits()
 
     # --- counters ------------------------------------------------------------------
     def skip_counts(self, stage: str = "train") -> dict[str, int]:

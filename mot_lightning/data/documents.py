@@ -55,6 +55,7 @@ import torchaudio.functional
 from PIL import Image, ImageOps
 
 from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import Oversized
 from mot_lightning.tokenizers.media import to_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -70,16 +71,23 @@ AUDIO_ERRORS = (soundfile.SoundFileError, RuntimeError, ValueError, TypeError, E
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Largest media decoded; bigger ones are skipped from their header (``data.loader`` keys of the
-    same names). PIL itself refuses images of more than twice its ``Image.MAX_IMAGE_PIXELS``
-    (``DecompressionBombError``, also counted as ``image_too_large``)."""
+    """Largest media decoded, and the most one document may cost (``data.loader`` keys of the same names).
+    Bigger ones are skipped before decoding: from the file header (``image_too_large``, ``audio_too_long``),
+    from the tar header (``member_too_large``: not even read), from the JSON (``too_many_members``), or from
+    the headers summed over the document (``doc_too_large``). PIL itself refuses images of more than twice
+    its ``Image.MAX_IMAGE_PIXELS`` (``DecompressionBombError``, also counted as ``image_too_large``)."""
 
     max_image_pixels: int = 8192 * 8192
     max_audio_seconds: float = 600.0
+    max_member_bytes: int = 256 * 2**20  # one tar member (image, audio, text, JSON), checked before reading it
+    max_doc_members: int = 64  # media files one interleaved document may name (decoded ones: kept modalities)
+    max_doc_pixels: int = 2 * 8192 * 8192  # decoded pixels summed over one document's images
+    max_doc_audio_seconds: float = 1800.0  # audio seconds summed over one document
 
     def __post_init__(self) -> None:
-        if self.max_image_pixels < 1 or not self.max_audio_seconds > 0:
-            raise ValueError(f"data.loader.max_image_pixels must be >= 1 and max_audio_seconds > 0, got {self}")
+        if min(self.max_image_pixels, self.max_member_bytes, self.max_doc_members, self.max_doc_pixels) < 1 or \
+                not (self.max_audio_seconds > 0 and self.max_doc_audio_seconds > 0):
+            raise ValueError(f"data.loader.max_* limits must be >= 1 (seconds > 0), got {self}")
 
 
 NO_LIMITS = DecodeLimits()
@@ -129,6 +137,11 @@ def parse_sample(sample: dict, keep: frozenset[Modality], image_size: int,
                  limits: DecodeLimits = NO_LIMITS) -> Document:
     """Decode one raw sample (``{"__key__": str, "<ext>": bytes, ...}``) keeping only ``keep`` modalities."""
     key = str(sample.get("__key__", "?"))
+    oversized = {ext: v.size for ext, v in sample.items() if isinstance(v, Oversized)}
+    if oversized:
+        ext, size = next(iter(oversized.items()))
+        raise BadSample("member_too_large", f"{key}.{ext}: {size:,} bytes > data.loader.max_member_bytes "
+                        f"{limits.max_member_bytes:,} (not read)")
     image_ext = _first(sample, IMAGE_EXTS)
     audio_ext = _first(sample, AUDIO_EXTS)
     media = _MediaLoader(image_size, limits)
@@ -149,15 +162,28 @@ def _first(sample: dict, exts: tuple[str, ...]) -> str | None:
 
 
 class _MediaLoader:
-    """Decodes the media segments of one sample (image side and limits fixed)."""
+    """Decodes the media segments of one sample (image side and limits fixed), keeping the document's
+    decoded pixels and audio seconds within ``max_doc_pixels`` / ``max_doc_audio_seconds`` (from headers)."""
 
     def __init__(self, image_size: int, limits: DecodeLimits) -> None:
         self.image_size, self.limits = image_size, limits
+        self.spent = {Modality.IMAGE: 0.0, Modality.SPEECH: 0.0}
 
     def __call__(self, modality: Modality, raw: bytes, name: str) -> torch.Tensor:
         if modality == Modality.IMAGE:
-            return load_image(raw, self.image_size, name, self.limits.max_image_pixels)
-        return load_audio(raw, SAMPLE_RATE, name, self.limits.max_audio_seconds)
+            return load_image(raw, self.image_size, name, self.limits.max_image_pixels,
+                              lambda pixels: self._spend(modality, pixels, name))
+        return load_audio(raw, SAMPLE_RATE, name, self.limits.max_audio_seconds,
+                          lambda seconds: self._spend(modality, seconds, name))
+
+    def _spend(self, modality: Modality, amount: float, name: str) -> None:
+        """Count one medium's size (from its header) against the document's budget, before decoding it."""
+        self.spent[modality] += amount
+        cap, key = ((self.limits.max_doc_pixels, "max_doc_pixels") if modality == Modality.IMAGE
+                    else (self.limits.max_doc_audio_seconds, "max_doc_audio_seconds"))
+        if self.spent[modality] > cap:
+            raise BadSample("doc_too_large", f"{name}: the document's {modality.label} reaches "
+                            f"{self.spent[modality]:,.0f} > data.loader.{key} {cap:,}")
 
 
 def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, media: _MediaLoader) -> Document:
@@ -171,6 +197,10 @@ def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, media: _Me
 
 def _interleaved(key: str, sample: dict, keep, media: _MediaLoader) -> Document:
     segments = _segments_json(key, sample["json"])
+    named = sum(1 for seg in segments if isinstance(seg.get("file"), str))
+    if named > media.limits.max_doc_members:
+        raise BadSample("too_many_members", f"{key}.json names {named} media files > data.loader.max_doc_members "
+                        f"{media.limits.max_doc_members}")
     parts = []
     for i, seg in enumerate(segments):
         modality = _segment_modality(key, i, seg)
@@ -247,8 +277,8 @@ def _text(raw: bytes, key: str) -> str:
         raise BadSample("bad_encoding", f"{key}.txt is not UTF-8: {err}") from None
 
 
-def load_image(raw: bytes, size: int, name: str = "image",
-               max_pixels: int = NO_LIMITS.max_image_pixels) -> torch.Tensor:
+def load_image(raw: bytes, size: int, name: str = "image", max_pixels: int = NO_LIMITS.max_image_pixels,
+               spend: Callable[[int], None] | None = None) -> torch.Tensor:
     """Encoded image bytes -> ``float[3, size, size]`` in [0, 1] (RGB, resized + centre-cropped).
 
     Raises ``BadSample("image_too_large")`` from the header when width * height > ``max_pixels``.
@@ -262,6 +292,8 @@ def load_image(raw: bytes, size: int, name: str = "image",
             if width * height > max_pixels:
                 raise BadSample("image_too_large", f"{name}: {width}x{height} = {width * height:,} pixels > "
                                 f"data.loader.max_image_pixels {max_pixels:,}")
+            if spend is not None:  # the document's budget (raises BadSample when spent)
+                spend(width * height)
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (others: no-op)
             img = ImageOps.fit(to_rgb(img), (size, size), Image.Resampling.BICUBIC)  # one mode conversion
     except PASS_THROUGH:
@@ -275,7 +307,8 @@ def load_image(raw: bytes, size: int, name: str = "image",
 
 
 def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
-               max_seconds: float = NO_LIMITS.max_audio_seconds) -> torch.Tensor:
+               max_seconds: float = NO_LIMITS.max_audio_seconds,
+               spend: Callable[[float], None] | None = None) -> torch.Tensor:
     """Encoded audio bytes (WAV/FLAC/...) -> mono ``float[samples]`` at ``sample_rate``.
 
     Raises ``BadSample("audio_too_long")`` from the header when the recording is longer than ``max_seconds``.
@@ -286,6 +319,8 @@ def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
             if seconds > max_seconds:
                 raise BadSample("audio_too_long", f"{name}: {seconds:.1f} s > data.loader.max_audio_seconds "
                                 f"{max_seconds:g}")
+            if spend is not None:
+                spend(seconds)
             data, rate = file.read(dtype="float32", always_2d=True), file.samplerate  # (N, C)
     except PASS_THROUGH:
         raise

@@ -25,6 +25,10 @@ _HINTS = {
     "too_long": "documents longer than data.seq_len: raise it or set data.loader.overlong: truncate",
     "image_too_large": "raise data.loader.max_image_pixels to decode them",
     "audio_too_long": "raise data.loader.max_audio_seconds to decode them",
+    "member_too_large": "raise data.loader.max_member_bytes to read them",
+    "too_many_members": "raise data.loader.max_doc_members to decode them",
+    "doc_too_large": "raise data.loader.max_doc_pixels / max_doc_audio_seconds to decode them",
+    "bad_document": "the warnings name each document's exception; `mot data inspect` lists them",
 }
 
 

@@ -167,7 +167,7 @@ class PackedStream(IterableDataset):
         while True:
             urls = self._pass_order(source, part, passes)
             usable, shortest, reasons = 0, None, Counter()
-            for index, sample in enumerate(shard_samples(urls, tar_counters)):
+            for index, sample in enumerate(shard_samples(urls, tar_counters, self.config.limits.max_member_bytes)):
                 if index % part.group_size != part.member:
                     continue
                 for doc in self._encode(sample, source, reasons):  # one, or a chunk of pre-tokenized ones

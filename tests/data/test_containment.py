@@ -88,3 +88,28 @@ def test_non_finite_audio_is_bad_audio():
     with pytest.raises(BadSample, match="non-finite") as caught:
         load_audio(buf.getvalue(), name="nan.wav")
     assert caught.value.reason == "bad_audio"
+
+
+def test_per_document_cost_is_bounded_before_decoding(tmp_path):
+    from mot_lightning.data.counters import NullCounters
+    from mot_lightning.data.documents import DecodeLimits, parse_sample
+    from mot_lightning.modality import Modality
+    from mot_lightning.shards.reader import shard_samples
+
+    from .helpers import interleaved, png_bytes
+
+    limits = DecodeLimits(max_member_bytes=100_000, max_doc_members=3, max_doc_pixels=2 * 32 * 32)
+    image = png_bytes(0, 32)
+    samples = [interleaved("many", [("text", "x"), *[("image", image)] * 4]),  # 4 files named > 3
+               interleaved("pixels", [("text", "x"), *[("image", image)] * 3]),  # 3 x 1024 px > 2048
+               {"__key__": "huge", "txt": b"word " * 40_000},  # 200 KB > 100 KB: never read
+               interleaved("fine", [("text", "x"), *[("image", image)] * 2])]
+    shard = write_tar(str(tmp_path / "costly.tar"), samples)
+    reasons = []
+    for sample in shard_samples([shard], NullCounters(), limits.max_member_bytes):
+        try:
+            parse_sample(sample, frozenset(Modality), 32, limits)
+            reasons.append("ok")
+        except BadSample as bad:
+            reasons.append(bad.reason)
+    assert reasons == ["too_many_members", "doc_too_large", "member_too_large", "ok"]
