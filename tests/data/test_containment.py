@@ -113,3 +113,14 @@ def test_per_document_cost_is_bounded_before_decoding(tmp_path):
         except BadSample as bad:
             reasons.append(bad.reason)
     assert reasons == ["too_many_members", "doc_too_large", "member_too_large", "ok"]
+
+
+def test_a_truncated_checkpoint_names_the_intact_ones_beside_it(tmp_path):
+    from mot_lightning.checkpoints import load_checkpoint
+
+    torch.save({"global_step": 4, "w": torch.ones(3)}, tmp_path / "epoch=0-step=4.ckpt")
+    whole = (tmp_path / "epoch=0-step=4.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(whole[: len(whole) // 2])  # a torn copy
+    with pytest.raises(ValueError, match=r"not a complete torch checkpoint.*\n.*epoch=0-step=4\.ckpt; resume from one "
+                                         r"with --ckpt_path .*epoch=0-step=4\.ckpt"):
+        load_checkpoint(tmp_path / "last.ckpt")
