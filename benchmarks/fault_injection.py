@@ -75,7 +75,7 @@ def case1(ctx: Ctx) -> list[Row]:
 # --- 2. NaN trains on ------------------------------------------------------------------------------
 def case2(ctx: Ctx) -> list[Row]:
     p = ctx.fit("c2", "--model.optimizer.init_args.lr", "1.0e6", "--trainer.max_steps", "30",
-                "--data.loader.train_batches_per_epoch", "30")
+                "--data.loader.train_batches_per_epoch", "30", "--checkpoint.every_n_train_steps", "1")
     m = re.search(r"optimizer step (\d+): non-finite", p.out)
     observed, ok = exit_line(p, r"optimizer step \d+: non-finite[^;]*"), False
     if m and p.rc != 0 and "Done." not in p.out:
