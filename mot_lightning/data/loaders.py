@@ -119,13 +119,16 @@ class EpochLoader:
         self.epoch, self._skip = seed + 1, 0
         self._current, self._yielded = seed, skip
         iterator = iter(self.loader)
-        for _ in range(skip):  # already trained on before the checkpoint
-            self._next(iterator)
-        for _ in range(self.batches - skip):
-            batch = self._next(iterator)
-            self._yielded += 1
-            self.watch.check()
-            yield batch
+        try:
+            for _ in range(skip):  # already trained on before the checkpoint
+                self._next(iterator)
+            for _ in range(self.batches - skip):
+                batch = self._next(iterator)
+                self._yielded += 1
+                self.watch.check()
+                yield batch
+        finally:  # an error, a stop or the epoch's end: the workers go now, not at interpreter exit
+            shut_down(iterator)
 
     def _next(self, iterator: Iterator) -> MultiModalBatch:
         batch = next_batch(iterator, self.loader.timeout)
@@ -152,16 +155,29 @@ class EqualBatches:
         self.loader.dataset.counters.reset()
         self.padded = 0
         iterator: Iterator | None = iter(self.loader)
-        while True:
-            batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
-            if batch is None:
-                iterator = None  # exhausted: its workers are done
-            if not self.any_rank(batch is not None):
-                break
-            if batch is None:
-                self.padded += 1
-            yield self.empty if batch is None else batch
+        try:
+            while True:
+                batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
+                if batch is None:
+                    iterator = None  # exhausted: its workers are done
+                if not self.any_rank(batch is not None):
+                    break
+                if batch is None:
+                    self.padded += 1
+                yield self.empty if batch is None else batch
+        finally:
+            shut_down(iterator)
         self.watch.check(final=True)
+
+
+def shut_down(iterator: Iterator | None) -> None:
+    """Stop a DataLoader iterator's workers now (torch's own shutdown: the done event, a join, then SIGTERM
+    for a stuck one). Left to garbage collection, an iterator held by a traceback keeps its workers until
+    the interpreter exits, and a worker stuck on a stalled ``pipe:`` source would then outlive the one
+    SIGTERM multiprocessing sends at exit (``ignore_stop_signals``)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's _MultiProcessingDataLoaderIter
+    if shutdown is not None:
+        shutdown()
 
 
 def ignore_stop_signals(worker_id: int) -> None:
