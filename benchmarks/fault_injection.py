@@ -1,4 +1,5 @@
-"""Fault injection: the hostile-but-fair user's list of faults, run against the demo configs.
+"""Fault injection: a hostile-but-fair user's list (1-11) and a cluster's (12-18, ``fault_cluster.py``) run
+against the demo configs.
 
 Every case is a real ``mot`` command (``fit``, ``validate``, ``generate``) in a subprocess on
 ``configs/speech/{mot,dense}.yaml`` + ``configs/model/tiny.yaml`` with a few steps, or hand-made bad
@@ -6,7 +7,7 @@ shards, checkpoints and signals; the data-layer cases that cannot be seen from o
 shards, interrupts while decoding) call the public data functions in this process. Prints a markdown
 table case -> expected -> observed -> pass/FAIL and writes it to ``--out``; exits 1 if any case fails.
 
-    OMP_NUM_THREADS=1 python benchmarks/fault_injection.py            # ~3-5 min on 2 busy cores
+    OMP_NUM_THREADS=1 python benchmarks/fault_injection.py            # ~6-10 min on 2 busy cores
     python benchmarks/fault_injection.py --cases 4,10 --keep /tmp/fi  # some cases, keep their files
 
 The demo corpus and fitted tokenizers are read from ``data/`` (made there by the first run if absent).
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fault_cluster import CLUSTER_CASES
 from fault_harness import (
     CONFIGS,
     DATA,
@@ -73,7 +75,7 @@ def case1(ctx: Ctx) -> list[Row]:
 # --- 2. NaN trains on ------------------------------------------------------------------------------
 def case2(ctx: Ctx) -> list[Row]:
     p = ctx.fit("c2", "--model.optimizer.init_args.lr", "1.0e6", "--trainer.max_steps", "30",
-                "--data.loader.train_batches_per_epoch", "30")
+                "--data.loader.train_batches_per_epoch", "30", "--checkpoint.every_n_train_steps", "1")
     m = re.search(r"optimizer step (\d+): non-finite", p.out)
     observed, ok = exit_line(p, r"optimizer step \d+: non-finite[^;]*"), False
     if m and p.rc != 0 and "Done." not in p.out:
@@ -362,7 +364,7 @@ def case11(ctx: Ctx) -> list[Row]:
 
 CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "1": case1, "2": case2, "3": case3, "4": case4, "5": case5, "6": case6, "7": case7, "8": case8, "9": case9,
-    "10": case10, "11": case11}
+    "10": case10, "11": case11, **CLUSTER_CASES}
 
 
 def main(argv: list[str] | None = None) -> int:

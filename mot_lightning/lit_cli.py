@@ -9,8 +9,9 @@ Every run writes into its own ``<save_dir>/<name>/<run_id>/`` (``run_identity.py
 scheduler's ``max_steps`` follows ``trainer.max_steps`` unless set explicitly.
 Always present (configurable under their own keys): ``checkpoint``
 (``ModelCheckpoint``, ``save_last=True`` so ``--ckpt_path last`` works),
-``throughput`` (tokens/s, MFU and cumulative FLOPs), ``nonfinite`` (what a non-finite loss does) and
-``lr_monitor``.
+``throughput`` (tokens/s, MFU and cumulative FLOPs), ``nonfinite`` (what a non-finite loss does),
+``preemption`` (stop signals -> ``last.ckpt`` and exit ``128 + signal``) and ``lr_monitor``. Checkpoint
+cadence and where checkpoints come from: ``checkpoints/model_config.py``.
 """
 from __future__ import annotations
 
@@ -24,9 +25,14 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-from mot_lightning.callbacks import FlopsThroughput, NonFiniteGuard
+from mot_lightning.callbacks import FlopsThroughput, NonFiniteGuard, Preemption
 from mot_lightning.checkpoints import use_atomic_io
-from mot_lightning.checkpoints.model_config import ckpt_model_config
+from mot_lightning.checkpoints.model_config import (
+    checkpoint_cadence,
+    ckpt_model_config,
+    own_checkpoints_only,
+    restored_path,
+)
 from mot_lightning.data.options import moved_data_keys
 from mot_lightning.run_identity import (
     DEFAULT_NAME,
@@ -61,11 +67,15 @@ class MotCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(FlopsThroughput, "throughput")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_argument("--run_id", type=str | None, default=None,
                             help="name the run dir <save_dir>/<name>/<run_id> yourself instead of s<seed>-<hash> "
                                  "(refused if that dir holds another experiment)")
+        parser.add_argument("--accept_other_tokenizers", type=bool, default=False,
+                            help="restore a checkpoint with tokenizers other than those it was trained with "
+                                 "(refused by default, naming the files)")
         parser.add_argument("--model_from_ckpt", type=bool, default=False,
                             help="with --ckpt_path <file>: build the model from the checkpoint's model config "
                                  "instead of refusing one that differs from this config")
@@ -86,6 +96,9 @@ class MotCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         use_atomic_io(self.trainer)  # checkpoint files written beside the target, fsynced, renamed
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if self.datamodule is not None and config.get("accept_other_tokenizers"):
+            self.datamodule.accept_other_tokenizers = True
 
     def before_instantiate_classes(self) -> None:
         """Fill the schedule's length from ``trainer.max_steps`` and place the run in its own dir
@@ -110,6 +123,8 @@ class MotCLI(LightningCLI):
         if checkpoint is not None and checkpoint.get("dirpath") is None:
             checkpoint["dirpath"] = str(run_dir / "checkpoints")
         ckpt_dir = Path(checkpoint.get("dirpath")) if checkpoint is not None else run_dir / "checkpoints"
+        checkpoint_cadence(config)
+        own_checkpoints_only(config, run_dir, ckpt_dir, stage)
         self.run = RunPlace(identity, run_dir, resumed=_resumes(config.get("ckpt_path"), ckpt_dir, run_dir,
                                                                 identity, stage))
 
@@ -131,7 +146,9 @@ class MotCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         record_launch(self.run.run_dir, self.run.identity, {
             "subcommand": stage, "version": Path(log_dir).relative_to(self.run.run_dir).as_posix(),
-            "ckpt_path": None if ckpt is None else str(ckpt), "resumed": self.run.resumed})
+            "ckpt_path": None if ckpt is None else str(ckpt), "resumed": self.run.resumed,
+            "restored": restored_path(ckpt, Path(self.trainer.checkpoint_callback.dirpath)
+                                      if self.trainer.checkpoint_callback else self.run.run_dir / "checkpoints")})
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -179,10 +179,9 @@ class SamplingSettings:
             raise ValueError(f"sampling: top_k must be >= 1 or None, got {self.top_k}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampling: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        small = {k: getattr(self, k) for k in ("steps", "max_text_tokens", "max_speech_units", "batch_size")
-                 if getattr(self, k) < 1}
-        if small:
-            raise ValueError(f"sampling: these must be >= 1: {small}")
+        for name in ("steps", "max_text_tokens", "max_speech_units", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampling: {name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> SamplingSettings:

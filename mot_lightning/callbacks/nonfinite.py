@@ -1,4 +1,5 @@
-"""What training does when a loss or gradient stops being finite, or the loss stays far above chance.
+"""What training does when a loss or gradient stops being finite, or the loss stays far above chance; and
+how a run stops on a signal (``Preemption``, last section).
 
 ``NonFiniteGuard`` (YAML key ``nonfinite``; always present in ``mot fit``) looks at every optimizer step
 before it is taken: the losses of its micro-batches per modality (``MultiModalLM.step_losses``), the
@@ -23,11 +24,17 @@ a diverged run rarely reaches NaN on its own (a measured run at ``lr: 10`` sat a
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
@@ -159,3 +166,98 @@ class NonFiniteGuard(pl.Callback):
         if float(trainer.strategy.reduce(bad, reduce_op="sum")) > 0:
             raise NonFiniteLossError(f"refusing to save a checkpoint at step {trainer.global_step}: the "
                                      f"weights are not all finite; {self._last_ckpt(trainer)}")
+
+
+# --- stop signals and the last step ---------------------------------------------------------------
+# What a scheduler sees: a stopped run leaves a resumable ``last.ckpt`` in its own checkpoint dir and an exit
+# code that says it was stopped, and a finished run's ``last.ckpt`` holds its last step.
+#
+# - **SIGTERM** (``docker stop``, a Kubernetes eviction, SLURM's end of the time limit) and, under SLURM with
+#   ``requeue: true``, the requeue signal (``SIGUSR1``; ``#SBATCH --signal=USR1@90``): training stops at the end
+#   of the optimizer step in progress (Lightning's own stop path, all ranks together), ``last.ckpt`` is written
+#   at that step into ``checkpoint.dirpath`` (the run's ``checkpoints/``), and the process exits with
+#   ``128 + signal`` (143 for SIGTERM, 138 for SIGUSR1). Under SLURM with ``requeue`` rank 0 then asks
+#   ``scontrol requeue $SLURM_JOB_ID``; the requeued job resumes from its own run (``lit_cli.py``).
+#   Lightning's own SLURM handler (``hpc_ckpt_<n>.ckpt`` in the working directory) is replaced.
+# - **The end of training**: when training stops at ``max_steps`` (or ``max_epochs``) after the last checkpoint
+#   was written, ``last.ckpt`` is written once more, so ``mot generate/export/eval`` and ``--ckpt_path last``
+#   see the last step.
+#
+# Data workers ignore SIGTERM and SIGINT (``data/datamodule.py``): a signal sent to the whole process group
+# reaches the trainer, which stops the workers itself, instead of a "DataLoader worker killed" error.
+
+
+class Preemption(Callback):
+    """Stop signals -> ``last.ckpt`` at the step reached + exit ``128 + signal``; ``last.ckpt`` = the last step.
+
+    ``requeue``: under SLURM (``SLURMEnvironment.detect()``), also handle ``requeue_signal`` and requeue the job.
+    """
+
+    def __init__(self, requeue: bool = True, requeue_signal: str = "SIGUSR1") -> None:
+        if not hasattr(signal, requeue_signal) or not requeue_signal.startswith("SIG"):
+            raise ValueError(f"preemption.requeue_signal must name a signal such as SIGUSR1, got {requeue_signal!r}")
+        self.requeue, self.requeue_signal = requeue, signal.Signals[requeue_signal]
+        self.received: signal.Signals | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Install the handlers after Lightning's (registered just before training starts), chaining to them."""
+        self.received = None
+        lightning_sigterm = signal.getsignal(signal.SIGTERM)
+
+        def on_signal(signum, frame) -> None:
+            if self.received is None:
+                self.received = signal.Signals(signum)
+                rank_zero_info(f"Received {self.received.name}: stopping after this step and saving last.ckpt")
+            if callable(lightning_sigterm):  # sets trainer.received_sigterm; the loops stop at the step's end
+                lightning_sigterm(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        if self.requeue and SLURMEnvironment.detect():
+            signal.signal(self.requeue_signal, on_signal)  # instead of Lightning's hpc_ckpt in the working dir
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or self.received is None:
+            return
+        path = save_last(trainer)
+        if path is not None:
+            rank_zero_info(f"{self.received.name}: saved {path} at optimizer step {trainer.global_step}; resume "
+                           "with the same command and --ckpt_path last")
+        if self.received == self.requeue_signal and trainer.is_global_zero:
+            requeue_slurm_job()
+        exception.code = 128 + int(self.received)  # SystemExit's exit status: a stopped run is not a success
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last.ckpt`` at the last step when the last save was earlier (a validation or step cadence that does
+        not divide ``max_steps``; Lightning's own end-of-training save happens only when none was made)."""
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and trainer.global_step > 0 and \
+                getattr(ckpt, "_last_global_step_saved", -1) != trainer.global_step:
+            save_last(trainer)
+
+
+def save_last(trainer: pl.Trainer) -> str | None:
+    """Write ``last.ckpt`` through the ``ModelCheckpoint`` (its own naming and record of the last file, so
+    ``--ckpt_path last`` finds it and no ``last-v1.ckpt`` appears); None without one that keeps a last file."""
+    ckpt = trainer.checkpoint_callback
+    if not isinstance(ckpt, ModelCheckpoint) or not ckpt.save_last or ckpt.dirpath is None:
+        return None
+    if trainer.fast_dev_run:
+        return None
+    if not ckpt._should_skip_saving_checkpoint(trainer):  # skipped when this step was saved already
+        ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))  # Lightning's own last-file save
+    return ckpt.last_model_path or None
+
+
+def requeue_slurm_job() -> None:
+    """``scontrol requeue`` this job (an array task as ``<array job>_<task>``); a failure is a warning."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        rank_zero_warn(f"could not requeue SLURM job {job}: no `scontrol` on PATH; resubmit it yourself")
+        return
+    if result.returncode != 0:
+        rank_zero_warn(f"`scontrol requeue {job}` failed ({result.returncode}): {result.stderr.strip()}")

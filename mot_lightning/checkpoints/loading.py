@@ -62,8 +62,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     except pickle.UnpicklingError:
         raise UnsafeCheckpointError(unsafe_message(path, unsafe_globals(path))) from None
     except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path} is not a complete torch checkpoint (truncated, or another format): {err}") \
-            from None
+        raise ValueError(f"{path} is not a complete torch checkpoint (truncated, or another format): {err}"
+                         + _siblings_hint(path)) from None
+
+
+def _siblings_hint(path: Path) -> str:
+    """The other checkpoint files beside a damaged one, newest first: what to resume from instead."""
+    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path and p.is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    if not others:
+        return ""
+    return ("\nother checkpoints beside it, newest first: " + ", ".join(p.name for p in others[:4])
+            + f"; resume from one with --ckpt_path {others[0]}")
 
 
 def unsafe_globals(path: str | Path) -> list[str]:

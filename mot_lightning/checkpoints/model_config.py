@@ -15,7 +15,9 @@ is not compared (written by another version, or a link target not computed yet),
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -121,3 +123,56 @@ def ckpt_model_config(cli) -> None:
         return
     parsed = yaml.safe_load(cli._parser(sub).dump(config, skip_none=False))  # link targets left out
     check_model_config(hparams, parsed.get("model"), source=f"--ckpt_path {ckpt}")
+
+
+# --- where a launch's checkpoints go and come from (decided from its config before anything is built) ---
+# - **Cadence**: with none of ``checkpoint.every_n_train_steps`` / ``every_n_epochs`` / ``train_time_interval``
+#   set, checkpoints are written every ``data.loader.train_batches_per_epoch`` optimizer steps, with or
+#   without validation (Lightning's default follows validation only). ``last.ckpt`` is refreshed at each save
+#   and at the end of training (``callbacks/preemption.py``).
+# - **Nothing from elsewhere**: ``trainer.default_root_dir`` defaults to the run dir, where Lightning looks
+#   for SLURM ``hpc_ckpt_<n>.ckpt`` files it would otherwise adopt from the working directory without
+#   ``--ckpt_path`` (another experiment's). None are written (``Preemption`` replaces that handler).
+# - **A requeued SLURM job resumes its own run**: ``SLURM_RESTART_COUNT`` > 0, no ``--ckpt_path`` and a
+#   ``last.ckpt`` in this run's checkpoint dir -> ``--ckpt_path last`` (``run.json`` records it).
+
+CADENCE_KEYS = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
+
+
+def checkpoint_cadence(config) -> None:
+    """Default ``checkpoint.every_n_train_steps`` to ``data.loader.train_batches_per_epoch``."""
+    checkpoint = config.get("checkpoint")
+    if checkpoint is None or any(checkpoint.get(key) is not None for key in CADENCE_KEYS):
+        return
+    loader = (config.get("data") or {}).get("loader")
+    steps = getattr(loader, "train_batches_per_epoch", None) if loader is not None else None
+    if isinstance(steps, int) and steps > 0:
+        checkpoint["every_n_train_steps"] = steps
+
+
+def own_checkpoints_only(config, run_dir: Path, ckpt_dir: Path, stage: str) -> None:
+    """Point ``trainer.default_root_dir`` at the run dir; resume a requeued SLURM job from its own ``last.ckpt``."""
+    trainer = config.get("trainer")
+    if trainer is not None and trainer.get("default_root_dir") is None:
+        trainer["default_root_dir"] = str(run_dir)
+    if stage == "fit" and config.get("ckpt_path") is None and requeued() and any(ckpt_dir.glob("last*.ckpt")):
+        config["ckpt_path"] = "last"
+
+
+def requeued() -> bool:
+    """This is a SLURM job started again (requeued) after an earlier start."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False
+
+
+def restored_path(ckpt_path, ckpt_dir: Path) -> str | None:
+    """The checkpoint file a launch restores: ``ckpt_path`` itself, or for ``last`` the newest ``last*.ckpt``
+    of this run (None: nothing restored)."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) != "last":
+        return str(ckpt_path)
+    lasts = sorted(ckpt_dir.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(lasts[-1]) if lasts else None

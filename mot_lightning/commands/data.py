@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from functools import partial
 
 from mot_lightning.modality import Modality
 
@@ -115,23 +116,33 @@ def _convert(args) -> None:
     print(summary)
 
 
+_NAMED = 20  # problem documents listed by name
+
+
 def _inspect(args) -> None:
     from mot_lightning.data.convert import progress
     from mot_lightning.data.counters import StreamCounters
-    from mot_lightning.data.documents import BadSample, parse_sample
+    from mot_lightning.data.documents import NO_LIMITS, BadSample, contained, parse_sample
     from mot_lightning.shards.reader import shard_samples
     from mot_lightning.shards.urls import expand
 
     urls = [u for pattern in args.urls for u in expand(pattern, "mot data inspect")]
-    counters, kinds = StreamCounters(), Counter()
-    for sample in shard_samples(progress(urls, "inspect", not args.quiet, "shard"), counters):
-        try:
-            doc = parse_sample(sample, frozenset(Modality), args.image_size)
+    counters, kinds, named = StreamCounters(), Counter(), []
+    max_bytes = NO_LIMITS.max_member_bytes  # the loader's default caps (data.loader.max_*)
+    for sample in shard_samples(progress(urls, "inspect", not args.quiet, "shard"), counters, max_bytes):
+        key = str(sample.get("__key__", "?"))
+        try:  # the loader's containment: the same problems under the same reasons
+            doc = contained(key, partial(parse_sample, sample, frozenset(Modality), args.image_size))
             kinds["+".join(s.modality.label for s in doc.segments) or "empty"] += 1
         except BadSample as bad:
             counters.add(bad.reason, detail=bad.detail)
+            named.append((key, bad.reason, bad.detail))
     print(f"{len(urls)} shards, {sum(kinds.values())} readable documents")
     for kind, n in kinds.most_common():
         print(f"  {n:6d}  {kind}")
     skips = {k: v for k, v in counters.skips().items() if v}
     print("problems: " + (", ".join(f"{k}={v}" for k, v in skips.items()) if skips else "none"))
+    for key, reason, detail in named[:_NAMED]:
+        print(f"  {reason}: {detail}")
+    if len(named) > _NAMED:
+        print(f"  ... and {len(named) - _NAMED} more")

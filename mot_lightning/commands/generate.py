@@ -38,8 +38,10 @@ from PIL import Image
 
 from mot_lightning import sampling
 from mot_lightning.building import build
+from mot_lightning.checkpoints import load_checkpoint
 from mot_lightning.checkpoints.weights import weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
+from mot_lightning.data.pretokenized import STAMP_KEY, check_tokenizers
 from mot_lightning.modality import Modality
 
 
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    "speech_to_text")
     sampling.add_sampling_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--accept-other-tokenizers", action="store_true", help="sample although the tokenizer files "
+                   "differ from those the checkpoint was trained with (refused by default, naming them)")
     p.add_argument("--ema", action="store_true", help="sample from the EMA averages of the weights (the run "
                    "had an EMA callback) instead of the live weights")
     return p
@@ -90,6 +94,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     missing = [t for t in tasks if t not in sampling.generable_tasks(have)]
     if missing:
         raise SystemExit(f"mot generate: this model cannot do {missing}: it has {sorted(m.label for m in have)}")
+    if not source.exported:  # a checkpoint trained with other tokenizers is refused (an export carries its own)
+        stamp = (load_checkpoint(source.path, mmap=True).get(type(dm).__qualname__) or {}).get(STAMP_KEY)
+        check_tokenizers(stamp, dm.tokenizer_stamp(), args.accept_other_tokenizers, f"--ckpt {source.path}")
     source.load_into(model, args.device)  # weights-only; a checkpoint of another model config is refused
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +135,19 @@ def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     return written
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Numbers that would fail late or sample nonsense are refused before anything is loaded, naming the flag."""
+    if args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+    try:
+        sampling.sampling_from_args(args)
+    except ValueError as err:  # "sampling: <field> must be ..." -> "--<field> must be ..."
+        parser.error(str(err).replace("sampling: ", "--", 1))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args, overrides = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, overrides = parser.parse_known_args(argv)
+    check_args(parser, args)
     written = run(args, overrides)
     print(f"wrote {len(written)} samples to {args.out}")

@@ -16,6 +16,9 @@ cluster scheduler. The sweep YAML::
     args:                              # optional: overrides for every run
       trainer.max_steps: 600
 
+Every command carries ``--ckpt_path last``: run again (a resubmitted or requeued job), it resumes its own
+run and nothing else; the first time it starts afresh.
+
 Precedence (later wins): config files, ``args``, the variant's ``args``, the grid point, the
 seed, then anything after ``--`` on the ``mot sweep`` command line. Each variant (and grid
 point) is one group for ``mot compare``; the sweep prints the command at the end.
@@ -115,6 +118,7 @@ def plan(sweep: dict, name: str, save_dir: str | None = None, extra: list[str] |
             for seed in seeds:
                 args = [a for c in configs for a in ("--config", str(c))]
                 args += _overrides(sweep.get("args")) + _overrides(variant_args) + _overrides(point)
+                args += ["--ckpt_path", "last"]  # a resubmitted line resumes its own run (fresh the first time)
                 args += ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", group]
                 args += [a for k in seed_keys for a in (f"--{k}", str(seed))]
                 jobs.append(Job(group, seed, tuple(args + list(extra or []))))

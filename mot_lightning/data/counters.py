@@ -33,9 +33,13 @@ SKIP_REASONS = (
     "image_too_large",  # more pixels than data.loader.max_image_pixels (checked before decoding)
     "bad_audio",  # audio bytes soundfile cannot decode, or empty audio
     "audio_too_long",  # longer than data.loader.max_audio_seconds (checked before decoding)
+    "member_too_large",  # a tar member over data.loader.max_member_bytes (never read)
+    "too_many_members",  # an interleaved document naming more than data.loader.max_doc_members media files
+    "doc_too_large",  # a document's images / audio over data.loader.max_doc_pixels / max_doc_audio_seconds
     "unknown_layout",  # a sample matching none of the layouts in docs/demo_data.md "Shard layouts"
     "empty_doc",  # nothing left to tokenize
     "too_long",  # more tokens than one row holds (with overlong="skip")
+    "bad_document",  # any other error reading, decoding or encoding one document (data/documents.py, contained)
     "bad_pretokenized",  # a pre-tokenized document whose arrays are damaged (data/pretokenized.py)
     "unreadable_shard",  # truncated/corrupt tar or unreadable file: once per shard (shards/reader.py)
     "duplicate_member",  # the same member name twice in one sample (second copy ignored, shards/reader.py)

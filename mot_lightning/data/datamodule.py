@@ -1,17 +1,11 @@
 """``MultiModalDataModule``: weighted shard sources -> packed ``MultiModalBatch`` streams.
 
-The constructor only stores arguments and computes the joint vocabulary from the tokenizers, so
-``vocab_size`` / ``seq_len`` / ``n_modalities`` can be linked to the model; ``prepare_data`` checks every
-source, then makes the demo corpus (``demo.py``) and fits missing tokenizers once per shared filesystem;
-``setup`` loads the fitted tokenizers and builds the streams (``stream.py``). Arguments: the tokenizers,
-``sources`` / ``val_sets``, ``modalities``, ``seq_len``, ``batch_size`` and ``seed``, and three typed groups
-(``options.py``): ``loader``, ``demo`` (used when ``sources`` is null) and ``tokenizer_files``.
-
-Loaders (``loaders.py``): training is an ``EpochLoader`` of exactly ``loader.train_batches_per_epoch``
-batches on every rank, sources mixed by weight or ``loader.weights_schedule`` (``mix.py``); each named
-validation set is an ``EqualBatches`` (``val_set_names`` in ``dataloader_idx`` order); ``test`` reuses them.
-Raw validation media for the generation tools come from ``media_pairs.py``; skip counters, summed over
-ranks where they are logged, from ``counters.py`` (the training counts carry across a resume).
+The constructor only stores arguments and the joint vocabulary (linked to the model); ``prepare_data``
+checks every source, makes the demo corpus and fits missing tokenizers once per shared filesystem; ``setup``
+loads the tokenizers and builds the streams. It delegates: which shards (``source_plan.py``), stream
+settings (``options.py``), loaders (``loaders.py``), raw validation media (``media_pairs.py``), counters
+summed over ranks (``counters.py``) and tokenizer fingerprints (``pretokenized.py``). docs/architecture.md
+follows one batch through these.
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ from mot_lightning.data.locks import once
 from mot_lightning.data.media_pairs import media_text_pairs, stack_images
 from mot_lightning.data.mix import BatchClock
 from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles, image_size_of, kept_modalities
-from mot_lightning.data.pretokenized import PretokenizedReader
+from mot_lightning.data.pretokenized import STAMP_KEY, PretokenizedReader, check_tokenizers, tokenizer_stamp
 from mot_lightning.data.source_plan import SourcePlan, mix_schedule
 from mot_lightning.data.sources import SourceConfig, resolve
 from mot_lightning.data.stream import PackedStream, empty_batch
@@ -85,13 +79,14 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.train_stream: PackedStream | None = None
         self.val_streams: dict[str, PackedStream] = {}
         self._train_loader: EpochLoader | None = None
+        self._stamp: dict | None = None  # tokenizer_stamp(), once the tokenizers are loaded
+        self.accept_other_tokenizers = False  # set by `--accept_other_tokenizers true` (pretokenized.py)
         self._carried: dict[str, int] = {}  # training counts restored from a checkpoint (this rank's share)
 
     def _encoder(self) -> DocumentEncoder:
         t = self.tokenizers
         return DocumentEncoder(t[Modality.TEXT], t[Modality.IMAGE], t[Modality.SPEECH])
 
-    # --- linked to the model -------------------------------------------------------
     @property
     def vocab_size(self) -> int:
         return self.vocab.size
@@ -115,7 +110,6 @@ class MultiModalDataModule(pl.LightningDataModule):
         """Names of the validation dataloaders, in ``dataloader_idx`` order."""
         return self.plan.val_set_names()
 
-    # --- lifecycle -----------------------------------------------------------------
     @property
     def plan(self) -> SourcePlan:
         """Which shards are read: the configured sources or the demo corpus (``source_plan.py``)."""
@@ -146,6 +140,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             files = self.tokenizer_files
             self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.tokenizer_dir(), files.files)
             self.encoder = self._encoder()
+            self._stamp = None
         rank, world = self._rank_world()
         self.pretokenized = PretokenizedReader.for_encoder(self.encoder, self.image_size)
         if stage in (None, "fit"):
@@ -183,7 +178,6 @@ class MultiModalDataModule(pl.LightningDataModule):
             stream.mix = mix_schedule(self.loader.weights_schedule, configs)
         return stream
 
-    # --- loaders -------------------------------------------------------------------
     def _loader(self, stream: PackedStream) -> DataLoader:
         return worker_loader(stream, self.loader)
 
@@ -209,7 +203,6 @@ class MultiModalDataModule(pl.LightningDataModule):
         """``mot test`` evaluates on the named validation sets (same names, same order)."""
         return self.val_dataloader()
 
-    # --- raw validation media (media_pairs.py) ---------------------------------------
     def image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
         """Up to ``n`` images float[N, 3, R, R] in [0, 1] (R = ``image_size``) and the text of their documents,
         from the first validation set (float[0, 3, R, R] and [] without one)."""
@@ -227,7 +220,6 @@ class MultiModalDataModule(pl.LightningDataModule):
     def decode_limits(self) -> DecodeLimits:
         return self.loader.decode_limits()
 
-    # --- counters ------------------------------------------------------------------
     def skip_counts(self, stage: str = "train") -> dict[str, int]:
         """Skipped documents/shards by reason on this rank: of the training stream (``"train"``, counts
         from before a resume included on rank 0) or of the validation streams' latest pass (``"val"``,
@@ -245,14 +237,24 @@ class MultiModalDataModule(pl.LightningDataModule):
         """The training counters at the start of the epoch in progress, summed over ranks (all-reduces:
         Lightning builds checkpoints on every rank). A resumed run regenerates that epoch, counting its
         part again, so the carried counts plus the new ones equal an unbroken run's."""
-        loader = self._train_loader
+        loader, stamp = self._train_loader, {STAMP_KEY: self.tokenizer_stamp()}  # pretokenized.py
         if loader is None:
-            return {}
+            return stamp
         totals = loader.epoch_start_counts
-        return {"train_counts": {k: int(v) for k, v in zip(totals, sum_over_ranks(self.trainer, totals.values()))}}
+        summed = sum_over_ranks(self.trainer, totals.values())
+        return {**stamp, "train_counts": {k: int(v) for k, v in zip(totals, summed)}}
+
+    def tokenizer_stamp(self) -> dict:
+        """What a checkpoint records of this module's tokenizers (fingerprints and fitted files)."""
+        if self._stamp is None:
+            self._stamp = tokenizer_stamp(self.encoder, fitted.fitted_files(
+                self.tokenizers, self.plan.tokenizer_dir(), self.tokenizer_files.files))
+        return self._stamp
 
     def load_state_dict(self, state: dict) -> None:
-        """Carry the saved training counts (rank 0 holds them: logged counts are summed over ranks)."""
+        """Refuse other tokenizers than the checkpoint's; carry the saved training counts (rank 0 holds them:
+        logged counts are summed over ranks)."""
+        check_tokenizers(state.get(STAMP_KEY), self.tokenizer_stamp(), self.accept_other_tokenizers)
         rank, _ = self._rank_world()
         self._carried = dict(state.get("train_counts", {})) if rank == 0 else {}
         if self.train_stream is not None:

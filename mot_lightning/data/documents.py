@@ -10,8 +10,9 @@ Layouts (docs/demo_data.md, "Shard layouts"), tried in this order:
 
 Pairs become two segments; their order (text first or media first) is chosen
 per key by a hash, so a corpus trains both captioning and generation and the
-choice is the same on every pass. Images are decoded with PIL (RGB, resized
-and centre-cropped to ``image_size``), audio with soundfile (mono, resampled
+choice is the same on every pass. Images are decoded with PIL (any mode to RGB by
+``tokenizers.media.to_rgb``, the tokenizer fits' conversion; resized and centre-cropped to
+``image_size``), audio with soundfile (mono, resampled
 to 16 kHz with torchaudio). Nothing is unpickled. Problems raise
 ``BadSample(reason)`` with a reason from ``counters.SKIP_REASONS``.
 
@@ -27,6 +28,13 @@ soundfile: ``SoundFileError``/``RuntimeError``, ``ValueError``, ``TypeError``,
 ``EOFError``; json: ``JSONDecodeError``, ``RecursionError``); interrupts and
 timeouts (``KeyboardInterrupt``, ``TimeoutError``, ``InterruptedError``) always
 pass through.
+
+Containment (``contained``): whatever else one document raises while it is read, decoded or
+encoded (a tokenizer's ``UnicodeEncodeError``, a library bug on odd bytes) skips that document as
+``bad_document`` with the exception named; only ``PROPAGATE`` leaves: interrupts, timeouts,
+``MemoryError`` and ``SourceUnusable`` (the whole source cannot be used: tokenizers of other files, a
+modality without a tokenizer), which stop the run with their own message. The loader and
+``mot data inspect`` both go through it, so they report the same problems.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ import json
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import soundfile
@@ -45,6 +55,8 @@ import torchaudio.functional
 from PIL import Image, ImageOps
 
 from mot_lightning.modality import Modality
+from mot_lightning.shards.reader import Oversized
+from mot_lightning.tokenizers.media import to_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 AUDIO_EXTS = ("wav", "flac")
@@ -59,16 +71,23 @@ AUDIO_ERRORS = (soundfile.SoundFileError, RuntimeError, ValueError, TypeError, E
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Largest media decoded; bigger ones are skipped from their header (``data.loader`` keys of the
-    same names). PIL itself refuses images of more than twice its ``Image.MAX_IMAGE_PIXELS``
-    (``DecompressionBombError``, also counted as ``image_too_large``)."""
+    """Largest media decoded, and the most one document may cost (``data.loader`` keys of the same names).
+    Bigger ones are skipped before decoding: from the file header (``image_too_large``, ``audio_too_long``),
+    from the tar header (``member_too_large``: not even read), from the JSON (``too_many_members``), or from
+    the headers summed over the document (``doc_too_large``). PIL itself refuses images of more than twice
+    its ``Image.MAX_IMAGE_PIXELS`` (``DecompressionBombError``, also counted as ``image_too_large``)."""
 
     max_image_pixels: int = 8192 * 8192
     max_audio_seconds: float = 600.0
+    max_member_bytes: int = 256 * 2**20  # one tar member (image, audio, text, JSON), checked before reading it
+    max_doc_members: int = 64  # media files one interleaved document may name (decoded ones: kept modalities)
+    max_doc_pixels: int = 2 * 8192 * 8192  # decoded pixels summed over one document's images
+    max_doc_audio_seconds: float = 1800.0  # audio seconds summed over one document
 
     def __post_init__(self) -> None:
-        if self.max_image_pixels < 1 or not self.max_audio_seconds > 0:
-            raise ValueError(f"data.loader.max_image_pixels must be >= 1 and max_audio_seconds > 0, got {self}")
+        if min(self.max_image_pixels, self.max_member_bytes, self.max_doc_members, self.max_doc_pixels) < 1 or \
+                not (self.max_audio_seconds > 0 and self.max_doc_audio_seconds > 0):
+            raise ValueError(f"data.loader.max_* limits must be >= 1 (seconds > 0), got {self}")
 
 
 NO_LIMITS = DecodeLimits()
@@ -79,6 +98,26 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class SourceUnusable(Exception):
+    """No document of the source can be used (not a per-document skip): the run stops with this message."""
+
+
+# what a document's failure never turns into a skip
+PROPAGATE = (*PASS_THROUGH, MemoryError, SourceUnusable)
+T = TypeVar("T")
+
+
+def contained(key: str, work: Callable[[], T]) -> T:
+    """``work()`` for one document: ``BadSample`` as raised, any other exception but ``PROPAGATE`` as
+    ``BadSample("bad_document")`` naming it (so one odd document never stops a run)."""
+    try:
+        return work()
+    except (BadSample, *PROPAGATE):
+        raise
+    except Exception as err:  # noqa: BLE001 - the containment boundary: one document, never the whole run
+        raise BadSample("bad_document", f"{key}: {type(err).__name__}: {err}") from None
 
 
 @dataclass
@@ -98,6 +137,11 @@ def parse_sample(sample: dict, keep: frozenset[Modality], image_size: int,
                  limits: DecodeLimits = NO_LIMITS) -> Document:
     """Decode one raw sample (``{"__key__": str, "<ext>": bytes, ...}``) keeping only ``keep`` modalities."""
     key = str(sample.get("__key__", "?"))
+    oversized = {ext: v.size for ext, v in sample.items() if isinstance(v, Oversized)}
+    if oversized:
+        ext, size = next(iter(oversized.items()))
+        raise BadSample("member_too_large", f"{key}.{ext}: {size:,} bytes > data.loader.max_member_bytes "
+                        f"{limits.max_member_bytes:,} (not read)")
     image_ext = _first(sample, IMAGE_EXTS)
     audio_ext = _first(sample, AUDIO_EXTS)
     media = _MediaLoader(image_size, limits)
@@ -118,15 +162,28 @@ def _first(sample: dict, exts: tuple[str, ...]) -> str | None:
 
 
 class _MediaLoader:
-    """Decodes the media segments of one sample (image side and limits fixed)."""
+    """Decodes the media segments of one sample (image side and limits fixed), keeping the document's
+    decoded pixels and audio seconds within ``max_doc_pixels`` / ``max_doc_audio_seconds`` (from headers)."""
 
     def __init__(self, image_size: int, limits: DecodeLimits) -> None:
         self.image_size, self.limits = image_size, limits
+        self.spent = {Modality.IMAGE: 0.0, Modality.SPEECH: 0.0}
 
     def __call__(self, modality: Modality, raw: bytes, name: str) -> torch.Tensor:
         if modality == Modality.IMAGE:
-            return load_image(raw, self.image_size, name, self.limits.max_image_pixels)
-        return load_audio(raw, SAMPLE_RATE, name, self.limits.max_audio_seconds)
+            return load_image(raw, self.image_size, name, self.limits.max_image_pixels,
+                              lambda pixels: self._spend(modality, pixels, name))
+        return load_audio(raw, SAMPLE_RATE, name, self.limits.max_audio_seconds,
+                          lambda seconds: self._spend(modality, seconds, name))
+
+    def _spend(self, modality: Modality, amount: float, name: str) -> None:
+        """Count one medium's size (from its header) against the document's budget, before decoding it."""
+        self.spent[modality] += amount
+        cap, key = ((self.limits.max_doc_pixels, "max_doc_pixels") if modality == Modality.IMAGE
+                    else (self.limits.max_doc_audio_seconds, "max_doc_audio_seconds"))
+        if self.spent[modality] > cap:
+            raise BadSample("doc_too_large", f"{name}: the document's {modality.label} reaches "
+                            f"{self.spent[modality]:,.0f} > data.loader.{key} {cap:,}")
 
 
 def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, media: _MediaLoader) -> Document:
@@ -140,6 +197,10 @@ def _pair(key: str, sample: dict, ext: str, modality: Modality, keep, media: _Me
 
 def _interleaved(key: str, sample: dict, keep, media: _MediaLoader) -> Document:
     segments = _segments_json(key, sample["json"])
+    named = sum(1 for seg in segments if isinstance(seg.get("file"), str))
+    if named > media.limits.max_doc_members:
+        raise BadSample("too_many_members", f"{key}.json names {named} media files > data.loader.max_doc_members "
+                        f"{media.limits.max_doc_members}")
     parts = []
     for i, seg in enumerate(segments):
         modality = _segment_modality(key, i, seg)
@@ -172,7 +233,7 @@ def _segment_loader(key: str, i: int, seg: dict, modality: Modality, sample: dic
     if modality == Modality.TEXT:
         if not isinstance(seg.get("text"), str):
             raise BadSample("bad_json", f'{key}.json segment {i}: text segment needs a "text" string')
-        return lambda: seg["text"]
+        return lambda: _json_text(seg["text"], f"{key}.json segment {i}")
     name = seg.get("file")
     if not isinstance(name, str):
         raise BadSample("bad_json", f'{key}.json segment {i}: {modality.label} segment needs a "file" name')
@@ -199,6 +260,16 @@ def _build(key: str, parts: list, keep: frozenset[Modality]) -> Document:
     return doc
 
 
+def _json_text(text: str, where: str) -> str:
+    """A JSON string the tokenizers can take: JSON escapes may spell lone surrogates (``"\\ud800"``),
+    which no UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadSample("bad_encoding", f"{where}: not encodable as UTF-8 (lone surrogate?): {err}") from None
+    return text
+
+
 def _text(raw: bytes, key: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -206,8 +277,8 @@ def _text(raw: bytes, key: str) -> str:
         raise BadSample("bad_encoding", f"{key}.txt is not UTF-8: {err}") from None
 
 
-def load_image(raw: bytes, size: int, name: str = "image",
-               max_pixels: int = NO_LIMITS.max_image_pixels) -> torch.Tensor:
+def load_image(raw: bytes, size: int, name: str = "image", max_pixels: int = NO_LIMITS.max_image_pixels,
+               spend: Callable[[int], None] | None = None) -> torch.Tensor:
     """Encoded image bytes -> ``float[3, size, size]`` in [0, 1] (RGB, resized + centre-cropped).
 
     Raises ``BadSample("image_too_large")`` from the header when width * height > ``max_pixels``.
@@ -221,8 +292,10 @@ def load_image(raw: bytes, size: int, name: str = "image",
             if width * height > max_pixels:
                 raise BadSample("image_too_large", f"{name}: {width}x{height} = {width * height:,} pixels > "
                                 f"data.loader.max_image_pixels {max_pixels:,}")
+            if spend is not None:  # the document's budget (raises BadSample when spent)
+                spend(width * height)
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (others: no-op)
-            img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+            img = ImageOps.fit(to_rgb(img), (size, size), Image.Resampling.BICUBIC)  # one mode conversion
     except PASS_THROUGH:
         raise
     except Image.DecompressionBombError as err:
@@ -234,7 +307,8 @@ def load_image(raw: bytes, size: int, name: str = "image",
 
 
 def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
-               max_seconds: float = NO_LIMITS.max_audio_seconds) -> torch.Tensor:
+               max_seconds: float = NO_LIMITS.max_audio_seconds,
+               spend: Callable[[float], None] | None = None) -> torch.Tensor:
     """Encoded audio bytes (WAV/FLAC/...) -> mono ``float[samples]`` at ``sample_rate``.
 
     Raises ``BadSample("audio_too_long")`` from the header when the recording is longer than ``max_seconds``.
@@ -245,6 +319,8 @@ def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
             if seconds > max_seconds:
                 raise BadSample("audio_too_long", f"{name}: {seconds:.1f} s > data.loader.max_audio_seconds "
                                 f"{max_seconds:g}")
+            if spend is not None:
+                spend(seconds)
             data, rate = file.read(dtype="float32", always_2d=True), file.samplerate  # (N, C)
     except PASS_THROUGH:
         raise
@@ -252,6 +328,8 @@ def load_audio(raw: bytes, sample_rate: int = SAMPLE_RATE, name: str = "audio",
         raise BadSample("bad_audio", f"{name}: {type(err).__name__}: {err}") from None
     if data.shape[0] == 0:
         raise BadSample("bad_audio", f"{name}: no samples")
+    if not np.isfinite(data).all():  # a float WAV may hold NaN/inf (as tokenizers.media.read_audio refuses)
+        raise BadSample("bad_audio", f"{name}: non-finite samples (NaN/inf)")
     wave = torch.from_numpy(data).mean(dim=1)  # (N,) mono
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import torch
 
-from mot_lightning.data.documents import BadSample, Document, Segment
+from mot_lightning.data.documents import BadSample, Document, Segment, SourceUnusable
 from mot_lightning.data.packing import Doc, LatentDoc
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.base import ContinuousTokenizer, DiscreteTokenizer, Tokenizer
+
+
+class MissingTokenizer(SourceUnusable, ValueError):
+    """A segment of a modality without a tokenizer: every such document would fail the same way."""
 
 
 class DocumentEncoder:
@@ -115,7 +119,7 @@ class DocumentEncoder:
     def _tokenizer(self, modality: Modality) -> Tokenizer:
         tokenizer = self.tokenizers[modality]
         if tokenizer is None:
-            raise ValueError(f"no {modality.label} tokenizer configured; drop the modality or add one")
+            raise MissingTokenizer(f"no {modality.label} tokenizer configured; drop the modality or add one")
         return tokenizer
 
     def _segment(self, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -133,3 +133,9 @@ def load_fitted(tokenizers: Tokenizers, directory: str,
                              f"{tok.vocab_size}: fit a new file or fix the tokenizer config")
         out[modality] = loaded
     return out
+
+
+def fitted_files(tokenizers: dict, directory: str, files: dict | None) -> dict:
+    """Modality -> the fitted file each fittable tokenizer is (or would be) loaded from, as a string."""
+    return {m: str(tokenizer_path(directory, m, t, files)) for m, t in tokenizers.items()
+            if isinstance(t, FittableTokenizer)}

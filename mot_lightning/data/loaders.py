@@ -12,6 +12,7 @@ on every rank, both turning a stalled worker into an error and warning once abou
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -24,6 +25,10 @@ _HINTS = {
     "too_long": "documents longer than data.seq_len: raise it or set data.loader.overlong: truncate",
     "image_too_large": "raise data.loader.max_image_pixels to decode them",
     "audio_too_long": "raise data.loader.max_audio_seconds to decode them",
+    "member_too_large": "raise data.loader.max_member_bytes to read them",
+    "too_many_members": "raise data.loader.max_doc_members to decode them",
+    "doc_too_large": "raise data.loader.max_doc_pixels / max_doc_audio_seconds to decode them",
+    "bad_document": "the warnings name each document's exception; `mot data inspect` lists them",
 }
 
 
@@ -114,13 +119,16 @@ class EpochLoader:
         self.epoch, self._skip = seed + 1, 0
         self._current, self._yielded = seed, skip
         iterator = iter(self.loader)
-        for _ in range(skip):  # already trained on before the checkpoint
-            self._next(iterator)
-        for _ in range(self.batches - skip):
-            batch = self._next(iterator)
-            self._yielded += 1
-            self.watch.check()
-            yield batch
+        try:
+            for _ in range(skip):  # already trained on before the checkpoint
+                self._next(iterator)
+            for _ in range(self.batches - skip):
+                batch = self._next(iterator)
+                self._yielded += 1
+                self.watch.check()
+                yield batch
+        finally:  # an error, a stop or the epoch's end: the workers go now, not at interpreter exit
+            shut_down(iterator)
 
     def _next(self, iterator: Iterator) -> MultiModalBatch:
         batch = next_batch(iterator, self.loader.timeout)
@@ -147,15 +155,18 @@ class EqualBatches:
         self.loader.dataset.counters.reset()
         self.padded = 0
         iterator: Iterator | None = iter(self.loader)
-        while True:
-            batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
-            if batch is None:
-                iterator = None  # exhausted: its workers are done
-            if not self.any_rank(batch is not None):
-                break
-            if batch is None:
-                self.padded += 1
-            yield self.empty if batch is None else batch
+        try:
+            while True:
+                batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
+                if batch is None:
+                    iterator = None  # exhausted: its workers are done
+                if not self.any_rank(batch is not None):
+                    break
+                if batch is None:
+                    self.padded += 1
+                yield self.empty if batch is None else batch
+        finally:
+            shut_down(iterator)
         self.watch.check(final=True)
 
 
@@ -170,4 +181,27 @@ def worker_loader(stream, options) -> DataLoader:
         persistent_workers=False,
         prefetch_factor=4 if options.num_workers else None,
         timeout=options.timeout if options.num_workers else 0,
+        worker_init_fn=ignore_stop_signals,
     )
+
+
+def shut_down(iterator: Iterator | None) -> None:
+    """Stop a DataLoader iterator's workers now (torch's own shutdown: the done event, a join, then SIGTERM
+    for a stuck one). Left to garbage collection, an iterator held by a traceback keeps its workers until
+    the interpreter exits, and a worker stuck on a stalled ``pipe:`` source would then outlive the one
+    SIGTERM multiprocessing sends at exit (``ignore_stop_signals``)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's _MultiProcessingDataLoaderIter
+    if shutdown is not None:
+        shutdown()
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker outlives the first SIGTERM. Sent to the whole process group
+    (``docker stop``, ``kill -TERM -<pgid>``) the signal is the trainer's to handle: a worker dying of it would
+    turn a clean stop into "DataLoader worker killed". The trainer then ends its workers itself; a second
+    SIGTERM (the loader terminating a stuck worker, or the process exiting) ends the worker as usual."""
+    signal.signal(signal.SIGTERM, _first_sigterm)
+
+
+def _first_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next one ends this worker

@@ -57,6 +57,12 @@ class LoaderConfig:
     # larger media are skipped from their header, never decoded (image_too_large / audio_too_long)
     max_image_pixels: int = 8192 * 8192
     max_audio_seconds: float = 600.0
+    # the most one document may cost, checked before decoding (member_too_large / too_many_members /
+    # doc_too_large): bytes of one tar member, media files named, pixels and audio seconds summed
+    max_member_bytes: int = 256 * 2**20
+    max_doc_members: int = 64
+    max_doc_pixels: int = 2 * 8192 * 8192
+    max_doc_audio_seconds: float = 1800.0
     # seconds to wait for a batch from the workers before failing (0 = forever); the first batch of
     # an epoch includes starting the workers and filling the shuffle buffer
     timeout: float = 600.0
@@ -75,13 +81,14 @@ class LoaderConfig:
         if self.timeout < 0 or (self.skip_warning is not None and not 0.0 <= self.skip_warning <= 1.0):
             raise ValueError(f"data.loader needs timeout >= 0 and skip_warning in [0, 1] (or null), got "
                              f"timeout={self.timeout}, skip_warning={self.skip_warning}")
-        DecodeLimits(self.max_image_pixels, self.max_audio_seconds)  # checks them
+        self.decode_limits()  # checks them
         if self.num_workers < 0 or self.train_batches_per_epoch < 1 or self.pack_open_rows < 1:
             raise ValueError(f"data.loader needs num_workers >= 0, train_batches_per_epoch >= 1 and "
                              f"pack_open_rows >= 1, got {self}")
 
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_image_pixels, self.max_audio_seconds)
+        return DecodeLimits(self.max_image_pixels, self.max_audio_seconds, self.max_member_bytes,
+                            self.max_doc_members, self.max_doc_pixels, self.max_doc_audio_seconds)
 
     def stream_config(self, seq_len: int, batch_size: int, image_size: int, seed: int,
                       infinite: bool) -> StreamConfig:

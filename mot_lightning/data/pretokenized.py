@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from mot_lightning.data.counters import NullCounters
-from mot_lightning.data.documents import SAMPLE_RATE, BadSample
+from mot_lightning.data.documents import SAMPLE_RATE, BadSample, SourceUnusable
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import Doc, LatentDoc
 from mot_lightning.data.vocab import SPECIAL_TOKENS, JointVocab
@@ -59,7 +59,7 @@ HEADER = 4 + 2 * len(STAMPED)  # magic, version, N, 0, then two words per finger
 NPY_ERRORS = (ValueError, OSError, EOFError, TypeError)
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(SourceUnusable, ValueError):
     """A pre-tokenized document made with other tokenizers than the configured ones."""
 
 
@@ -318,3 +318,41 @@ class _Fingerprints:
 
     def __call__(self) -> dict[str, str]:
         return fingerprints(self.encoder, self.image_size)
+
+
+# --- checkpoints: the tokenizers a model was trained with --------------------------------------
+# Tokenizers bound to checkpoints: a checkpoint records a fingerprint of every tokenizer it was trained with
+# (``pretokenized.tokenizer_fingerprint``: a hash of what the tokenizer saves) and the file each fitted one
+# came from; a launch that restores it with tokenizers that differ is refused, naming the files.
+#
+# A same-shaped tokenizer fitted on other data gives the model other codes for the same pixels or sounds: its
+# weights load without complaint and ``val/loss_image`` is meaningless. ``--accept_other_tokenizers true``
+# (``mot fit|validate|test``; ``mot generate --accept-other-tokenizers``) is for users who mean it.
+# Checkpoints written before tokenizers were recorded carry no stamp and are accepted.
+
+STAMP_KEY = "tokenizers"  # in the data module's checkpoint state
+
+
+class TokenizerMismatch(ValueError):
+    """The checkpoint was trained with other tokenizers than this launch's."""
+
+
+def tokenizer_stamp(encoder: DocumentEncoder, files: dict[Modality, str]) -> dict[str, dict[str, str | None]]:
+    """``{modality: {"fingerprint": "<Class>:<hex>", "file": path or None}}`` of every configured tokenizer."""
+    return {m.label: {"fingerprint": tokenizer_fingerprint(tok), "file": files.get(m)}
+            for m, tok in encoder.tokenizers.items() if tok is not None}
+
+
+def check_tokenizers(saved: dict | None, current: dict, accept: bool = False, source: str = "the checkpoint") -> None:
+    """Refuse ``current`` tokenizers that differ from the ``saved`` stamp (None: an older checkpoint, accepted)."""
+    if not saved:
+        return
+    differ = [f"{label}: {source} was trained with {s['fingerprint']} ({s.get('file') or 'built in'}), this "
+              f"launch has {current[label]['fingerprint'] if label in current else 'none'} "
+              f"({(current.get(label) or {}).get('file') or 'built in'})"
+              for label, s in saved.items() if (current.get(label) or {}).get("fingerprint") != s["fingerprint"]]
+    if differ and not accept:
+        raise TokenizerMismatch(
+            "tokenizers differ from those the checkpoint was trained with:\n  " + "\n  ".join(differ)
+            + "\nPoint data.tokenizer_files (dir or files) at the checkpoint's tokenizer files, or pass "
+            "--accept_other_tokenizers true (mot generate: --accept-other-tokenizers) if you mean it")

@@ -42,7 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
 from mot_lightning.data.counters import NullCounters, StreamCounters
-from mot_lightning.data.documents import NO_LIMITS, BadSample, DecodeLimits, parse_sample
+from mot_lightning.data.documents import NO_LIMITS, BadSample, DecodeLimits, contained, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.mix import BatchClock, MixSchedule
 from mot_lightning.data.packing import Doc, Packer, collate_rows
@@ -167,7 +167,7 @@ class PackedStream(IterableDataset):
         while True:
             urls = self._pass_order(source, part, passes)
             usable, shortest, reasons = 0, None, Counter()
-            for index, sample in enumerate(shard_samples(urls, tar_counters)):
+            for index, sample in enumerate(shard_samples(urls, tar_counters, self.config.limits.max_member_bytes)):
                 if index % part.group_size != part.member:
                     continue
                 for doc in self._encode(sample, source, reasons):  # one, or a chunk of pre-tokenized ones
@@ -205,14 +205,7 @@ class PackedStream(IterableDataset):
     def _encode(self, sample: dict, source: ResolvedSource, reasons: Counter) -> list[torch.Tensor]:
         """The sample's documents (none when skipped, many for a pre-tokenized chunk), counting skips."""
         try:
-            if self.pretokenized.holds(sample):
-                items = self.pretokenized.decode(sample, source.keep, self._drop_text)
-            else:
-                parsed = parse_sample(sample, source.keep, self.config.image_size, self.config.limits)
-                doc = None
-                if parsed.segments or not parsed.dropped:
-                    doc = self.encoder.encode(parsed, self._drop_text([s.modality for s in parsed.segments]))
-                items = [(doc, parsed.dropped)]
+            items = contained(str(sample.get("__key__", "?")), lambda: self._items(sample, source))
         except BadSample as bad:
             items = [bad]
         docs = []
@@ -230,6 +223,15 @@ class PackedStream(IterableDataset):
             else:
                 docs.append(doc)
         return docs
+
+    def _items(self, sample: dict, source: ResolvedSource) -> list:
+        if self.pretokenized.holds(sample):
+            return self.pretokenized.decode(sample, source.keep, self._drop_text)
+        parsed = parse_sample(sample, source.keep, self.config.image_size, self.config.limits)
+        doc = None
+        if parsed.segments or not parsed.dropped:
+            doc = self.encoder.encode(parsed, self._drop_text([s.modality for s in parsed.segments]))
+        return [(doc, parsed.dropped)]
 
     def _drop_text(self, modalities: list[Modality]) -> bool:
         """Caption dropout for classifier-free guidance: training documents that hold an image."""

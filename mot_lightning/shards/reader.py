@@ -46,8 +46,17 @@ class Counts(Protocol):
     def add(self, name: str, n: int = 1, detail: str = "") -> None: ...
 
 
-def shard_files(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
-    """File entries ``{"fname", "data", "__url__"}`` of each shard, then an end-of-shard marker ``{}``."""
+class Oversized:
+    """Stands for a member larger than the reader's ``max_member_bytes``: its bytes were never read
+    (the data layer skips its sample as ``member_too_large``)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def shard_files(urls: Iterable[str], counts: Counts, max_member_bytes: int | None = None) -> Iterator[dict]:
+    """File entries ``{"fname", "data", "__url__"}`` of each shard, then an end-of-shard marker ``{}``.
+    A member over ``max_member_bytes`` is not read: its ``data`` is ``Oversized(size)``."""
     for url in urls:
         state = {"reading": None, "last": None}  # member whose data is being read / last member yielded
         try:
@@ -56,7 +65,7 @@ def shard_files(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
                     yield {**entry, "__url__": url}
             else:
                 with open_url(url) as stream:
-                    for entry in _members(stream, state):
+                    for entry in _members(stream, state, max_member_bytes):
                         yield {**entry, "__url__": url}
         except Exception as exn:  # noqa: BLE001 - tarfile.ReadError, OSError, EOFError, ...
             counts.add(UNREADABLE_SHARD, detail=f"{url}: {type(exn).__name__}: {exn}")
@@ -67,13 +76,14 @@ def shard_files(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
         yield {}
 
 
-def _members(stream, state: dict) -> Iterator[dict]:
+def _members(stream, state: dict, max_bytes: int | None = None) -> Iterator[dict]:
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if not info.isreg() or _META.match(info.name):
                 continue
             state["reading"] = info.name
-            data = tar.extractfile(info).read()
+            too_big = max_bytes is not None and info.size > max_bytes  # skipped unread by the next header read
+            data = Oversized(info.size) if too_big else tar.extractfile(info).read()
             state["reading"], state["last"] = None, info.name
             yield {"fname": info.name, "data": data}
             tar.members = []  # stream mode: do not keep every header in memory
@@ -94,9 +104,9 @@ def _generated_members(url: str) -> Iterator[dict]:
                 yield {"fname": f"{key}.{ext}", "data": data}
 
 
-def shard_samples(urls: Iterable[str], counts: Counts) -> Iterator[dict]:
+def shard_samples(urls: Iterable[str], counts: Counts, max_member_bytes: int | None = None) -> Iterator[dict]:
     """Samples grouped by key (member suffixes lower-cased); never merges samples across shards."""
-    return group_by_keys(shard_files(urls, counts), handler=_CountAs(counts, DUPLICATE_MEMBER))
+    return group_by_keys(shard_files(urls, counts, max_member_bytes), handler=_CountAs(counts, DUPLICATE_MEMBER))
 
 
 class _CountAs:

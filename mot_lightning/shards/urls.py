@@ -22,6 +22,7 @@ before anything is read.
 from __future__ import annotations
 
 import glob
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO
 
@@ -104,5 +105,24 @@ def open_url(url: str) -> BinaryIO:
 
     fs, path = fsspec.core.url_to_fs(url)
     if proto in _STREAMED:
-        return fs.open(path, "rb", block_size=0)
+        return _retried(url, lambda: fs.open(path, "rb", block_size=0))
     return fs.open(path, "rb", block_size=_READ_AHEAD, cache_type="readahead")
+
+
+HTTP_TRIES = 4  # an HTTP shard is opened this many times before it counts as unreadable
+HTTP_WAIT = 0.5  # seconds before the second try, doubled for each further one
+
+
+def _retried(url: str, open_once):
+    """``open_once()`` retried with backoff: a server answering 500 or dropping the connection is usually
+    passing trouble. fsspec reports every failed HTTP open as ``FileNotFoundError``, so the last error is
+    re-raised as an ``OSError`` naming the URL and the tries (a real 404 costs the retries too)."""
+    for attempt in range(HTTP_TRIES):
+        try:
+            return open_once()
+        except (OSError, ValueError) as err:
+            if attempt == HTTP_TRIES - 1:
+                raise OSError(f"{url}: could not be opened in {HTTP_TRIES} tries (missing, or the server failed: "
+                              f"{type(err).__name__}: {err})") from err
+            time.sleep(HTTP_WAIT * 2**attempt)
+    raise AssertionError("unreachable")

@@ -1,8 +1,9 @@
 """Raw media in, canonical tensors out: any image -> float[3, H, W] in [0, 1]; any audio -> mono float[S].
 
 Conversions (docs/contracts.md, "Shards": images of any size and mode, audio of any rate/channels):
-- image modes: grayscale (L, 1, I;16, I, F) is repeated to RGB, 16-bit is scaled by 65535,
-  alpha (RGBA, LA, PA) is composited over white, palette/CMYK/YCbCr are converted to RGB;
+- image modes (``to_rgb``, shared with training's decoder): grayscale (L, 1, I;16, I, F) is repeated to RGB,
+  16-bit is scaled by 65535, alpha (RGBA, LA, PA) is composited over white, palette/CMYK/YCbCr are converted
+  to RGB, all as 8-bit RGB;
 - layouts: numpy arrays are HWC/HW (as PIL and imageio give them), torch tensors are CHW/HW;
 - audio: channels are averaged, integer PCM is scaled to [-1, 1], any rate is resampled
   with ``torchaudio.functional.resample``; bytes are read and written with ``soundfile`` only.
@@ -41,20 +42,27 @@ def read_image(source: str | os.PathLike | bytes) -> torch.Tensor:
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image of any mode -> float[3, H, W] in [0, 1]."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        arr = np.asarray(img, dtype=np.float32) / 65535.0  # (H, W), 16-bit grayscale
-        return _gray_alpha_to_rgb(torch.from_numpy(arr.clip(0.0, 1.0))[None])
-    if img.mode == "F":
-        return _gray_alpha_to_rgb(torch.from_numpy(np.asarray(img, dtype=np.float32).clip(0.0, 1.0))[None])
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA")
-    elif img.mode == "1":
-        img = img.convert("L")
-    elif img.mode not in ("L", "LA", "RGB", "RGBA"):
-        img = img.convert("RGB")  # CMYK, YCbCr, HSV, LAB, RGBX ...
-    arr = np.asarray(img, dtype=np.uint8)
-    return image_to_tensor(arr)
+    """PIL image of any mode -> float[3, H, W] in [0, 1] (modes converted by ``to_rgb``)."""
+    arr = np.asarray(to_rgb(img), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """PIL image of any mode -> 8-bit RGB, the one mode conversion of the app (training's ``load_image``, the
+    tokenizer fits, ``mot data inspect`` and evaluation all decode through it): 16-bit and 32-bit integer
+    greyscale scaled by 65535 (PIL's ``convert`` clips them, turning most of a 16-bit image white), float
+    greyscale clipped to [0, 1], alpha (RGBA, LA, PA, palette transparency) composited over white (``convert``
+    drops it, turning transparent pixels black), palette/CMYK/YCbCr/... converted by PIL."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        scale = 1.0 if img.mode == "F" else 65535.0
+        arr = np.asarray(img, dtype=np.float32) / scale  # (H, W)
+        return Image.fromarray(np.rint(arr.clip(0.0, 1.0) * 255.0).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, HSV, LAB, RGBX ...
 
 
 def image_to_tensor(raw: Any) -> torch.Tensor:
@@ -148,6 +156,9 @@ def read_audio(source: str | os.PathLike | bytes) -> tuple[torch.Tensor, int]:
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
         name = "<bytes>" if isinstance(source, bytes) else str(source)
         raise ValueError(f"cannot decode audio {name}: {err}; use WAV/FLAC/OGG files") from err
+    if not np.isfinite(data).all():  # a float WAV may hold NaN/inf: skipped (training counts it as bad_audio)
+        name = "<bytes>" if isinstance(source, bytes) else str(source)
+        raise ValueError(f"audio {name} has non-finite samples (NaN/inf); re-encode or drop it")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(rate)  # (C, S)
 
 

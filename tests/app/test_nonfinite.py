@@ -131,7 +131,7 @@ def test_validation_logs_a_non_finite_loss_instead_of_dropping_it(tmp_path):
 def test_the_issue_lr_1e6_run_stops_and_last_ckpt_stays_finite(demo_env, tmp_path):
     """`mot fit` at lr 1e6 trained on NaN and replaced last.ckpt with NaN weights before the guard."""
     args = ["--config", str(CONFIGS / "speech/mot.yaml"), "--trainer.max_steps", "30",
-            "--model.optimizer.init_args.lr", "1.0e6", "--trainer.val_check_interval", "1",
+            "--model.optimizer.init_args.lr", "1.0e6", "--checkpoint.every_n_train_steps", "1",
             "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]
     with pytest.raises(NonFiniteLossError, match=r"optimizer step \d+: non-finite") as error:
         run_fit(args, demo_env, tmp_path)
