@@ -10,11 +10,8 @@ follows one batch through these.
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
 from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.counters import StreamCounters, any_rank, sum_over_ranks, summed_skips
@@ -28,6 +25,7 @@ from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles,
 from mot_lightning.data.pretokenized import STAMP_KEY, PretokenizedReader, check_tokenizers, tokenizer_stamp
 from mot_lightning.data.source_plan import SourcePlan, mix_schedule
 from mot_lightning.data.sources import SourceConfig, resolve
+from mot_lightning.data.split import rank_and_world
 from mot_lightning.data.stream import PackedStream, empty_batch
 from mot_lightning.data.vocab import JointVocab
 from mot_lightning.modality import Modality
@@ -52,10 +50,9 @@ class MultiModalDataModule(pl.LightningDataModule):
     ) -> None:
         """
         Args:
-            text_tokenizer / image_tokenizer / speech_tokenizer: tokenizers (``class_path`` in YAML); a
-                modality without a tokenizer cannot be kept. Text and speech are discrete; the image one is
-                discrete (VQ codes, next-token) or continuous (``LatentImageTokenizer``: Transfusion latents,
-                trained by diffusion; the model then needs a diffusion objective).
+            text_tokenizer / image_tokenizer / speech_tokenizer: tokenizers (``class_path`` in YAML); a modality
+                without one cannot be kept. The image one is discrete (VQ codes) or continuous
+                (``LatentImageTokenizer``: Transfusion latents, for a diffusion objective).
             sources: training shard sets with sampling weights and modality filters; ``None`` = demo corpus.
             val_sets: named validation shard sets (one dataloader each, names in ``val_set_names``);
                 ``None`` = the demo corpus' ``val_seen`` / ``val_heldout`` when ``sources`` is ``None``.
@@ -80,7 +77,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.val_streams: dict[str, PackedStream] = {}
         self._train_loader: EpochLoader | None = None
         self._stamp: dict | None = None  # tokenizer_stamp(), once the tokenizers are loaded
-        self.accept_other_tokenizers = False  # set by `--accept_other_tokenizers true` (pretokenized.py)
+        self.accept_other_tokenizers = False  # `--accept_other_tokenizers true` (pretokenized.py)
         self._carried: dict[str, int] = {}  # training counts restored from a checkpoint (this rank's share)
 
     def _encoder(self) -> DocumentEncoder:
@@ -93,8 +90,7 @@ class MultiModalDataModule(pl.LightningDataModule):
 
     @property
     def latent_dim(self) -> int:
-        """Width of a latent image patch (continuous image tokenizer), 0 for discrete images."""
-        return self.encoder.latent_dim
+        return self.encoder.latent_dim  # width of a latent image patch, 0 for discrete images
 
     @property
     def modalities(self) -> list[Modality]:
@@ -102,8 +98,7 @@ class MultiModalDataModule(pl.LightningDataModule):
 
     @property
     def n_modalities(self) -> int:
-        """Modality ids in use are ``0..n_modalities-1`` (text+speech alone still gives 3)."""
-        return max(self.kept) + 1
+        return max(self.kept) + 1  # ids in use are 0..n_modalities-1 (text+speech alone still gives 3)
 
     @property
     def val_set_names(self) -> list[str]:
@@ -141,7 +136,7 @@ class MultiModalDataModule(pl.LightningDataModule):
             self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.tokenizer_dir(), files.files)
             self.encoder = self._encoder()
             self._stamp = None
-        rank, world = self._rank_world()
+        rank, world = rank_and_world(self.trainer)
         self.pretokenized = PretokenizedReader.for_encoder(self.encoder, self.image_size)
         if stage in (None, "fit"):
             configs = self.plan.train_configs()
@@ -153,12 +148,6 @@ class MultiModalDataModule(pl.LightningDataModule):
                 cfg.name: self._stream([cfg], infinite=False, rank=rank, world=world)
                 for cfg in self.plan.val_configs()
             }
-
-    def _rank_world(self) -> tuple[int, int]:
-        """From the trainer when attached, else from torchrun-style RANK/WORLD_SIZE, else (0, 1)."""
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
     @property
     def train_source_names(self) -> list[str]:
@@ -178,30 +167,26 @@ class MultiModalDataModule(pl.LightningDataModule):
             stream.mix = mix_schedule(self.loader.weights_schedule, configs)
         return stream
 
-    def _loader(self, stream: PackedStream) -> DataLoader:
-        return worker_loader(stream, self.loader)
-
     def train_dataloader(self) -> EpochLoader:
         if self.train_stream is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         self.train_stream.counters.carry(self._carried)
         self.train_stream.clock = BatchClock.of(self.trainer, self.loader.train_batches_per_epoch)  # mix.py
-        self._train_loader = EpochLoader(self._loader(self.train_stream), self.loader.train_batches_per_epoch,
-                                         self.loader.skip_warning)
+        opts = self.loader
+        self._train_loader = EpochLoader(worker_loader(self.train_stream, opts), opts.train_batches_per_epoch,
+                                         opts.skip_warning)
         return self._train_loader
 
     def val_dataloader(self) -> list[EqualBatches]:
         """One loader per validation set; every rank yields as many batches as the rank with the most."""
         empty = empty_batch(self.seq_len, self.encoder)
-        return [EqualBatches(self._loader(stream), empty, self._any_rank, name, self.loader.skip_warning)
+        return [EqualBatches(worker_loader(stream, self.loader), empty, self._any_rank, name, self.loader.skip_warning)
                 for name, stream in self.val_streams.items()]
 
     def _any_rank(self, flag: bool) -> bool:
         return any_rank(self.trainer, flag)
-
     def test_dataloader(self) -> list[EqualBatches]:
-        """``mot test`` evaluates on the named validation sets (same names, same order)."""
-        return self.val_dataloader()
+        return self.val_dataloader()  # `mot test` evaluates on the named validation sets
 
     def image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
         """Up to ``n`` images float[N, 3, R, R] in [0, 1] (R = ``image_size``) and the text of their documents,
@@ -221,22 +206,19 @@ class MultiModalDataModule(pl.LightningDataModule):
         return self.loader.decode_limits()
 
     def skip_counts(self, stage: str = "train") -> dict[str, int]:
-        """Skipped documents/shards by reason on this rank: of the training stream (``"train"``, counts
-        from before a resume included on rank 0) or of the validation streams' latest pass (``"val"``,
-        ``"test"``)."""
+        """Skips by reason on this rank: of the training stream (``"train"``, counts from before a resume
+        included on rank 0) or of the validation streams' latest pass (``"val"``, ``"test"``)."""
         streams = [self.train_stream] if stage == "train" else list(self.val_streams.values())
         return summed_skips([s.counters for s in streams if s is not None])
 
     def skip_metrics(self, stage: str = "train") -> dict[str, float]:
-        """``data/<stage>/skipped_<reason>``: ``skip_counts(stage)`` summed over ranks (every rank must call
-        this: it all-reduces)."""
+        """``data/<stage>/skipped_<reason>``: ``skip_counts(stage)`` summed over ranks (all-reduces)."""
         counts = self.skip_counts(stage)
         return {f"data/{stage}/skipped_{k}": v for k, v in zip(counts, sum_over_ranks(self.trainer, counts.values()))}
 
     def state_dict(self) -> dict:
-        """The training counters at the start of the epoch in progress, summed over ranks (all-reduces:
-        Lightning builds checkpoints on every rank). A resumed run regenerates that epoch, counting its
-        part again, so the carried counts plus the new ones equal an unbroken run's."""
+        """The tokenizer stamp, and the training counters at the start of the epoch in progress summed over
+        ranks (all-reduces): a resumed run regenerates that epoch, so carried plus new counts are exact."""
         loader, stamp = self._train_loader, {STAMP_KEY: self.tokenizer_stamp()}  # pretokenized.py
         if loader is None:
             return stamp
@@ -255,7 +237,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         """Refuse other tokenizers than the checkpoint's; carry the saved training counts (rank 0 holds them:
         logged counts are summed over ranks)."""
         check_tokenizers(state.get(STAMP_KEY), self.tokenizer_stamp(), self.accept_other_tokenizers)
-        rank, _ = self._rank_world()
+        rank, _ = rank_and_world(self.trainer)
         self._carried = dict(state.get("train_counts", {})) if rank == 0 else {}
         if self.train_stream is not None:
             self.train_stream.counters.carry(self._carried)

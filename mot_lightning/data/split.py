@@ -24,6 +24,7 @@ cover every sample once.
 from __future__ import annotations
 
 import heapq
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,3 +85,11 @@ def share(sizes: Sequence[int] | None, n_shards: int, consumer: int, consumers: 
     groups = len(parts)
     group = consumer % groups
     return Share(tuple(parts[group]), group, consumer // groups, consumers // groups)
+
+
+def rank_and_world(trainer) -> tuple[int, int]:
+    """(global rank, world size): from the trainer when attached, else torchrun-style RANK / WORLD_SIZE, else
+    (0, 1)."""
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
