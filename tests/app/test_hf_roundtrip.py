@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mot_lightning.checkpoints import load_checkpoint
-from mot_lightning.checkpoints.export import main as export_main
 from mot_lightning.checkpoints.hf_folder import HFFolder
+from mot_lightning.commands.export import main as export_main
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.training.warm_start import WarmStart, warm_start

@@ -11,7 +11,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from mot_lightning.data import cli as data_cli
+from mot_lightning.commands import data as data_cli
 from mot_lightning.data.documents import BadSample, SourceUnusable, contained
 from mot_lightning.data.sources import SourceConfig
 
