@@ -226,9 +226,20 @@ class Preemption(Callback):
             requeue_slurm_job()
         exception.code = 128 + int(self.received)  # SystemExit's exit status: a stopped run is not a success
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """``last.ckpt`` at the last optimizer step when the step cadence does not save it anyway. Saved here, in
+        the hook where ``ModelCheckpoint`` saves (it runs after this one), so the loops' state in the file is
+        that of every other step checkpoint: a resume continues the step axis without a gap."""
+        ckpt = trainer.checkpoint_callback
+        if not isinstance(ckpt, ModelCheckpoint) or not trainer.max_steps or trainer.max_steps < 0:
+            return
+        every = getattr(ckpt, "_every_n_train_steps", 0) or 0
+        if trainer.global_step >= trainer.max_steps and not (every and trainer.global_step % every == 0):
+            save_last(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``last.ckpt`` at the last step when the last save was earlier (a validation or step cadence that does
-        not divide ``max_steps``; Lightning's own end-of-training save happens only when none was made)."""
+        """The same for a run that ends by ``max_epochs`` (the last batch is known only now)."""
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and trainer.global_step > 0 and \
                 getattr(ckpt, "_last_global_step_saved", -1) != trainer.global_step:

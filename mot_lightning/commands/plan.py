@@ -157,7 +157,7 @@ def table(vocab_size: int, seq_len: int) -> str:
     head = ("| preset (MoT, modalities) | parameters | DDP, 8 | DDP, 64 | FSDP2, 8 | FSDP2, 64 |\n"
             "|---|---|---|---|---|---|")
     rows, presets = [head], []
-    for path in Path(__file__).resolve().parents[1].joinpath("configs/model").glob("*.yaml"):
+    for path in Path(__file__).resolve().parents[2].joinpath("configs/model").glob("*.yaml"):
         if path.stem.startswith(("chameleon-", "transfusion-")):
             n_mod = 3 if path.stem.startswith("chameleon-") else 2  # the speech setting; Transfusion: text + image
             cfg = backbone_config({**merged_config([str(path)]), "data": {"modalities": [0] * n_mod}})

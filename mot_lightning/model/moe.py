@@ -162,8 +162,9 @@ class MoEFeedForward(nn.Module):
         else:
             load = assigned.float() / assigned.sum().clamp(min=1)
             dropped = 1.0 - counts.sum() / assigned.sum().clamp(min=1)
-        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean() if n_tokens else probs.new_zeros(())
-        mean_probs = probs.mean(0) if n_tokens else probs.new_zeros(probs.shape[1])
+        # means over the tokens, 0 without tokens; no branch on the (data-dependent) token count under compile
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum() / max(n_tokens, 1)
+        mean_probs = probs.sum(0) / max(n_tokens, 1)
         return MoEStats(load=load, dropped=dropped, aux_loss=aux.detach(), entropy=entropy, mean_probs=mean_probs)
 
     def extra_repr(self) -> str:

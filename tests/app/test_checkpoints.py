@@ -4,6 +4,7 @@ trees, as with a mounted runs/)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -251,7 +252,13 @@ def test_fsdp2_full_state_checkpoint_is_written_atomically_and_resumes(fsdp2_run
     (``distributed_runs.Fsdp2Runs``), so a sharded checkpoint is also read into a run that saves full state."""
     written, read = fsdp2_runs.full_state
     assert "Restor" in written.output  # the sharded checkpoint, named by --ckpt_path
-    assert fsdp2_runs.written == {"is_file": True, "global_step": 4, "files": ["last.ckpt"]}  # no temporaries
+    what = fsdp2_runs.written
+    assert (what["is_file"], what["global_step"]) == (True, 4)
+    # last.ckpt and the step-cadence checkpoint of step 4 (data.loader.train_batches_per_epoch), no temporaries
+    steps = [name for name in what["files"] if name != "last.ckpt"]
+    assert "last.ckpt" in what["files"] and all(re.fullmatch(r"epoch=\d+-step=4\.ckpt", n) for n in steps), what
+
     assert read.last == written.last
     assert "Restor" in read.output and read.last.is_file() and load_checkpoint(read.last)["global_step"] == 6
-    assert sorted(p.name for p in read.last.parent.iterdir()) == ["last.ckpt"]  # no temporaries left
+    left = sorted(p.name for p in read.last.parent.iterdir())
+    assert "last.ckpt" in left and all(".tmp" not in name for name in left), left  # no temporaries left
