@@ -1,12 +1,7 @@
 """A trained model as one folder that travels (weights, config, tokenizers): what ``mot export`` writes
-(``commands/export.py``).
+(``commands/export.py``; ``--format hf`` writes a Hugging Face folder instead, ``hf_export.py``).
 
-    mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
-        [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
-        [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
-        [--format hf [--tower text]]  (a Hugging Face Llama / Qwen2 / Qwen3 folder instead: hf_export.py)
-
-Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
+The folder is the one described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
 ``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
 rebuilds ``TokenLM``); ``export.json`` and the README say which weights it holds (``live`` or ``ema``).
 A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``, which keeps the EMA

@@ -3,13 +3,10 @@
     mot export --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out DIR
         [--ema]             (the EMA averages the run's EMA callback kept, instead of the live weights)
         [--key value ...]   (as for `mot generate`: e.g. --data.tokenizer_files.dir DIR)
+        [--format hf [--tower text]]  (one tower as a Hugging Face Llama / Qwen2 / Qwen3 folder instead)
 
-Writes the folder described in ``weights.py`` (safetensors weights, ``model.yaml`` for plain PyTorch,
-``config.yaml`` + tokenizer files for ``mot generate --export DIR``, a README with the snippet that
-rebuilds ``TokenLM``); ``export.json`` and the README say which weights it holds (``live`` or ``ema``).
-A sharded FSDP2 checkpoint is consolidated first (``mot checkpoint consolidate``, which keeps the EMA
-averages).
-Pretrained (diffusers) tokenizers are referenced by their folder in config.yaml, not copied.
+What the folder holds: ``checkpoints/export.py`` and ``checkpoints/weights.py``. A sharded FSDP2 checkpoint is
+consolidated first (``mot checkpoint consolidate``, which keeps the EMA averages).
 """
 from __future__ import annotations
 
