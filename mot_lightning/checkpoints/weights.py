@@ -85,6 +85,16 @@ def exported_model_spec(model) -> dict:
     return {"backbone": model.cfg.to_dict(), "vocab_size": model.vocab_size, "latent_dim": model.latent_dim}
 
 
+def add_weights_arguments(parser) -> None:
+    """``--ckpt`` / ``--export`` / ``--config``: where a tool's weights and config come from (``weights_source``
+    reads them)."""
+    parser.add_argument("--ckpt", help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt) or an export "
+                        "folder")
+    parser.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
+    parser.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with "
+                        "--ckpt")
+
+
 def weights_source(ckpt: str | None, export: str | None, configs: list[str] | None,
                    overrides: list[str], ema: bool = False) -> WeightsSource:
     """Check the inputs of a command that loads a trained model, before anything is built.

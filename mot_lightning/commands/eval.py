@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mot_lightning.checkpoints.weights import add_weights_arguments
 from mot_lightning.sampling import GenerationTasks, add_sampling_arguments, generable_modalities, sampling_from_args
 
 METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
@@ -29,9 +30,7 @@ METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot eval", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 epilog="any other --key value is passed to the training config (LightningCLI)")
-    p.add_argument("--ckpt", help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt) or an export folder")
-    p.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
-    p.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with --ckpt")
+    add_weights_arguments(p)
     p.add_argument("--out", required=True, help=f"directory for {METRICS_FILE} and {GRID_FILE}")
     p.add_argument("--n", type=int, default=64, help="caption->image prompts (seen split; also the FID/KID set "
                    "size and the image->caption images)")

@@ -39,7 +39,7 @@ from PIL import Image
 from mot_lightning import sampling
 from mot_lightning.building import build
 from mot_lightning.checkpoints import load_checkpoint
-from mot_lightning.checkpoints.weights import weights_source
+from mot_lightning.checkpoints.weights import add_weights_arguments, weights_source
 from mot_lightning.data.documents import SAMPLE_RATE
 from mot_lightning.data.pretokenized import STAMP_KEY, check_tokenizers
 from mot_lightning.modality import Modality
@@ -48,9 +48,7 @@ from mot_lightning.modality import Modality
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 epilog="any other --key value is passed to the training config (LightningCLI)")
-    p.add_argument("--ckpt", help="a Lightning checkpoint file (e.g. .../checkpoints/last.ckpt) or an export folder")
-    p.add_argument("--export", help="a folder written by `mot export` (carries its config: no --config needed)")
-    p.add_argument("--config", action="append", help="the run's YAML (repeatable, as for fit); needed with --ckpt")
+    add_weights_arguments(p)
     p.add_argument("--out", required=True, help="directory for the PNG/WAV/TXT files")
     p.add_argument("--task", action="append", choices=list(sampling.TASKS),
                    help="repeatable; default: all the model can do")
