@@ -199,6 +199,13 @@ class MultiModalDataModule(pl.LightningDataModule):
         from the first validation set (``[], []`` without one)."""
         return self._media_text_pairs(n, Modality.SPEECH)
 
+    def train_image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Up to ``n`` images and their documents' text from the training sources that hold images, in order
+        (what a fitted label classifier learns from); float[0, 3, R, R] and [] without any."""
+        images, texts = media_text_pairs(self.plan.train_configs(), Modality.IMAGE, n, self.image_size,
+                                         self.decode_limits())
+        return stack_images(images, self.image_size), texts
+
     def _media_text_pairs(self, n: int, modality: Modality) -> tuple[list[torch.Tensor], list[str]]:
         return media_text_pairs(self.plan.val_configs()[:1], modality, n, self.image_size, self.decode_limits())
 
