@@ -167,6 +167,7 @@ def build_suite(dm, modalities: set[Modality], device: torch.device | str = "cpu
                                "features, a CLIP folder, a label rule; docs/own_data.md)")
         else:
             suite.data = build_data_suite(dm, config, n_prompts, suite.inception[0], suite.notes, device, seed)
+            suite.bounds |= {} if suite.data is None else suite.data.bounds
     return suite
 
 
