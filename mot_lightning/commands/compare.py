@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from mot_lightning.compare.diagnostics import has_diagnostics
@@ -24,6 +25,9 @@ the baseline's best value, divided by the step where the baseline got there. s_f
 when both groups have the same seeds. Noise floor: the baseline's seeds against each other.
 Generation metrics (val/gen/*, from the GenerationMetrics callback) follow the losses, matched in
 their direction: accuracies and BLEU reach the baseline by rising to it; FID, KID, WER, CER by falling.
+Where the runs logged sampling standard errors (val/gen_se/<metric>), each interval is at least
++- 1.96 x the mean's sampling SE, a difference within 1.96 x the two means' combined sampling SE reads
+"within sampling error", and "samples needed" says how many samples per run would resolve it (docs/compare.md).
 Diagnostics (diag/* and val/<set>/loss_image_t<k>, docs/diagnostics.md) get a section of their own in
 table.md (last values, mean +- sd over seeds) and, with plots, attention_maps.png and tower_curves.png.
 Example: mot compare runs/speech/mot --baseline runs/speech/dense --out compare_out
@@ -44,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-below", type=float, default=0.5,
                    help="flag a 'brief crossing' when the candidate stays at/below the target for less than "
                    "this share of its points after the first crossing (default %(default)s)")
+    p.add_argument("--detect", type=float, metavar="REL",
+                   help="size 'samples needed' for a relative difference REL of the baseline's mean (0.05: 5%%) "
+                   "instead of the observed difference (generation metrics with sampling SEs)")
     p.add_argument("--no-plots", action="store_true", help="write only the table")
     return p
 
@@ -66,6 +73,8 @@ def main(argv: list[str]) -> None:
     for name, f in (("--smoothing", smoothing.train), ("--val-smoothing", smoothing.val)):
         if not 0.0 <= f < 1.0:
             raise SystemExit(f"mot compare: {name} must be in [0, 1), got {f}")
+    if args.detect is not None and not (args.detect > 0 and math.isfinite(args.detect)):
+        raise SystemExit(f"mot compare: --detect is a relative difference > 0 (0.05 for 5%), got {args.detect}")
     specs, baseline = pick_baseline(list(args.groups), args.baseline)
     if len(specs) < 2:
         raise SystemExit("mot compare: need at least two groups (a baseline and one to compare)")
@@ -75,8 +84,8 @@ def main(argv: list[str]) -> None:
         groups = [load_group(s, lab) for s, lab in zip(specs, labels)]
     except RunError as err:
         raise SystemExit(f"mot compare: {err}") from None
-    rows = compare_groups(groups, baseline, smoothing, args.min_below)
-    header = _header(groups, baseline, smoothing)
+    rows = compare_groups(groups, baseline, smoothing, args.min_below, args.detect)
+    header = _header(groups, baseline, smoothing, args.detect)
     print(header)
     print(to_text(rows))
     out = args.out
@@ -96,8 +105,9 @@ def main(argv: list[str]) -> None:
     print("wrote " + ", ".join(str(p) for p in written))
 
 
-def _header(groups: list[Group], baseline: int, smoothing: Smoothing) -> str:
-    lines = [f"baseline: {groups[baseline].label}; EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}"]
+def _header(groups: list[Group], baseline: int, smoothing: Smoothing, detect: float | None = None) -> str:
+    lines = [f"baseline: {groups[baseline].label}; EMA smoothing train {smoothing.train:g}, val {smoothing.val:g}"
+             + ("" if detect is None else f"; samples needed sized for a {detect:.3g}x difference of the baseline")]
     for g in groups:
         seeds = ", ".join("?" if s is None else str(s) for s in g.seeds)
         ident = f"config hash {g.hash}" if g.hash else "no run.json"

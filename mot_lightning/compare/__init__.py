@@ -4,7 +4,8 @@ Files, in pipeline order:
     runs.py      read TensorBoard logs of a run (its version_* of one experiment merged) -> tag -> Series
     groups.py    groups of runs: the seeds of one experiment (one config hash), refusing mixtures
     matching.py  smoothing and step matching (final and best target) on the step, FLOPs and wall-clock axes
-    stats.py     means with Student-t intervals over seeds, ranges, pairing seeds
+    stats.py     means with Student-t intervals over seeds (floored by sampling error), ranges, pairing seeds,
+                 samples needed
     report.py    groups against a baseline group -> rows (intervals, noise floor, flags, verdict)
     tables.py    rows -> text / Markdown / CSV
     plots.py     loss vs steps / FLOPs / time PNGs: seeds thin, group mean bold with a band
