@@ -13,10 +13,10 @@ them) with its sample count, sampling error (``se``) and description, the floors
 them, the sampling settings and seed, the checkpoint and step, and notes on what was not measured. ``samples.png`` shows
 the caption->image samples with their prompts and what the scorer found wrong.
 
-On data other than the demo worlds, ``--metrics FILE`` (YAML: the ``metrics`` group of the
-``GenerationMetrics`` callback, ``eval/data_metrics.py``) says how images are scored: FID / KID features
-by class_path and local weights, a CLIP folder, a label rule and classifier; ``--clip_model DIR`` sets
-the CLIP folder alone.
+On data other than the demo worlds, images are scored as the training config's ``GenerationMetrics``
+callback says (its ``metrics`` group, ``eval/data_metrics.py``: FID / KID features by class_path and local
+weights, a CLIP folder, a label rule and classifier), or as ``--metrics FILE`` says (YAML, the same
+mapping; it replaces the config's); ``--clip_model DIR`` alone sets the CLIP folder.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> dict:
-    from mot_lightning.building import build
+    from mot_lightning.building import build_cli
     from mot_lightning.checkpoints.weights import weights_source
     from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
     from mot_lightning.eval.grid import save_grid
@@ -67,7 +67,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict:
     settings = sampling_from_args(args)  # checked first, with the weights source
     data_metrics = read_data_metrics(args.metrics, args.clip_model)
     source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)
-    model, dm = build(source.configs, source.overrides)
+    cli = build_cli(source.configs, source.overrides)
+    model, dm = cli.model, cli.datamodule
+    if data_metrics is None:  # the training config's GenerationMetrics says how its images are scored
+        data_metrics = next((cb.data_metrics for cb in cli.trainer.callbacks if hasattr(cb, "data_metrics")), None)
     step = source.load_into(model, args.device)
     modalities = generable_modalities(model, dm)
     suite = build_suite(dm, modalities, args.device, args.n, args.n_heldout, args.n_speech, args.world,
@@ -92,11 +95,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict:
 
 
 def read_data_metrics(path: str | None, clip_model: str | None):
-    """``DataMetrics`` from ``--metrics FILE`` (a mapping, or one under a ``metrics`` key) and ``--clip_model``."""
+    """``DataMetrics`` from ``--metrics FILE`` (a mapping, or one under a ``metrics`` key) and ``--clip_model``;
+    None when neither is given."""
     import yaml
 
     from mot_lightning.eval.data_metrics import DataMetrics
 
+    if path is None and clip_model is None:
+        return None
     data: dict = {}
     if path is not None:
         if not Path(path).is_file():

@@ -5,7 +5,7 @@ The demo worlds have their scene scorer and caption parser; other data has what 
 
     metrics:
       features:                      # FID / KID in these features: fid_<name>, kid_<name>
-        class_path: torchvision.models.resnet18
+        network: torchvision.models.resnet18
         weights: /models/resnet18.pt
         layer: avgpool
       clip_model: /models/clip-vit-b32   # CLIPScore (a local Hugging Face folder)

@@ -1,7 +1,8 @@
 """Networks named in a config, with weights from a local file: FID / KID features and image classifiers.
 
-``ModuleSpec`` names a network the way a LightningCLI config does (``class_path`` + ``init_args``; the class
-path may also name a function that returns a module, such as ``torchvision.models.resnet18``) and a local
+``ModuleSpec`` names a network by its class path (``network``, built with ``args``; the path may also name a
+function that returns a module, such as ``torchvision.models.resnet18``; the keys are not LightningCLI's
+``class_path`` / ``init_args``, which its parser would take for a subclass of the spec itself) and a local
 weights file (``.safetensors``, or a ``torch.save`` state dict read weights-only; a ``state_dict`` entry
 of a checkpoint is taken). Nothing is downloaded. Images go in as float[N, 3, R, R] in [0, 1]; the spec
 says how the network wants them (``input_size``: resized with bilinear filtering; ``mean`` / ``std``:
@@ -12,8 +13,8 @@ of the submodule named ``layer`` (``avgpool`` of a torchvision ResNet, say), or 
 flattened to float[N, d].
 
     features:
-      class_path: torchvision.models.resnet18
-      init_args: {num_classes: 10}
+      network: torchvision.models.resnet18
+      args: {num_classes: 10}
       weights: /data/resnet18_digits.pt
       layer: avgpool
       input_size: 64
@@ -33,11 +34,11 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    """A network by ``class_path`` (+ ``init_args``) with weights from a local file (module doc)."""
+    """A network by class path (``network``, built with ``args``) with weights from a local file (module doc)."""
 
-    class_path: str
+    network: str
     weights: str | None = None  # None: the network's own initialisation (tests; a fixed random embedding)
-    init_args: dict = field(default_factory=dict)
+    args: dict = field(default_factory=dict)
     layer: str | None = None  # features: this submodule's output (None: the network's output)
     input_size: int | None = None  # resize to this side first (None: as the data's images are)
     mean: tuple[float, ...] | None = None  # per-channel normalisation after the resize (None: none)
@@ -84,14 +85,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def build_module(spec: ModuleSpec) -> nn.Module:
     """The network of ``spec`` with its weights loaded (strictly), in eval mode, gradients off."""
-    net = import_object(spec.class_path)(**dict(spec.init_args))
+    net = import_object(spec.network)(**dict(spec.args))
     if not isinstance(net, nn.Module):
-        raise ValueError(f"class_path {spec.class_path!r} built a {type(net).__name__}, not a torch.nn.Module")
+        raise ValueError(f"network {spec.network!r} built a {type(net).__name__}, not a torch.nn.Module")
     if spec.weights is not None:
         missing, unexpected = net.load_state_dict(read_state_dict(spec.weights), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{spec.weights} does not fit {spec.class_path}({spec.init_args}): missing "
-                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; check init_args")
+            raise ValueError(f"{spec.weights} does not fit {spec.network}({spec.args}): missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; check args")
     return net.eval().requires_grad_(False)
 
 
@@ -123,7 +124,7 @@ class ModuleFeatures(nn.Module):
             return self.net.get_submodule(layer)
         except AttributeError as err:
             names = [n for n, _ in self.net.named_modules() if n][:12]
-            raise ValueError(f"{self.spec.class_path} has no submodule {layer!r}; some it has: {names}") from err
+            raise ValueError(f"{self.spec.network} has no submodule {layer!r}; some it has: {names}") from err
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:

@@ -10,12 +10,12 @@ label?) and image -> caption (the rule reads the generated caption; is it the pi
   built with ``rule_args`` whose instances are such callables); ``regex`` (the first capture group, or the
   whole match, lower-cased; with ``labels`` it must be one of them); ``labels`` alone (the one label whose
   words appear in the caption, matched as whole words, case-insensitive; none or several: unreadable);
-- the classifier: ``classifier`` (a ``features.ModuleSpec`` whose network returns float[N, len(labels)]
-  logits in ``labels`` order, weights from a local file), or, without one, a small CNN the app fits on the
-  training images and the labels the rule reads from their captions (``LabelClassifier``; fitted once,
-  kept in ``<dir>/label-classifier-<side>px-<hash>.pt`` like the fitted tokenizers, its hash covering the
-  config, the labels and which data it learnt from). The fitted classifier's penultimate layer is also an
-  embedding for FID / KID when no other features are configured.
+- the classifier: ``classifier`` (a ``features.ModuleSpec``: ``network``, ``args``, ``weights``, ...; the
+  network returns float[N, len(labels)] logits in ``labels`` order, weights from a local file), or,
+  without one, a small CNN the app fits on the training images and the labels the rule reads from their
+  captions (``LabelClassifier``; fitted once, kept in ``<dir>/label-classifier-<side>px-<hash>.pt`` like
+  the fitted tokenizers, its hash covering the config, the labels and which data it learnt from). The
+  fitted classifier's penultimate layer is also an embedding for FID / KID.
 
     labels:
       labels: [zero, one, two, three, four, five, six, seven, eight, nine]
@@ -148,7 +148,7 @@ class SpecClassifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         logits = self.net(prepare(images, self.spec))
         if logits.dim() != 2 or logits.shape[1] != len(self.classes):
-            raise ValueError(f"labels.classifier {self.spec.class_path} returned shape {tuple(logits.shape)}; "
+            raise ValueError(f"labels.classifier {self.spec.network} returned shape {tuple(logits.shape)}; "
                              f"it must return float[N, {len(self.classes)}] logits in the order of labels")
         return logits
 

@@ -154,7 +154,7 @@ def test_label_rules_read_captions_by_words_regex_or_class_path():
     with pytest.raises(ValueError, match="unknown keys"):
         DataMetrics.from_dict({"labels": {"labels": ["a"], "regexp": "x"}})
     parsed = DataMetrics.from_dict({"clip_model": "/m", "labels": {"labels": ["a", "b"], "fit": {"steps": 5}},
-                                    "features": {"class_path": "torchvision.models.resnet18", "layer": "avgpool"}})
+                                    "features": {"network": "torchvision.models.resnet18", "layer": "avgpool"}})
     assert parsed.labels.labels == ("a", "b") and parsed.labels.fit.steps == 5
     assert parsed.features.layer == "avgpool" and parsed.clip_model == "/m"
 
@@ -176,6 +176,20 @@ def test_plug_in_scorer_is_near_perfect_on_real_pairs_and_at_chance_on_shuffled_
     assert accuracy > 0.9, accuracy
     # ten balanced labels: chance is 0.1, with a binomial error of 0.017 on 297 pictures
     assert abs(chance - 0.1) < 4 * E.binomial_se(0.1, n), chance
+
+
+def test_mot_eval_reads_metrics_from_a_file_or_the_clip_flag(tmp_path):
+    from mot_lightning.commands.eval import read_data_metrics
+
+    assert read_data_metrics(None, None) is None  # then the training config's GenerationMetrics decides
+    (tmp_path / "m.yaml").write_text("metrics:\n  labels: {labels: [a, b]}\n")
+    config = read_data_metrics(str(tmp_path / "m.yaml"), "/clip")
+    assert config.labels.labels == ("a", "b") and config.clip_model == "/clip"
+    with pytest.raises(SystemExit, match="no such file"):
+        read_data_metrics(str(tmp_path / "missing.yaml"), None)
+    (tmp_path / "bad.yaml").write_text("labels: {labels: [a], regexp: x}\n")
+    with pytest.raises(SystemExit, match="unknown keys"):
+        read_data_metrics(str(tmp_path / "bad.yaml"), None)
 
 
 def test_binomial_and_mean_errors_match_repeated_draws():
@@ -229,24 +243,27 @@ def test_text_errors_equal_a_plain_bootstrap_loop():
 
 @pytest.mark.slow
 def test_mot_eval_on_labelled_data_writes_every_metric(speech_runs, demo_env, tmp_path, monkeypatch):
-    """A checkpoint evaluated on other data (scikit-learn digits as shards, its own tokenizers kept): FID / KID in
-    the fitted classifier's and a class_path network's features, CLIPScore, the label accuracies, BLEU, each with
-    its sampling error, its floor or ceiling in the bounds."""
+    """A checkpoint evaluated on other data (scikit-learn digits as shards, its own tokenizers kept), scored as the
+    config's GenerationMetrics callback says: FID / KID in the fitted classifier's and a class_path network's
+    features, CLIPScore, the label accuracies, BLEU, each with its sampling error, its floor or ceiling in the
+    bounds."""
     from mot_lightning.commands.main import main as mot
 
     pytest.importorskip("transformers")
     _digits_module().prepare(tmp_path / "digits", n_train=120)
     clip = save_tiny_clip(tmp_path / "clip")
     spec = _resnet_spec(tmp_path)
-    metrics = {"features": {"class_path": spec.class_path, "weights": spec.weights, "init_args": {"num_classes": 10},
+    metrics = {"features": {"network": spec.network, "weights": spec.weights, "args": {"num_classes": 10},
                             "layer": "avgpool", "name": "resnet"},
-               "labels": {"labels": list(WORDS), "fit": {"steps": 20, "batch_size": 32}}}
-    (tmp_path / "metrics.yaml").write_text(json.dumps({"metrics": metrics}))
+               "labels": {"labels": list(WORDS), "fit": {"steps": 20, "batch_size": 32}}, "clip_model": str(clip)}
+    overlay = {"trainer": {"callbacks": [{"class_path": "mot_lightning.callbacks.GenerationMetrics",
+                                          "init_args": {"metrics": metrics}}]}}
+    (tmp_path / "overlay.yaml").write_text(json.dumps(overlay))
     shards = tmp_path / "digits" / "shards"
     out = tmp_path / "eval"
     ckpt = run_dir(speech_runs / "speech" / "mot") / "checkpoints" / "last.ckpt"
-    mot(["eval", "--ckpt", str(ckpt), "--config", str(CONFIGS / "speech/mot.yaml"), *TINY_MODEL, "--out", str(out),
-         "--metrics", str(tmp_path / "metrics.yaml"), "--clip_model", str(clip), "--n", "6", "--n_speech", "0",
+    mot(["eval", "--ckpt", str(ckpt), "--config", str(CONFIGS / "speech/mot.yaml"), "--config",
+         str(tmp_path / "overlay.yaml"), *TINY_MODEL, "--out", str(out), "--n", "6", "--n_speech", "0",
          "--max_text_tokens", "8", "--data.tokenizer_files.dir", demo_env["tokenizer_dir"],
          "--data.sources", json.dumps([{"name": "pairs", "urls": str(shards / "train/pairs/*.tar"),
                                         "modalities": ["text", "image"]}]),
