@@ -1,4 +1,5 @@
-"""``mot compare GROUP... [--baseline GROUP] [--out DIR]``: groups of seeds, intervals, noise floor, plots."""
+"""``mot compare GROUP... [--baseline GROUP] [--out DIR]``: groups of seeds, intervals, noise floor, plots;
+``mot compare --scaling DIR... [--baseline ARM]...``: the same, size by size (``compare/scaling.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,14 @@ Where the runs logged sampling standard errors (val/gen_se/<metric>), each inter
 Diagnostics (diag/* and val/<set>/loss_image_t<k>, docs/diagnostics.md) get a section of their own in
 table.md (last values, mean +- sd over seeds) and, with plots, attention_maps.png and tower_curves.png.
 Example: mot compare runs/speech/mot --baseline runs/speech/dense --out compare_out
+
+--scaling: each DIR holds arms (a sweep's runs/<name>: one sub-directory per variant), each arm runs of
+several sizes (the sweep's points or grid). Runs are grouped by (arm, size), the size read from the
+backbone widths each run recorded; every other arm is matched against each --baseline arm (an arm's name,
+e.g. dense, or path; may be repeated) size by size on the tags matching --tags (default: validation
+losses per modality). Writes scaling.md, scaling.csv, scaling.png (s and ratio against parameters and
+training FLOPs, 95% intervals) and loss_vs_flops_sizes.png (every arm and size on one axis).
+Example: mot compare --scaling runs/study/speech runs/study/unimodal --baseline dense --baseline image_only
 """
 
 
@@ -38,8 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot compare", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("groups", nargs="+", metavar="GROUP", help="group dirs (see below); one per arm")
-    p.add_argument("--baseline", help="the group to match against (default: the one whose path contains "
-                   "'dense', else the first); may also be a group not among GROUP")
+    p.add_argument("--baseline", action="append", help="the group to match against (default: the one whose path "
+                   "contains 'dense', else the first); may also be a group not among GROUP. With --scaling: an "
+                   "arm, and it may be repeated")
+    p.add_argument("--scaling", action="store_true",
+                   help="GROUPs are dirs of arms of several sizes: compare size by size (see below)")
+    p.add_argument("--tags", default=None, help="with --scaling: a regex of the tags compared (default: "
+                   "validation losses per modality)")
     p.add_argument("--out", type=Path, default=Path("compare_out"), help="where table.md/.csv and PNGs go")
     p.add_argument("--smoothing", type=float, default=Smoothing.train,
                    help="EMA factor over logged points for train/ curves (default %(default)s)")
@@ -75,7 +89,13 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"mot compare: {name} must be in [0, 1), got {f}")
     if args.detect is not None and not (args.detect > 0 and math.isfinite(args.detect)):
         raise SystemExit(f"mot compare: --detect is a relative difference > 0 (0.05 for 5%), got {args.detect}")
-    specs, baseline = pick_baseline(list(args.groups), args.baseline)
+    if args.scaling:
+        return scaling_main(args, smoothing)
+    if args.tags is not None:
+        raise SystemExit("mot compare: --tags goes with --scaling")
+    if args.baseline and len(args.baseline) > 1:
+        raise SystemExit("mot compare: one --baseline (several go with --scaling)")
+    specs, baseline = pick_baseline(list(args.groups), args.baseline[0] if args.baseline else None)
     if len(specs) < 2:
         raise SystemExit("mot compare: need at least two groups (a baseline and one to compare)")
     labels = short_labels([Path(s.rsplit("@", 1)[0]) if "@" in Path(s).name else Path(s) for s in specs])
@@ -102,6 +122,37 @@ def main(argv: list[str]) -> None:
             from mot_lightning.compare.diagnostics import plot_diagnostics
 
             written += plot_diagnostics(groups, out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def scaling_main(args: argparse.Namespace, smoothing: Smoothing) -> None:
+    """``--scaling``: arms of several sizes, compared size by size (``compare/scaling.py``)."""
+    from mot_lightning.compare import scaling
+
+    try:
+        arms = scaling.load_arms(args.groups)
+        baselines = scaling.pick_baselines(arms, args.baseline)
+    except RunError as err:
+        raise SystemExit(f"mot compare: {err}") from None
+    if len(arms) < 2:
+        raise SystemExit(f"mot compare: --scaling found one arm ({arms[0].label}); need a baseline and another")
+    rows = scaling.compare_arms(arms, baselines, smoothing, args.min_below, args.tags or scaling.DEFAULT_TAGS)
+    if not rows:
+        raise SystemExit("mot compare: no tag matching --tags was logged by a baseline arm and another arm")
+    header = scaling.header(arms, baselines, smoothing)
+    markdown = scaling.to_markdown(rows, header)
+    print(markdown)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.md").write_text(markdown)
+    (out / "scaling.csv").write_text(scaling.to_csv(rows))
+    written = [out / "scaling.md", out / "scaling.csv"]
+    if not args.no_plots:
+        from mot_lightning.compare.scaling_plots import plot_scaling, plot_sizes  # matplotlib only when plotting
+
+        tags = list(dict.fromkeys(r.tag for r in rows))
+        written += [p for p in (plot_scaling(rows, out / "scaling.png"),
+                                plot_sizes(arms, tags, smoothing, out / "loss_vs_flops_sizes.png")) if p]
     print("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -156,6 +156,14 @@ def load_run(path: str | Path) -> Run:
     return run
 
 
+def recorded_config(run: Run) -> dict | None:
+    """What the run recorded of its config: run.json's experiment config (seeds and logging settings left
+    out), else the first training version's ``config.yaml``; None when it has neither."""
+    if run.identity is not None:
+        return run.identity.experiment
+    return next((c for c in map(_version_config, run.versions) if c is not None), None)
+
+
 def find_versions(path: Path) -> list[Path]:
     """The dirs to read, oldest first: ``path`` itself if it holds event files, else its ``version_*``."""
     if not path.exists():
