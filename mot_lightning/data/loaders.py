@@ -202,7 +202,7 @@ def join_feeder_threads(iterator: Iterator, timeout: float = 5.0) -> None:
 
     The next epoch forks new workers right away, and a thread ending while this process forks can leave the
     child deadlocked at birth: on Python 3.8 to 3.11.9 the child then waits forever on an interpreter lock
-    the ending thread held (CPython issue 112275, fixed in 3.11.10 and 3.12). The worker never starts and the
+    the ending thread held (CPython bug gh-112275, fixed in 3.11.10 and 3.12). The worker never starts and the
     run stalls until ``data.loader.timeout``. torch's shutdown leaves these threads to end on their own."""
     for queue in getattr(iterator, "_index_queues", ()):
         thread = getattr(queue, "_thread", None)  # multiprocessing.Queue's feeder, None if never started
