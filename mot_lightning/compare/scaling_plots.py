@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from mot_lightning.compare.plots import AXES, group_curves, is_diffusion, y_label
 from mot_lightning.compare.report import Smoothing
@@ -51,6 +52,7 @@ def plot_scaling(rows: list[ScalingRow], path: Path) -> Path | None:
                 _pair_line(ax, points, x, y, shift, colours[k % len(colours)], f"{pair[0]} vs {pair[1]}")
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # sizes within a decade: minor labels would overlap
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel(X_AXES[x], fontsize=8)
             ax.set_ylabel(Y_AXES[y], fontsize=8)
@@ -129,6 +131,7 @@ def plot_sizes(arms: list[Arm], tags: list[str], smoothing: Smoothing, path: Pat
         ax.set_ylabel(y_label(tag, any(is_diffusion(r) for r in runs)), fontsize=8)
         if axis == "flops":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(labelsize=7)
         ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
     for ax in list(grid.flat)[len(tags):]:
