@@ -44,13 +44,16 @@ IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
 COST = {"multiprocess": 20.0, "slow": 5.0}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-    if config.getoption("dist", "no") == "loadgroup":
+    # a pytest-xdist worker collects with its own options: xdist sets its "dist" to "no" and keeps
+    # "loadgroup" (True under --dist loadgroup); without xdist, "dist" is what pyproject.toml's addopts say
+    if getattr(config.option, "loadgroup", False) or config.getoption("dist", "no") == "loadgroup":
         group_for_xdist(items)
 
 
