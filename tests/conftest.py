@@ -13,6 +13,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # a sampling test 2.3x), and every rank and `mot` process the tests start runs one thread already. Thread
 # counts are varied explicitly (README: the numerics tests under OMP_NUM_THREADS=1 and =2).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Inductor compiles its kernels in this process unless the environment names a count: a pool of compile workers
+# (one per core by default) costs each test process that compiles seconds of start-up, and the other xdist worker
+# holds the second core anyway. The kernels are the same.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
