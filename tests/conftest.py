@@ -44,8 +44,19 @@ SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "
 # Session fixtures that hold runs made lazily, part by part, in one process (their parts are not plain files a
 # second process could pick up): every test asking for one runs on the same pytest-xdist worker.
 IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
-# relative cost of a test by its marks, to hand the two workers the heaviest groups first
-COST = {"multiprocess": 20.0, "slow": 5.0}
+# What a module costs, to hand the two workers the heaviest groups first: CPU seconds of the modules that take
+# most of a run (measured with `-n 2` on 2 cores; only their order matters, so round numbers), and any other
+# test by its marks. A heavy module dealt out last keeps one worker busy while the other has finished.
+MODULE_COST = {
+    "tests/app/test_scaling_guide.py": 100, "tests/app/test_checkpoints.py": 85, "tests/model/test_compile.py": 60,
+    "tests/app/test_preemption.py": 60, "tests/app/test_sweep.py": 55, "tests/eval/test_trained_conditioning.py": 50,
+    "tests/app/test_configs.py": 50, "tests/app/test_resume_ddp.py": 45, "tests/app/test_precision.py": 45,
+    "tests/data/test_procedural.py": 30, "tests/app/test_transfusion.py": 30, "tests/app/test_progress.py": 15,
+    "tests/app/test_training.py": 13, "tests/app/test_run_identity.py": 10, "tests/world/test_procedural_world.py": 9,
+    "tests/app/test_data_mix.py": 8, "tests/app/test_fault_injection.py": 7, "tests/app/test_recipes.py": 6,
+    "tests/eval/test_gen_metrics_app.py": 6,
+}
+COST = {"multiprocess": 5.0, "slow": 3.0}  # seconds per test by its marks (the most of them), else 0.2
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
@@ -78,9 +89,13 @@ def group_for_xdist(items) -> None:
                 parent[find(item.nodeid.split("::")[0])] = find(name)
     cost: dict[str, float] = {}
     for item in items:
-        group = find(item.nodeid.split("::")[0])
-        item.add_marker(pytest.mark.xdist_group(group))
-        cost[group] = cost.get(group, 0.0) + max([COST[m] for m in COST if m in item.keywords], default=0.3)
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(find(module)))
+        if module not in MODULE_COST:
+            cost[find(module)] = cost.get(find(module), 0.0) + max([COST[m] for m in COST if m in item.keywords],
+                                                                    default=0.2)
+    for module in {item.nodeid.split("::")[0] for item in items} & MODULE_COST.keys():
+        cost[find(module)] = cost.get(find(module), 0.0) + MODULE_COST[module]
     items.sort(key=lambda item: -cost[find(item.nodeid.split("::")[0])])  # stable: each group keeps its order
 
 
