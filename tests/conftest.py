@@ -48,13 +48,12 @@ IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
 # most of a run (measured with `-n 2` on 2 cores; only their order matters, so round numbers), and any other
 # test by its marks. A heavy module dealt out last keeps one worker busy while the other has finished.
 MODULE_COST = {
-    "tests/app/test_scaling_guide.py": 100, "tests/app/test_checkpoints.py": 85, "tests/model/test_compile.py": 60,
-    "tests/app/test_preemption.py": 60, "tests/app/test_sweep.py": 55, "tests/eval/test_trained_conditioning.py": 50,
-    "tests/app/test_configs.py": 50, "tests/app/test_resume_ddp.py": 45, "tests/app/test_precision.py": 45,
-    "tests/data/test_procedural.py": 30, "tests/app/test_transfusion.py": 30, "tests/app/test_progress.py": 15,
-    "tests/app/test_training.py": 13, "tests/app/test_run_identity.py": 10, "tests/world/test_procedural_world.py": 9,
-    "tests/app/test_data_mix.py": 8, "tests/app/test_fault_injection.py": 7, "tests/app/test_recipes.py": 6,
-    "tests/eval/test_gen_metrics_app.py": 6,
+    "tests/app/test_scaling_guide.py": 105, "tests/app/test_checkpoints.py": 85, "tests/app/test_resume_ddp.py": 60,
+    "tests/model/test_compile.py": 60, "tests/eval/test_trained_conditioning.py": 55, "tests/app/test_sweep.py": 55,
+    "tests/app/test_configs.py": 35, "tests/app/test_preemption.py": 30, "tests/data/test_procedural.py": 27,
+    "tests/app/test_precision.py": 27, "tests/app/test_transfusion.py": 25, "tests/app/test_progress.py": 16,
+    "tests/app/test_training.py": 12, "tests/app/test_run_identity.py": 11, "tests/world/test_procedural_world.py": 10,
+    "tests/app/test_data_mix.py": 9, "tests/app/test_fault_injection.py": 8, "tests/eval/test_gen_metrics_app.py": 5,
 }
 COST = {"multiprocess": 5.0, "slow": 3.0}  # seconds per test by its marks (the most of them), else 0.2
 
