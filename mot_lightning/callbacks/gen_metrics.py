@@ -20,8 +20,10 @@ Prompts come from the data module's demo world (``data.demo.mode``; fixed prompt
 speech from its first validation set; the faithfulness scorer is fitted once per world and image size and
 kept beside the fitted tokenizers (``data.tokenizer_files.dir``, or ``scorer_dir``; for a sharded model
 global rank 0 fits it first and the other ranks then load it, so the directory must be shared). With data
-other than the demo corpus only the speech metrics run (the notes say so, once). Validations are counted
-from the start of the process (a resumed run counts anew).
+other than the demo corpus, images are scored as the ``metrics`` group configures (FID / KID in given
+features, CLIPScore from a local folder, the label scorer: ``eval/data_metrics.py``); without it only the
+speech metrics run (the notes say so, once). Each metric's sampling error goes to ``val/gen_se/<metric>``.
+Validations are counted from the start of the process (a resumed run counts anew).
 
 Cost: sampling dominates; prompts decode ``batch_size`` at a time as left-padded batches. One evaluation at
 the defaults of the freshly initialised 128 x 4 speech demo model (captions and speech run to their length
@@ -39,6 +41,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 
 from mot_lightning.callbacks.generation import generate_in_run, is_sharded
+from mot_lightning.eval.data_metrics import DataMetrics
 from mot_lightning.eval.evaluate import EvalResult, EvalSuite, ScorerSource, build_suite, evaluate
 from mot_lightning.eval.scorer import ScorerConfig
 from mot_lightning.modality import Modality
@@ -46,13 +49,15 @@ from mot_lightning.sampling import GenerationTasks, SamplingSettings, generable_
 
 log = logging.getLogger("mot_lightning.eval")
 PREFIX = "val/gen/"
+SE_PREFIX = "val/gen_se/"  # each metric's sampling error
 
 
 class GenerationMetrics(pl.Callback):
     def __init__(self, every_n_val: int = 1, n_prompts: int = 64, n_heldout: int = 32, n_speech: int = 32,
                  sampling: SamplingSettings = SamplingSettings(), world: str = "auto",
                  scorer_dir: str | None = None, scorer_file: str | None = None, scorer: ScorerConfig | None = None,
-                 inception_weights: str | None = None, ema: bool = True) -> None:
+                 inception_weights: str | None = None, metrics: DataMetrics | None = None,
+                 ema: bool = True) -> None:
         """
         Args:
             every_n_val: score after every N-th validation run.
@@ -67,6 +72,9 @@ class GenerationMetrics(pl.Callback):
             scorer_file: a scorer file to load as it is (instead of the fit-once file).
             scorer: how the fit-once scorer is fitted (``ScorerConfig``; None = its defaults).
             inception_weights: a local Inception-v3 FID weights file (else ``$MOT_INCEPTION_WEIGHTS``).
+            metrics: how images are scored on data other than the demo worlds (``eval.data_metrics.DataMetrics``:
+                FID / KID features by class_path and local weights, a local CLIP folder, a label rule and
+                classifier); None: only Inception FID / KID when its weights are local.
             ema: score the EMA weights when the run has an ``EMA`` callback (else the live weights).
         """
         if every_n_val < 1 or n_prompts < 2 or n_heldout < 0 or n_speech < 0:
@@ -76,6 +84,7 @@ class GenerationMetrics(pl.Callback):
         self.every_n_val, self.n_prompts, self.n_heldout, self.n_speech = every_n_val, n_prompts, n_heldout, n_speech
         self.settings = sampling
         self.world, self.inception_weights, self.ema = world, inception_weights, ema
+        self.data_metrics = metrics
         self.scorer = ScorerSource(scorer_file, scorer_dir, scorer or ScorerConfig())
         self._validations = 0
         self._suite: EvalSuite | None = None
@@ -119,14 +128,20 @@ class GenerationMetrics(pl.Callback):
 
     def _build_suite(self, dm, modalities: set[Modality], device: torch.device) -> EvalSuite:
         return build_suite(dm, modalities, device, self.n_prompts, self.n_heldout, self.n_speech, self.world,
-                           self.scorer, self.inception_weights, self.settings.seed)
+                           self.scorer, self.inception_weights, self.settings.seed, self.data_metrics)
 
 
 def write_metrics(writer, result: EvalResult, step: int) -> None:
-    """Each metric as a scalar ``val/gen/<name>`` with its description (``SummaryMetadata``)."""
+    """Each metric as a scalar ``val/gen/<name>`` with its description (``SummaryMetadata``), and its sampling
+    error as ``val/gen_se/<name>`` (``mot compare`` reads both)."""
     for name, metric in result.metrics.items():
-        meta = SummaryMetadata(summary_description=f"{metric.n} samples. {metric.description}",
-                               plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
-        summary = Summary(value=[Summary.Value(tag=PREFIX + name, simple_value=metric.value, metadata=meta)])
-        writer.file_writer.add_summary(summary, step)
+        values = [(PREFIX + name, metric.value, f"{metric.n} samples. {metric.description}")]
+        if metric.se is not None:
+            values.append((SE_PREFIX + name, metric.se, f"{metric.n} samples. Sampling standard error of "
+                           f"{PREFIX + name} (binomial for accuracies, else bootstrap over the samples)"))
+        for tag, value, description in values:
+            meta = SummaryMetadata(summary_description=description,
+                                   plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=value, metadata=meta)])
+            writer.file_writer.add_summary(summary, step)
     writer.flush()

@@ -16,10 +16,20 @@ cluster scheduler. The sweep YAML::
     args:                              # optional: overrides for every run
       trainer.max_steps: 600
 
+``points`` (optional) lists named sets of values that change together, e.g. sizes whose training
+length grows with the model (a grid would cross every dim with every length)::
+
+    points:
+      d64: {model.backbone.dim: 64, model.backbone.n_layers: 2, trainer.max_steps: 200}
+      d128: {model.backbone.dim: 128, model.backbone.n_layers: 4, trainer.max_steps: 400}
+
+Every variant runs at every point (crossed with ``grid``), or at the points its ``points: [d128]`` names.
+A point's name joins the grid point's label in the group name (``<name>/<variant>/d64``).
+
 Every command carries ``--ckpt_path last``: run again (a resubmitted or requeued job), it resumes its own
 run and nothing else; the first time it starts afresh.
 
-Precedence (later wins): config files, ``args``, the variant's ``args``, the grid point, the
+Precedence (later wins): config files, ``args``, the variant's ``args``, the point, the grid point, the
 seed, then anything after ``--`` on the ``mot sweep`` command line. Each variant (and grid
 point) is one group for ``mot compare``; the sweep prints the command at the end.
 """
@@ -39,7 +49,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_SEED_KEYS = ("seed_everything", "data.seed")
-SWEEP_KEYS = {"name", "save_dir", "variants", "seeds", "seed_keys", "grid", "args"}
+SWEEP_KEYS = {"name", "save_dir", "variants", "seeds", "seed_keys", "grid", "points", "args"}
 
 
 @dataclass(frozen=True)
@@ -69,19 +79,40 @@ def _overrides(mapping: dict | None) -> list[str]:
     return [a for k, v in (mapping or {}).items() for a in (f"--{k}", cli_value(v))]
 
 
-def _variant(name: str, spec) -> tuple[list[str], dict]:
+def _variant(name: str, spec) -> tuple[list[str], dict, list[str] | None]:
+    """(config files, overrides, the names of the points it runs at or None for all)."""
     if isinstance(spec, str):
         spec = {"config": [spec]}
     if isinstance(spec, list):
         spec = {"config": spec}
     if not isinstance(spec, dict) or not spec.get("config"):
         raise ValueError(f"sweep variant {name!r}: give a config file, a list of them, or "
-                         "{config: [...], args: {key: value}}")
+                         "{config: [...], args: {key: value}, points: [name, ...]}")
     configs = [spec["config"]] if isinstance(spec["config"], str) else list(spec["config"])
-    unknown = set(spec) - {"config", "args"}
+    unknown = set(spec) - {"config", "args", "points"}
     if unknown:
-        raise ValueError(f"sweep variant {name!r}: unknown keys {sorted(unknown)}; use config and args")
-    return configs, spec.get("args") or {}
+        raise ValueError(f"sweep variant {name!r}: unknown keys {sorted(unknown)}; use config, args and points")
+    points = spec.get("points")
+    if points is not None and (not isinstance(points, list) or not points):
+        raise ValueError(f"sweep variant {name!r}: `points` must be a non-empty list of point names")
+    return configs, spec.get("args") or {}, points
+
+
+def _points(points: dict | None, variant: str, wanted: list[str] | None) -> list[tuple[str, dict]]:
+    """(name, {key: value}) of the points a variant runs at; [("", {})] without ``points``."""
+    if points is None:
+        if wanted is not None:
+            raise ValueError(f"sweep variant {variant!r} names points {wanted} but the sweep has no `points`")
+        return [("", {})]
+    if not isinstance(points, dict) or not points:
+        raise ValueError("sweep `points` must map names to {key: value} overrides")
+    for name, values in points.items():
+        if not isinstance(values, dict) or not values:
+            raise ValueError(f"sweep point {name!r}: give the values it sets, {{key: value, ...}}")
+    unknown = [p for p in wanted or [] if p not in points]
+    if unknown:
+        raise ValueError(f"sweep variant {variant!r}: unknown points {unknown}; the sweep has {list(points)}")
+    return [(name, points[name]) for name in (wanted or list(points))]
 
 
 def _grid_points(grid: dict | None) -> list[tuple[str, dict]]:
@@ -99,7 +130,7 @@ def _grid_points(grid: dict | None) -> list[tuple[str, dict]]:
 
 
 def plan(sweep: dict, name: str, save_dir: str | None = None, extra: list[str] | None = None) -> list[Job]:
-    """The sweep's jobs, in order: variant, grid point, seed."""
+    """The sweep's jobs, in order: variant, point, grid point, seed."""
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
         raise ValueError(f"sweep YAML: unknown keys {sorted(unknown)}; known: {sorted(SWEEP_KEYS)}")
@@ -112,12 +143,15 @@ def plan(sweep: dict, name: str, save_dir: str | None = None, extra: list[str] |
     save_dir = save_dir or sweep.get("save_dir", "runs")
     jobs = []
     for variant, spec in sweep["variants"].items():
-        configs, variant_args = _variant(variant, spec)
-        for label, point in _grid_points(sweep.get("grid")):
+        configs, variant_args, wanted = _variant(variant, spec)
+        for (point_name, point_values), (label, point) in itertools.product(
+                _points(sweep.get("points"), variant, wanted), _grid_points(sweep.get("grid"))):
+            label = ",".join(p for p in (point_name, label) if p)
             group = "/".join(p for p in (name, variant, label) if p)
             for seed in seeds:
                 args = [a for c in configs for a in ("--config", str(c))]
-                args += _overrides(sweep.get("args")) + _overrides(variant_args) + _overrides(point)
+                args += _overrides(sweep.get("args")) + _overrides(variant_args) + _overrides(point_values)
+                args += _overrides(point)
                 args += ["--ckpt_path", "last"]  # a resubmitted line resumes its own run (fresh the first time)
                 args += ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", group]
                 args += [a for k in seed_keys for a in (f"--{k}", str(seed))]
@@ -187,6 +221,17 @@ def _wait_any(running: list) -> tuple:
         time.sleep(0.2)
 
 
+def scaling_command(sweep: dict, name: str, save_dir: str) -> str | None:
+    """``mot compare --scaling`` over the sweep's arms when it has sizes (``points`` or ``grid``) and its
+    variants sit in one folder (``a``, ``b``; not ``x/a``, ``y/b``); else None."""
+    variants = list(sweep.get("variants") or {})
+    parents = {os.path.dirname(v) for v in variants}
+    if not (sweep.get("points") or sweep.get("grid")) or len(parents) != 1 or len(variants) < 2:
+        return None
+    folder = "/".join(p for p in (save_dir, name, parents.pop()) if p)
+    return shlex.join(["mot", "compare", "--scaling", folder, "--baseline", os.path.basename(variants[0])])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mot sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Arguments after `--` go to every `mot fit` (e.g. -- --trainer.max_steps 50).")
@@ -231,6 +276,9 @@ def main(argv: list[str]) -> None:
     print(f"\nmot sweep: {len(jobs) - len(failed)}/{len(jobs)} runs done. Compare them with:\n  "
           + shlex.join(["mot", "compare", *(f"{save_dir}/{g}" for g in groups[1:]),
                         "--baseline", f"{save_dir}/{groups[0]}"]))
+    scaling = scaling_command(sweep, str(sweep.get("name") or args.config.stem), save_dir)
+    if scaling:
+        print(f"or size by size (docs/compare.md, \"Scaling\"):\n  {scaling}")
     if failed:
         raise SystemExit(f"mot sweep: {len(failed)} runs failed: "
                          + ", ".join(f"{j.group} seed {j.seed}" for j in failed))

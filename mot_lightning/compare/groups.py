@@ -74,8 +74,14 @@ def load_group(spec: str | Path, label: str) -> Group:
         runs = [r for r in runs if r.hash is not None and r.hash.startswith(want)]
         if not runs:
             raise RunError(f"{path}: no run with config hash {want}")
+    return group_of(path, runs, label)
+
+
+def group_of(path: Path, runs: list[Run], label: str) -> Group:
+    """``runs`` (found under ``path``) as one group, sorted by seed; refused unless they are seeds of one
+    experiment."""
     _check_one_experiment(path, runs)
-    runs.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)))
+    runs = sorted(runs, key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)))
     return Group(label, path, runs)
 
 

@@ -69,7 +69,7 @@ def _x(run: Run, key: str, axis: str, steps: np.ndarray) -> np.ndarray:
     return np.interp(steps, series.steps, series.times)
 
 
-def _group_curves(group: Group, key: str, axis: str, factor: float):
+def group_curves(group: Group, key: str, axis: str, factor: float):
     """Per-seed (x, y), and the seeds interpolated on the logged steps inside the range all of them
     cover: ``xs`` (T,) and ``ys`` (seeds, T)."""
     runs = [r for r in group.runs if key in r.scalars]
@@ -89,7 +89,7 @@ def _plot_panel(ax, groups: list[Group], baseline: int, key: str, axis: str, fac
         if not any(key in r.scalars for r in group.runs):
             continue
         colour = colours[i % len(colours)]
-        seeds, xs, ys = _group_curves(group, key, axis, factor)
+        seeds, xs, ys = group_curves(group, key, axis, factor)
         for x, y in seeds:
             ax.plot(x, y, color=colour, linewidth=0.6, alpha=0.45)
         band = "" if len(ys) < 2 else ", band min-max"

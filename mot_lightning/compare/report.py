@@ -13,15 +13,34 @@ baseline's seeds against each other (ordered pairs, as a range; stats.py). Flags
 - ``partial``: a candidate run logged fewer steps than its baseline seed.
 
 Verdict: ``lower``/``higher`` when the ratio's interval excludes 1 and the ratio lies
-outside the noise floor's range; ``within noise`` otherwise; ``n/a (1 seed)`` with one pair.
+outside the noise floor's range; ``within noise`` otherwise; ``n/a (1 seed)`` with one pair;
+``within sampling error`` before all of them for generation metrics with sampling SEs (below).
 
 Generation metrics (``val/gen/...``) get rows after the losses, matched in their direction
 (``runs.direction``: an accuracy "reaches" the baseline's final value by rising to it, and
 "rises"/"ended above" read as "gets worse"/"ended worse"); their verdict adds ``(better)`` or
 ``(worse)``. A metric without a direction (a duration ratio) shows finals and ratio only.
+
+Sampling error: when every run of a generation-metric row logged its SE (``val/gen_se/<metric>``, read at the
+metric's final step), the row also carries each group mean's sampling SE ``S = sqrt(sum se_i^2) / n`` and:
+
+- intervals floored by it: the finals' and the ratio's half-widths are ``max(t * sd / sqrt(n), 1.96 * S)``
+  (stats.py; the ratio's ``S`` by the delta method over the seed pairs), so two or three seeds that happen to
+  agree cannot claim more precision than the sample sets allow;
+- verdict ``within sampling error`` when ``|mean_cand - mean_base| <= 1.96 * sqrt(S_base^2 + S_cand^2)``,
+  ahead of the other verdicts: such a difference is not resolved by the samples even where the seeds'
+  interval excludes 1. The sampling SEs alone are used here (not ``max(sd / sqrt(n), S)``), so a seed
+  spread is never called sampling error, and with negligible SEs the verdict is the one without them;
+- ``samples``: the samples per run at which sampling error alone resolves the difference (two-sided 5%,
+  80% power; ``stats.SamplesNeeded``), sized for the observed difference or for ``detect`` x the baseline's mean.
+
+The SE used is the one logged with the final point, also when val curves are smoothed (``--val-smoothing``): an
+EMA over points scored on the same prompts does not shrink their shared sampling error much. Runs of one row
+that logged no SE (older runs) leave the row as without SEs, with a note when only some did.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import permutations
 
@@ -30,10 +49,19 @@ import numpy as np
 from mot_lightning.compare.groups import Group
 from mot_lightning.compare.matching import Match, match_curves, smooth
 from mot_lightning.compare.runs import Run, direction, is_gen_tag
-from mot_lightning.compare.stats import Interval, Range, pair_by_seed
+from mot_lightning.compare.stats import (
+    Z_SAMPLING,
+    Interval,
+    Range,
+    SamplesNeeded,
+    mean_sampling_se,
+    pair_by_seed,
+    ratio_sampling_se,
+)
 
 S_AXES = ("s_steps", "s_best", "s_flops", "s_time")
 RISE_WITHOUT_NOISE = 0.01  # one baseline seed: a rise above 1% of the best value is flagged
+WITHIN_SAMPLING = "within sampling error"
 
 
 @dataclass(frozen=True)
@@ -104,19 +132,27 @@ class Row:
     noise: Noise | None = None
     verdict: str = ""
     notes: list[str] = field(default_factory=list)
+    samples: SamplesNeeded | None = None  # samples per run to resolve the difference (runs with sampling SEs)
+
+    @property
+    def sampled(self) -> bool:
+        """The finals carry the groups' sampling SEs (every run of the row logged one)."""
+        return self.final is not None and self.final.sampling_se is not None
 
     @property
     def n_pairs(self) -> int:
         return self.ratio.n if self.ratio is not None else 0
 
 
-def compare_groups(groups: list[Group], baseline: int, smoothing: Smoothing, min_below: float = 0.5) -> list[Row]:
-    """Every non-baseline group against ``groups[baseline]`` on every loss tag any run logged."""
+def compare_groups(groups: list[Group], baseline: int, smoothing: Smoothing, min_below: float = 0.5,
+                   detect: float | None = None) -> list[Row]:
+    """Every non-baseline group against ``groups[baseline]`` on every compared tag any run logged; ``detect``
+    (a relative difference) sizes the samples needed for it instead of for the observed difference."""
     base = groups[baseline]
     tags = {t for g in groups for r in g.runs for t in r.compared_tags}
     keys = sorted(t for t in tags if not is_gen_tag(t)) + sorted(t for t in tags if is_gen_tag(t))
     noise = {key: noise_floor(base, key, smoothing.factor(key)) for key in keys}
-    return [_row(g, base, key, smoothing.factor(key), noise[key], min_below)
+    return [_row(g, base, key, smoothing.factor(key), noise[key], min_below, detect)
             for i, g in enumerate(groups) if i != baseline for key in keys]
 
 
@@ -142,7 +178,8 @@ def _match(run: Run, base: Run, key: str, factor: float) -> Match:
     return match_curves(run.scalars[key], base.scalars[key], factor, run.flops, base.flops, higher=higher)
 
 
-def _row(cand: Group, base: Group, key: str, factor: float, noise: Noise, min_below: float) -> Row:
+def _row(cand: Group, base: Group, key: str, factor: float, noise: Noise, min_below: float,
+         detect: float | None = None) -> Row:
     row = Row(cand.label, key, sum(key in r.scalars for r in base.runs), sum(key in r.scalars for r in cand.runs))
     for g, n in ((base, row.n_base), (cand, row.n_cand)):
         if n == 0:
@@ -153,19 +190,32 @@ def _row(cand: Group, base: Group, key: str, factor: float, noise: Noise, min_be
     c_runs = [r for r in cand.runs if key in r.scalars]
     pairs, row.pairing = pair_by_seed([r.seed for r in b_runs], [r.seed for r in c_runs])
     matches = [_match(c_runs[j], b_runs[i], key, factor) for i, j in pairs]
-    row.base_final = Interval.of(finals(base, key, factor))
-    row.final = Interval.of(finals(cand, key, factor))
-    row.ratio = Interval.of([m.ratio for m in matches])
+    b_se, c_se = [r.final_se(key) for r in b_runs], [r.final_se(key) for r in c_runs]
+    sampled = all(se is not None for se in (*b_se, *c_se))
+    row.base_final = Interval.of(finals(base, key, factor), mean_sampling_se(b_se) if sampled else None)
+    row.final = Interval.of(finals(cand, key, factor), mean_sampling_se(c_se) if sampled else None)
+    ratio_se = None if not sampled else ratio_sampling_se(
+        [m.final for m in matches], [c_se[j] for _, j in pairs], [m.base_final for m in matches],
+        [b_se[i] for i, _ in pairs])
+    row.ratio = Interval.of([m.ratio for m in matches], ratio_se)
     row.s = {axis: SStat([getattr(m, axis) for m in matches]) for axis in S_AXES}
     if any(r.flops is None for r in (*b_runs, *c_runs)):
         row.s["s_flops"].undefined = "n/a (no train/total_flops)"
     row.noise = noise
+    if sampled:
+        diff = row.final.mean - row.base_final.mean if detect is None else detect * row.base_final.mean
+        row.samples = SamplesNeeded.of(diff, b_se, c_se, [r.sample_count(key) for r in b_runs],
+                                       [r.sample_count(key) for r in c_runs])
+    elif any(se is not None for se in (*b_se, *c_se)):
+        have = sum(se is not None for se in (*b_se, *c_se))
+        row.notes.append(f"sampling se logged by {have}/{len(b_se) + len(c_se)} runs only: intervals and verdict "
+                         "over seeds alone")
     if direction(key) is None:  # no better side: finals and ratio only
         row.s = {axis: SStat([None] * len(matches), "n/a (no direction)") for axis in S_AXES}
-        row.verdict = _verdict(row.ratio, noise)
+        row.verdict = _verdict(row)
         return row
     row.notes += _flags(matches, noise, min_below, [c_runs[j] for _, j in pairs], [b_runs[i] for i, _ in pairs], key)
-    row.verdict = _verdict(row.ratio, noise)
+    row.verdict = _verdict(row)
     if is_gen_tag(key) and row.verdict in ("lower", "higher"):
         row.verdict += " (better)" if row.verdict == direction(key) else " (worse)"
     return row
@@ -197,7 +247,18 @@ def _flags(matches: list[Match], noise: Noise, min_below: float, cands: list[Run
     return flags + missing
 
 
-def _verdict(ratio: Interval, noise: Noise) -> str:
+def within_sampling_error(row: Row) -> bool:
+    """The difference of the group means is within ``Z_SAMPLING`` x their combined sampling SE (module doc)."""
+    if not row.sampled:
+        return False
+    spread = math.hypot(row.base_final.sampling_se, row.final.sampling_se)
+    return spread > 0 and abs(row.final.mean - row.base_final.mean) <= Z_SAMPLING * spread
+
+
+def _verdict(row: Row) -> str:
+    if within_sampling_error(row):
+        return WITHIN_SAMPLING
+    ratio, noise = row.ratio, row.noise
     if ratio.n < 2:
         return "n/a (1 seed)"
     outside = noise.ratio is None or not (noise.ratio.lo <= ratio.mean <= noise.ratio.hi)

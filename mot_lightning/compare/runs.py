@@ -15,9 +15,16 @@ Compared tags: the losses (``is_loss_tag``) and the generation metrics ``val/gen
 (``GenerationMetrics``), each with its direction (``direction``): better lower for losses and for
 metrics named ``fid*``, ``kid*``, ``wer``, ``cer``; no direction (finals and ratio only, no step
 matching) for ``*_ratio`` (a duration ratio is best at 1); better higher for the rest (accuracies, BLEU).
+
+Sampling errors: beside ``val/gen/<metric>`` the writer may log the metric's sampling standard error as
+``val/gen_se/<metric>`` (binomial for accuracies, bootstrap for FID/KID/CLIPScore/BLEU/WER) and put the sample
+count in the metric's summary description (``"<n> samples. ..."``). ``Run.final_se`` is the SE logged at the
+metric's final step and ``Run.sample_count`` that count (as the run's latest version first described the tag);
+both are None for runs written without them. ``val/gen_se/`` tags are read but never compared as rows.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,8 @@ FLOPS_TAG = "train/total_flops"
 EVENTS_GLOB = "events.out.tfevents.*"
 _LOSS_TAG = re.compile(r"^(train|val)(?:/[^/]+)?/loss(?:_([a-z]+))?$")
 GEN_PREFIX = "val/gen/"
+SE_PREFIX = "val/gen_se/"  # the sampling standard error of val/gen/<metric>, same suffix
+_SAMPLES = re.compile(r"^\s*(\d+) samples\.")  # the writer's description: "<n> samples. <what it measures>"
 _LOWER_GEN = ("fid", "kid", "wer", "cer")  # generation metrics that are better lower
 
 
@@ -48,6 +57,17 @@ def is_loss_tag(tag: str) -> bool:
 def is_gen_tag(tag: str) -> bool:
     """``val/gen/<metric>`` and ``val/gen/<split>/<metric>``."""
     return tag.startswith(GEN_PREFIX)
+
+
+def se_tag(tag: str) -> str:
+    """``val/gen/<metric>`` -> ``val/gen_se/<metric>``, where its sampling standard error is logged."""
+    return SE_PREFIX + tag.removeprefix(GEN_PREFIX)
+
+
+def sample_count(description: str) -> int | None:
+    """The leading ``<n> samples.`` of a summary description, else None."""
+    m = _SAMPLES.match(description)
+    return int(m.group(1)) if m else None
 
 
 def direction(tag: str) -> str | None:
@@ -67,6 +87,7 @@ class Run:
     scalars: dict[str, Series]
     notes: list[str] = field(default_factory=list)
     identity: RunIdentity | None = None  # from run.json; None for runs written before run identity
+    descriptions: dict[str, str] = field(default_factory=dict)  # tag -> summary description (latest version)
 
     @property
     def seed(self) -> int | None:
@@ -85,6 +106,23 @@ class Run:
         """The loss tags, then the generation metrics (``val/gen/...``)."""
         return self.loss_tags + sorted(t for t in self.scalars if is_gen_tag(t))
 
+    def se_series(self, tag: str) -> Series | None:
+        """The sampling standard error of generation metric ``tag`` over steps (None when not logged)."""
+        return self.scalars.get(se_tag(tag)) if is_gen_tag(tag) else None
+
+    def final_se(self, tag: str) -> float | None:
+        """The sampling SE logged at the step of ``tag``'s final value; None when there is none (or not finite)."""
+        se, metric = self.se_series(tag), self.scalars.get(tag)
+        if se is None or metric is None:
+            return None
+        hit = se.steps == metric.last_step
+        value = float(se.values[hit][-1]) if hit.any() else math.nan
+        return value if math.isfinite(value) and value >= 0 else None
+
+    def sample_count(self, tag: str) -> int | None:
+        """How many samples ``tag`` was scored on, from its summary description; None when it does not say."""
+        return sample_count(self.descriptions.get(tag, ""))
+
     @property
     def flops(self) -> Series | None:
         return self.scalars.get(FLOPS_TAG)
@@ -100,20 +138,30 @@ def load_run(path: str | Path) -> Run:
     identity = read_identity(path) or (read_identity(path.parent) if path.name.startswith("version_") else None)
     versions, notes = _training_versions(path, find_versions(path), identity)
     merged: dict[str, dict[float, tuple[float, float]]] = {}
+    descriptions: dict[str, str] = {}
     offset = 0.0
     for version in versions:
-        scalars, duration = _read_version(version)
+        scalars, duration, described = _read_version(version)
+        descriptions |= described  # a later version wins, as for the values
         for tag, points in scalars.items():
             for step, value, t in points:
                 merged.setdefault(tag, {})[step] = (value, offset + t)
         offset += duration
     series = {tag: _to_series(points) for tag, points in merged.items()}
-    run = Run(path, versions, series, notes, identity)
+    run = Run(path, versions, series, notes, identity, descriptions)
     if not run.loss_tags:
         found = ", ".join(sorted(series)[:8]) or "no scalars at all"
         raise RunError(f"{path}: its event files hold no loss tag (train/loss, train/loss_<modality>, "
                        f"val/...loss_<modality>); found: {found}. Has training logged its first steps yet?")
     return run
+
+
+def recorded_config(run: Run) -> dict | None:
+    """What the run recorded of its config: run.json's experiment config (seeds and logging settings left
+    out), else the first training version's ``config.yaml``; None when it has neither."""
+    if run.identity is not None:
+        return run.identity.experiment
+    return next((c for c in map(_version_config, run.versions) if c is not None), None)
 
 
 def find_versions(path: Path) -> list[Path]:
@@ -169,8 +217,9 @@ def _version_number(d: Path) -> tuple[int, str]:
     return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
 
 
-def _read_version(version: Path) -> tuple[dict[str, list[tuple[float, float, float]]], float]:
-    """``tag -> [(step, value, seconds since this version's first event)]`` and the active duration."""
+def _read_version(version: Path) -> tuple[dict[str, list[tuple[float, float, float]]], float, dict[str, str]]:
+    """``tag -> [(step, value, seconds since this version's first event)]``, the active duration, and
+    ``tag -> summary description`` for the tags that carry one (the first the version logged)."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     acc = EventAccumulator(str(version), size_guidance={SCALARS: 0})  # 0 = keep every point
@@ -179,12 +228,21 @@ def _read_version(version: Path) -> tuple[dict[str, list[tuple[float, float, flo
     except Exception as err:  # corrupt or unreadable files: say which dir, not a traceback
         raise RunError(f"{version}: cannot read its event files ({err}); remove or move the broken file") from err
     if not acc.Tags()[SCALARS]:  # a launch that has not logged yet (maybe an empty file)
-        return {}, 0.0
+        return {}, 0.0, {}
     start = acc.FirstEventTimestamp()
     out = {tag: [(float(e.step), float(e.value), e.wall_time - start) for e in acc.Scalars(tag)]
            for tag in acc.Tags()[SCALARS]}
     duration = max((p[2] for pts in out.values() for p in pts), default=0.0)
-    return out, duration
+    described = {tag: d for tag in out if (d := _description(acc, tag))}
+    return out, duration, described
+
+
+def _description(acc, tag: str) -> str:
+    """The tag's summary description ("" when it was logged without metadata)."""
+    try:
+        return acc.SummaryMetadata(tag).summary_description
+    except KeyError:
+        return ""
 
 
 def _to_series(points: dict[float, tuple[float, float]]) -> Series:

@@ -53,7 +53,7 @@ STATS = (
     "truncated_docs",  # over-long documents cut (overlong="truncate")
     "truncated_tokens",  # tokens cut from them
     "dropped_segments",  # segments of modalities the source does not keep
-    "filtered_docs",  # documents with only dropped segments (not an error)
+    "filtered_docs",  # documents with only dropped segments, or none of data.require (not an error)
 )
 FIELDS = SKIP_REASONS + STATS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}

@@ -21,7 +21,14 @@ from mot_lightning.data.loaders import EpochLoader, EqualBatches, worker_loader
 from mot_lightning.data.locks import once
 from mot_lightning.data.media_pairs import media_text_pairs, stack_images
 from mot_lightning.data.mix import BatchClock
-from mot_lightning.data.options import DemoCorpus, LoaderConfig, TokenizerFiles, image_size_of, kept_modalities
+from mot_lightning.data.options import (
+    DemoCorpus,
+    LoaderConfig,
+    TokenizerFiles,
+    image_size_of,
+    kept_modalities,
+    required_modalities,
+)
 from mot_lightning.data.pretokenized import STAMP_KEY, PretokenizedReader, check_tokenizers, tokenizer_stamp
 from mot_lightning.data.source_plan import SourcePlan, mix_schedule
 from mot_lightning.data.sources import SourceConfig, resolve
@@ -41,6 +48,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         sources: list[SourceConfig] | None = None,
         val_sets: list[SourceConfig] | None = None,
         modalities: list[str] | None = None,
+        require: list[str] | None = None,
         seq_len: int = 256,
         batch_size: int = 8,
         seed: int = 0,
@@ -58,6 +66,9 @@ class MultiModalDataModule(pl.LightningDataModule):
                 ``None`` = the demo corpus' ``val_seen`` / ``val_heldout`` when ``sources`` is ``None``.
             modalities: global filter applied on top of every source's own, e.g. ``[text, image]`` to run
                 the text+image setting on text+image+speech shards; ``None`` = every tokenized modality.
+            require: keep only documents that hold a token of one of these modalities after that filter (the
+                others count as ``filtered_docs``), e.g. ``[image]`` for an image-only baseline that keeps the
+                captions of image documents (``configs/unimodal/``); ``None`` = every document.
             seq_len: tokens per packed row; batch_size: rows per training batch; seed: shard order,
                 shuffling and caption dropout.
             loader / demo / tokenizer_files: the grouped settings of ``options.py``.
@@ -69,6 +80,7 @@ class MultiModalDataModule(pl.LightningDataModule):
         self.vocab: JointVocab = self.encoder.vocab
         self.sources, self.val_sets = sources, val_sets
         self.kept = kept_modalities(self.encoder.modalities, modalities)
+        self.require = required_modalities(self.kept, require)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.loader, self.demo, self.tokenizer_files = loader, demo, tokenizer_files
         self.val_batch_size = loader.val_batch_size or batch_size
@@ -157,7 +169,8 @@ class MultiModalDataModule(pl.LightningDataModule):
     def _stream(self, configs: list[SourceConfig], infinite: bool, rank: int, world: int) -> PackedStream:
         resolved = [resolve(cfg, self.kept) for cfg in configs]
         batch_size = self.batch_size if infinite else self.val_batch_size
-        config = self.loader.stream_config(self.seq_len, batch_size, self.image_size, self.seed, infinite)
+        config = self.loader.stream_config(self.seq_len, batch_size, self.image_size, self.seed, infinite,
+                                           self.require)
         for source in resolved:  # a source made with other tokenizers is refused now, not in a worker later
             self.pretokenized.check_source(source)
         counters = StreamCounters(slots=self.loader.num_workers)
@@ -198,6 +211,13 @@ class MultiModalDataModule(pl.LightningDataModule):
         """Up to ``n`` speech clips (float[samples] mono at 16 kHz) and their documents' text (the transcript),
         from the first validation set (``[], []`` without one)."""
         return self._media_text_pairs(n, Modality.SPEECH)
+
+    def train_image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Up to ``n`` images and their documents' text from the training sources that hold images, in order
+        (what a fitted label classifier learns from); float[0, 3, R, R] and [] without any."""
+        images, texts = media_text_pairs(self.plan.train_configs(), Modality.IMAGE, n, self.image_size,
+                                         self.decode_limits())
+        return stack_images(images, self.image_size), texts
 
     def _media_text_pairs(self, n: int, modality: Modality) -> tuple[list[torch.Tensor], list[str]]:
         return media_text_pairs(self.plan.val_configs()[:1], modality, n, self.image_size, self.decode_limits())

@@ -17,27 +17,28 @@ from mot_lightning.modality import Modality
 from mot_lightning.shards.reader import shard_samples
 
 
-def media_text_pairs(val_sets: list[SourceConfig], modality: Modality, n: int, image_size: int,
+def media_text_pairs(sets: list[SourceConfig], modality: Modality, n: int, image_size: int,
                      limits: DecodeLimits) -> tuple[list[torch.Tensor], list[str]]:
-    """Up to ``n`` pairs from the first of ``val_sets``, in shard order: each document's last ``modality``
+    """Up to ``n`` pairs from ``sets`` in order (each in shard order): each document's last ``modality``
     segment (a two-scene story holds two images) and its text segments joined by spaces (the transcript of
-    a speech-transcript pair). No pairs without a validation set."""
+    a speech-transcript pair). No pairs without a set; sets without ``modality`` give none."""
     media: list[torch.Tensor] = []
     texts: list[str] = []
-    if n <= 0 or not val_sets:
-        return media, texts
-    source = resolve(val_sets[0], frozenset({Modality.TEXT, modality}))
-    for sample in shard_samples(source.urls, NullCounters()):
-        try:
-            doc = parse_sample(sample, source.keep, image_size, limits)
-        except BadSample:
+    for config in sets:
+        if len(media) >= n or modality.label not in config.modalities:
             continue
-        value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
-        if value is not None:
-            media.append(value)
-            texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
-        if len(media) == n:
-            break
+        source = resolve(config, frozenset({Modality.TEXT, modality}))
+        for sample in shard_samples(source.urls, NullCounters()):
+            try:
+                doc = parse_sample(sample, source.keep, image_size, limits)
+            except BadSample:
+                continue
+            value = next((s.value for s in reversed(doc.segments) if s.modality == modality), None)
+            if value is not None:
+                media.append(value)
+                texts.append(" ".join(s.value for s in doc.segments if s.modality == Modality.TEXT))
+            if len(media) >= n:
+                break
     return media, texts
 
 

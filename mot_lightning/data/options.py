@@ -91,13 +91,13 @@ class LoaderConfig:
                             self.max_doc_members, self.max_doc_pixels, self.max_doc_audio_seconds)
 
     def stream_config(self, seq_len: int, batch_size: int, image_size: int, seed: int,
-                      infinite: bool) -> StreamConfig:
+                      infinite: bool, require: frozenset[Modality] = frozenset()) -> StreamConfig:
         """A stream's settings: training (``infinite``) shuffles and drops captions, validation does neither."""
         return StreamConfig(
             seq_len=seq_len, batch_size=batch_size, image_size=image_size, infinite=infinite,
             shuffle_buffer=self.shuffle_buffer if infinite else 0, overlong=self.overlong,
             open_rows=self.pack_open_rows, seed=seed, caption_dropout=self.caption_dropout if infinite else 0.0,
-            limits=self.decode_limits())
+            limits=self.decode_limits(), require=require)
 
 
 @dataclass
@@ -243,4 +243,17 @@ def kept_modalities(available: frozenset[Modality], modalities: Sequence[str] | 
     if missing:
         names = ", ".join(m.label for m in sorted(missing))
         raise ValueError(f"modalities {sorted(m.label for m in wanted)} need a tokenizer for: {names}")
+    return wanted
+
+
+def required_modalities(kept: frozenset[Modality], require: Sequence[str] | None) -> frozenset[Modality]:
+    """``data.require`` as a set (empty: every document is kept); each must be a kept modality."""
+    try:
+        wanted = frozenset(Modality.parse(m) for m in (require or []))
+    except ValueError as err:
+        raise ValueError(f"data.require: {err}") from None
+    dropped = wanted - kept
+    if dropped:
+        raise ValueError(f"data.require names {sorted(m.label for m in dropped)}, which data.modalities drops "
+                         f"(it keeps {sorted(m.label for m in kept)}): no document would be left")
     return wanted

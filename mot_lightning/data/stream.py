@@ -45,7 +45,7 @@ from mot_lightning.data.counters import NullCounters, StreamCounters
 from mot_lightning.data.documents import NO_LIMITS, BadSample, DecodeLimits, contained, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.mix import BatchClock, MixSchedule
-from mot_lightning.data.packing import Doc, Packer, collate_rows
+from mot_lightning.data.packing import Doc, LatentDoc, Packer, collate_rows
 from mot_lightning.data.pretokenized import PretokenizedReader
 from mot_lightning.data.split import Share, share
 from mot_lightning.modality import Modality
@@ -75,6 +75,7 @@ class StreamConfig:
     seed: int = 0
     caption_dropout: float = 0.0  # infinite streams only: P(a document with an image loses its text)
     limits: DecodeLimits = NO_LIMITS  # largest image / audio decoded
+    require: frozenset[Modality] = frozenset()  # keep only documents with a token of one of these (data.require)
 
 
 class NoUsableDocument(RuntimeError):
@@ -217,12 +218,20 @@ class PackedStream(IterableDataset):
             doc, dropped = item
             if dropped:
                 self.counters.add("dropped_segments", dropped)
+            if doc is not None and self.config.require and not self._holds_required(doc):
+                doc = None  # not a document of the required modalities: filtered, like one with nothing kept
             if doc is None:
                 self.counters.add("filtered_docs")
                 reasons["filtered_docs"] += 1
             else:
                 docs.append(doc)
         return docs
+
+    def _holds_required(self, doc: Doc) -> bool:
+        """Whether the encoded document holds a token of a ``require`` modality (read off its joint ids)."""
+        ids = doc.ids if isinstance(doc, LatentDoc) else doc
+        held = self.encoder.vocab.modality_of(ids).unique().tolist()
+        return any(Modality(m) in self.config.require for m in held)
 
     def _items(self, sample: dict, source: ResolvedSource) -> list:
         if self.pretokenized.holds(sample):

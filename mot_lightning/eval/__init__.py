@@ -1,4 +1,4 @@
-"""Measuring what models generate (the paper's FID / CLIP score / CIDEr, for the demo worlds).
+"""Measuring what models generate (the paper's FID / CLIP score / CIDEr): the demo worlds and any data.
 
 Files, in pipeline order:
     worlds.py        the fixed and procedural demo worlds through one interface: groups, renders,
@@ -8,7 +8,13 @@ Files, in pipeline order:
                      fit-once files keyed by world, image size and config
     faithfulness.py  a picture against a caption, attribute by attribute, judged in the named region
     metrics.py       FID / KID (torchmetrics, scorer or local Inception features), BLEU, WER / CER,
-                     speech-unit accuracy and duration ratio
+                     speech-unit accuracy and duration ratio, each with its sampling error
+    errors.py        sampling errors: binomial for accuracies, bootstrap for the rest; FID / KID from features
+    features.py      any network by class_path with local weights (FID / KID features, classifiers)
+    labels.py        the plug-in label scorer for labelled data: caption rule + picture classifier
+    clip.py          CLIPScore from a local Hugging Face CLIP folder
+    data_metrics.py  data other than the demo worlds: what ``DataMetrics`` configures, on validation pairs
+    results.py       ``Metric`` (value, sample count, sampling error), ``EvalResult``, ``Sample``
     evaluate.py      ``EvalSuite`` (what stays fixed) + ``evaluate`` (one evaluation -> named metrics)
     grid.py          a PNG of generated pictures with their prompts and verdicts
     (``mot eval --ckpt ... --config ... --out DIR`` is ``commands/eval.py``: metrics.json + samples.png)

@@ -1,4 +1,4 @@
-"""One evaluation of a model's generations: prompts in, named metrics (with their sample counts) out.
+"""One evaluation of a model's generations: prompts in, named metrics (with sample counts and errors) out.
 
 ``EvalSuite`` holds what is fixed across evaluations (built once, ``EvalSuite.build``): the demo world and
 its scorer, the caption prompts of both splits with their real renders, a disjoint set of real renders
@@ -22,9 +22,11 @@ Metric names (``heldout/<name>``: the same on prompts whose scenes show a held-o
 - ``tts_unit_acc``, ``tts_duration_ratio``: text -> speech from those transcripts, units against the
   speech tokenizer's units of the validation clip (the built-in synthesizer's rendering in the demo).
 
+Data other than the demo worlds: FID / KID, CLIPScore and label accuracies as ``data_metrics.py`` says,
+when configured. Every metric carries its sampling error (``Metric.se``, ``errors.py``).
+
 Not measured: whether generated speech says its text (no speech recogniser runs on it: the unit match
-is the honest offline proxy), and image metrics on data other than the demo worlds (no scorer or parser
-for them; Inception FID still needs prompts, which other data does not provide).
+is the honest offline proxy).
 """
 from __future__ import annotations
 
@@ -33,43 +35,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mot_lightning.eval import errors as E
 from mot_lightning.eval import metrics as M
+from mot_lightning.eval.data_metrics import DataMetrics, DataSuite, build_data_suite, data_tasks
 from mot_lightning.eval.faithfulness import ATTRIBUTES, accuracy, judge
+from mot_lightning.eval.results import EvalResult, Metric, Sample  # noqa: F401  (the results live there)
 from mot_lightning.eval.scorer import SceneScorer, ScorerConfig, fitted_scorer, load_scorer
 from mot_lightning.eval.worlds import EvalItem, World, eval_items, get_world
 from mot_lightning.modality import Modality
 from mot_lightning.sampling import GenerationTasks
-
-
-@dataclass(frozen=True)
-class Metric:
-    value: float
-    n: int  # samples behind the value
-    description: str
-
-
-@dataclass
-class Sample:
-    """A generated picture with its caption and what the scorer found wrong (for grids)."""
-
-    image: Tensor  # float[3, R, R]
-    caption: str
-    misses: list[str]  # attributes judged wrong ("extra" for groups the caption does not name)
-    split: str
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, Metric] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-
-    def values(self) -> dict[str, float]:
-        return {k: m.value for k, m in self.metrics.items()}
-
-    def add(self, prefix: str, values: dict[str, float], n: int, description: str) -> None:
-        for name, value in values.items():
-            self.metrics[f"{prefix}{name}"] = Metric(float(value), n, description)
 
 
 @dataclass
@@ -88,14 +62,16 @@ class EvalSuite:
     validation: Tensor | None = None  # float[2n, 3, R, R]: validation images, two disjoint halves of n
     notes: list[str] = field(default_factory=list)
     seed: int = 0
+    data: DataSuite | None = None  # data other than the demo worlds: what ``DataMetrics`` configures
 
     @classmethod
     def build(cls, world: World | None, scorer: SceneScorer | None, image_size: int, n_prompts: int,
               n_heldout: int, speech: tuple[list[Tensor], list[str]] = ([], []), speech_tokenizer=None,
               inception_weights: str | None = None, seed: int = 0,
               validation_images: Tensor | None = None) -> EvalSuite:
-        """``validation_images`` float[N, 3, R, R]: the data's validation images; with ``N >= 2 n_prompts``
-        the FID / KID floor is also measured between their first two disjoint halves of ``n_prompts``."""
+        """The demo world's suite (and the speech part of any); ``validation_images`` float[N, 3, R, R]: the
+        data's validation images; with ``N >= 2 n_prompts`` the FID / KID floor is also measured between their
+        first two disjoint halves of ``n_prompts``. Other data's image metrics: ``build_suite``."""
         suite = cls(world=world, scorer=scorer, seed=seed, inception=M.inception_features(inception_weights))
         if validation_images is not None and len(validation_images) >= 2 * n_prompts:
             suite.validation = validation_images[: 2 * n_prompts]
@@ -110,9 +86,6 @@ class EvalSuite:
                 suite.prompts["heldout"] = eval_items(world, n_heldout, "heldout", image_size, seed)
             suite.reference = _reference(world, suite.prompts["seen"], image_size, seed)
             suite._bounds()
-        else:
-            suite.notes.append("no demo world: caption->image faithfulness, FID/KID and caption metrics not "
-                               "measured (they need a world's scorer and caption parser)")
         clips, texts = speech
         if clips and speech_tokenizer is not None:
             suite.speech, suite.transcripts = list(clips), list(texts)
@@ -169,10 +142,12 @@ class ScorerSource:
 def build_suite(dm, modalities: set[Modality], device: torch.device | str = "cpu", n_prompts: int = 64,
                 n_heldout: int = 32, n_speech: int = 32, world: str = "auto",
                 scorer: ScorerSource = ScorerSource(), inception_weights: str | None = None,
-                seed: int = 0) -> EvalSuite:
+                seed: int = 0, data_metrics: DataMetrics | None = None) -> EvalSuite:
     """The suite for a data module after ``setup``: its demo world (``world="auto"``: ``data.demo.mode`` when
     it reads the demo corpus, else none) and that world's scorer at the data's image size (``scorer``), speech
-    from its first validation set."""
+    from its first validation set. Without a demo world, images are scored as ``data_metrics`` configures
+    (``data_metrics.py``: FID / KID in configured features or local Inception weights, CLIPScore, the label
+    scorer) on the first validation set's image-caption pairs."""
     name = world
     if name == "auto":
         name = dm.demo.mode if getattr(dm, "sources", None) is None else None
@@ -182,8 +157,18 @@ def build_suite(dm, modalities: set[Modality], device: torch.device | str = "cpu
         reader = scorer.scorer(chosen, dm.image_size, dm.tokenizer_files.dir, device)
     speech = dm.speech_text_pairs(n_speech) if Modality.SPEECH in modalities and n_speech else ([], [])
     validation = dm.image_text_pairs(2 * n_prompts)[0] if chosen is not None else None
-    return EvalSuite.build(chosen, reader, dm.image_size, n_prompts, n_heldout, speech,
-                           dm.tokenizers.get(Modality.SPEECH), inception_weights, seed, validation)
+    suite = EvalSuite.build(chosen, reader, dm.image_size, n_prompts, n_heldout, speech,
+                            dm.tokenizers.get(Modality.SPEECH), inception_weights, seed, validation)
+    if chosen is None and Modality.IMAGE in modalities:
+        config = data_metrics or DataMetrics()
+        if config.empty and suite.inception[0] is None:
+            suite.notes.append("no demo world and no metrics configured: image generation metrics not measured "
+                               "(configure GenerationMetrics' metrics group, or mot eval --metrics FILE: FID / KID "
+                               "features, a CLIP folder, a label rule; docs/own_data.md)")
+        else:
+            suite.data = build_data_suite(dm, config, n_prompts, suite.inception[0], suite.notes, device, seed)
+            suite.bounds |= {} if suite.data is None else suite.data.bounds
+    return suite
 
 
 def evaluate(tasks: GenerationTasks, suite: EvalSuite, modalities: set[Modality]) -> EvalResult:
@@ -192,6 +177,8 @@ def evaluate(tasks: GenerationTasks, suite: EvalSuite, modalities: set[Modality]
     if Modality.IMAGE in modalities and suite.prompts:
         caption_to_image(tasks, suite, result)
         image_to_caption(tasks, suite, result)
+    if Modality.IMAGE in modalities and suite.data is not None:
+        data_tasks(tasks, suite.data, result)
     if Modality.SPEECH in modalities:
         if suite.speech:
             speech_tasks(tasks, suite, result)
@@ -200,7 +187,7 @@ def evaluate(tasks: GenerationTasks, suite: EvalSuite, modalities: set[Modality]
                                 "measured")
         result.notes.append("not measured: whether generated speech says its text (no speech recogniser "
                             "runs on it); tts_unit_acc compares its units with the reference's")
-    if suite.inception[0] is None and suite.prompts and Modality.IMAGE in modalities:
+    if suite.inception[0] is None and (suite.prompts or suite.data) and Modality.IMAGE in modalities:
         result.notes.append(suite.inception[1])
     return result
 
@@ -215,29 +202,32 @@ def caption_to_image(tasks: GenerationTasks, suite: EvalSuite, result: EvalResul
         shown = scorer.predict(images)
         prefix = "" if split == "seen" else f"{split}/"
         ceiling = suite.bounds[f"{split}_faithfulness_all_ceiling"]
-        result.add(prefix + "faithfulness_", accuracy(named, shown), len(items),
+        acc = accuracy(named, shown)
+        result.add(prefix + "faithfulness_", acc, len(items),
                    f"caption->image on {split} prompts: share of the named groups whose attribute (the tag's "
                    "last word) the scorer reads in the generated picture, in the named region ('all': share "
                    "of pictures right on everything, nothing extra). Ceiling: the scorer reads the real "
-                   f"renders of these captions right on everything for {ceiling:.3f} of them")
+                   f"renders of these captions right on everything for {ceiling:.3f} of them",
+                   se=_accuracy_errors(acc, named))
         for it, image, n, s in zip(items, images, named, shown):
             result.samples.append(Sample(image, it.caption, _misses(n, s), split))
     real, fake = suite.reference, generated["seen"]
-    dist = M.distribution(real, fake, M.ScorerFeatures(scorer), suite.seed)
+    dist, errors = M.distribution_with_errors(real, fake, M.ScorerFeatures(scorer), suite.seed)
     for name, value in dist.items():
         val = suite.bounds.get(f"{name}_floor_val")
         halves = "" if val is None else f"; two disjoint halves of {len(real)} validation images: {val:.4g}"
         result.add("", {name: value}, len(fake),
                    f"{name.upper()} of the generated pictures of the seen prompts vs {len(real)} other real "
                    f"renders, in the scorer's features. Floor (the prompts' real renders vs the same "
-                   f"{len(real)}): {suite.bounds[name + '_floor']:.4g}{halves}")
+                   f"{len(real)}): {suite.bounds[name + '_floor']:.4g}{halves}", se={name: errors[name]})
     inception = suite.inception[0]
     if inception is not None:
-        dist = M.distribution(real, fake, inception, suite.seed)
+        dist, errors = M.distribution_with_errors(real, fake, inception, suite.seed)
         for name, value in dist.items():
             result.add("", {f"{name}_inception": value}, len(fake),
                        f"{name.upper()} of the generated pictures vs {len(real)} real renders, Inception-v3 "
-                       f"features. Floor: {suite.bounds[name + '_inception_floor']:.4g}")
+                       f"features. Floor: {suite.bounds[name + '_inception_floor']:.4g}",
+                       se={f"{name}_inception": errors[name]})
 
 
 def _reference(world: World, prompts: list[EvalItem], image_size: int, seed: int) -> Tensor:
@@ -255,6 +245,13 @@ def _reference(world: World, prompts: list[EvalItem], image_size: int, seed: int
                      "show: lower n_prompts")
 
 
+def _accuracy_errors(acc: dict[str, float], named) -> dict[str, float]:
+    """Binomial errors of ``faithfulness.accuracy``'s values: attributes over the named groups, ``all`` over
+    the pictures."""
+    groups = sum(len(n) for n in named)
+    return {k: E.binomial_se(v, len(named) if k == "all" else groups) for k, v in acc.items()}
+
+
 def _misses(named, shown) -> list[str]:
     j = judge(named, shown)
     wrong = sorted({a for g in j.groups for a in ATTRIBUTES if not g[a]}, key=ATTRIBUTES.index)
@@ -267,23 +264,26 @@ def image_to_caption(tasks: GenerationTasks, suite: EvalSuite, result: EvalResul
         truth = [it.groups for it in items]
         read = [suite.world.parse(c, strict=False) for c in captions]
         prefix = "" if split == "seen" else f"{split}/"
-        result.add(prefix + "caption_", accuracy(truth, read), len(items),
+        acc = accuracy(truth, read)
+        result.add(prefix + "caption_", acc, len(items),
                    f"image->caption on real renders of {split} scenes: share of the scene's groups whose "
                    "attribute (the tag's last word) the parsed caption names, in the right region ('all': "
-                   "share of captions right on everything, nothing extra)")
-        result.add(prefix, {"bleu": M.bleu(captions, [it.references for it in items])}, len(items),
+                   "share of captions right on everything, nothing extra)", se=_accuracy_errors(acc, truth))
+        bleu, bleu_se = M.bleu_with_error(captions, [it.references for it in items], suite.seed)
+        result.add(prefix, {"bleu": bleu}, len(items),
                    f"image->caption on real renders of {split} scenes: corpus BLEU-4 against "
-                   f"{len(items[0].references)} captions of each scene (lower case, no punctuation)")
+                   f"{len(items[0].references)} captions of each scene (lower case, no punctuation)",
+                   se={"bleu": bleu_se})
 
 
 def speech_tasks(tasks: GenerationTasks, suite: EvalSuite, result: EvalResult) -> None:
     n = len(suite.speech)
     texts = tasks.speech_to_text(suite.speech)
-    result.add("", M.error_rates(texts, suite.transcripts), n,
-               "speech->text on validation clips: word / character error rate of the transcription against "
-               "the transcript (lower case, no punctuation)")
+    rates, errors = M.error_rates_with_errors(texts, suite.transcripts, suite.seed)
+    result.add("", rates, n, "speech->text on validation clips: word / character error rate of the transcription "
+               "against the transcript (lower case, no punctuation)", se=errors)
     units = tasks.text_to_speech_units(suite.transcripts)
-    um = M.unit_metrics(units, suite.reference_units)
+    um, errors = M.unit_metrics_with_errors(units, suite.reference_units, suite.seed)
     result.add("tts_", um, n, "text->speech from validation transcripts: generated speech units against the "
                "speech tokenizer's units of the validation clip (unit_acc = 1 - edit distance / reference "
-               "units; duration_ratio = generated / reference units)")
+               "units; duration_ratio = generated / reference units)", se=errors)

@@ -32,7 +32,7 @@ def save_grid(samples: Sequence[Sample], path: str | Path, columns: int = 8) -> 
         pixels = (s.image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         sheet.paste(Image.fromarray(pixels).resize((CELL, CELL), Image.NEAREST), (x, y))
         caption = textwrap.wrap(("[held-out] " if s.split == "heldout" else "") + s.caption, WRAP)[:3]
-        verdict = textwrap.wrap("ok" if not s.misses else "miss: " + " ".join(SHORT[m] for m in s.misses), WRAP)
+        verdict = textwrap.wrap("ok" if not s.misses else "miss: " + " ".join(SHORT.get(m, m) for m in s.misses), WRAP)
         colours = ["black"] * len(caption) + [OK if not s.misses else BAD] * len(verdict)
         for k, (line, colour) in enumerate(zip(caption + verdict, colours)):
             draw.text((x + 2, y + CELL + 2 + k * LINE), line, fill=colour, font=font)

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.text import BLEUScore
+
+from mot_lightning.eval import errors as E
 
 INCEPTION_ENV = "MOT_INCEPTION_WEIGHTS"  # a local file of torch-fidelity's FID Inception-v3 weights
 
@@ -105,25 +106,33 @@ class _Given(nn.Module):
         return features
 
 
+def features_of(images: Tensor, feature: nn.Module, batch_size: int = 64) -> Tensor:
+    """float[N, 3, R, R] in [0, 1] -> float64[N, d] in the embedding of ``feature``."""
+    return torch.cat([feature(b.float()).double() for b in images.split(batch_size)])
+
+
 def distribution(real: Tensor, fake: Tensor, feature: nn.Module, seed: int = 0,
                  batch_size: int = 64) -> dict[str, float]:
-    """FID and KID (mean over subsets) between float[N, 3, R, R] image sets in [0, 1], in the embedding of
-    ``feature`` (a module with ``num_features``: ``ScorerFeatures`` or ``InceptionFeatures``); N >= 2 each."""
+    """FID and KID between float[N, 3, R, R] image sets in [0, 1] (``distribution_with_errors`` without the
+    errors)."""
+    return distribution_with_errors(real, fake, feature, seed, batch_size, n_boot=0)[0]
+
+
+def distribution_with_errors(real: Tensor, fake: Tensor, feature: nn.Module, seed: int = 0, batch_size: int = 64,
+                             n_boot: int = E.N_BOOTSTRAP) -> tuple[dict[str, float], dict[str, float]]:
+    """``({"fid", "kid"}, their bootstrap errors)`` between float[N, 3, R, R] image sets in [0, 1], in the
+    embedding of ``feature`` (a module with ``num_features``: ``ScorerFeatures``, ``InceptionFeatures`` or a
+    ``features.ModuleFeatures``); N >= 2 each. FID is torchmetrics' (``FrechetInceptionDistance`` fed the
+    features); KID is the unbiased MMD^2 over all samples (``errors.kid_from_features``: torchmetrics' KID
+    with one subset of every sample). ``n_boot = 0``: errors are not computed (empty dict)."""
     if min(len(real), len(fake)) < 2:
         raise ValueError(f"FID/KID need at least 2 images per set, got {len(real)} and {len(fake)}")
-    given = _Given(feature.num_features)
-    fid = FrechetInceptionDistance(given, sync_on_compute=False)
-    with warnings.catch_warnings():  # it keeps every feature vector: a few hundred of them here
-        warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        kid = KernelInceptionDistance(given, subset_size=min(len(real), len(fake), 50), sync_on_compute=False)
-    for images, is_real in ((real, True), (fake, False)):
-        features = torch.cat([feature(b.float()).double() for b in images.split(batch_size)])  # (N, F)
-        for metric in (fid, kid):
-            metric.update(features, real=is_real)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # KID's subsets
-        kid_mean, _ = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean)}
+    f_real, f_fake = features_of(real, feature, batch_size), features_of(fake, feature, batch_size)
+    fid = FrechetInceptionDistance(_Given(f_real.shape[1]), sync_on_compute=False)
+    fid.update(f_real, real=True)
+    fid.update(f_fake, real=False)
+    values = {"fid": float(fid.compute()), "kid": E.kid_from_features(f_real, f_fake)}
+    return values, (E.distribution_errors(f_real, f_fake, seed, n_boot) if n_boot else {})
 
 
 def normalize_text(text: str) -> str:
@@ -132,24 +141,66 @@ def normalize_text(text: str) -> str:
 
 def bleu(generated: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU-4 in [0, 1] of generated captions against their reference captions."""
+    return bleu_with_error(generated, references, n_boot=0)[0]
+
+
+def bleu_with_error(generated: Sequence[str], references: Sequence[Sequence[str]], seed: int = 0,
+                    n_boot: int = E.N_BOOTSTRAP) -> tuple[float, float]:
+    """Corpus BLEU-4 and its bootstrap error over captions (``n_boot = 0``: error 0, not computed)."""
+    preds = [normalize_text(t) for t in generated]
+    refs = [[normalize_text(r) for r in rs] for rs in references]
     metric = BLEUScore(n_gram=4, sync_on_compute=False)
-    return float(metric([normalize_text(t) for t in generated],
-                        [[normalize_text(r) for r in refs] for refs in references]))
+    value = float(metric(preds, refs))
+    if not n_boot:
+        return value, 0.0
+    return value, E.bootstrap_se(lambda idx: float(metric([preds[i] for i in idx], [refs[i] for i in idx])),
+                                 len(preds), seed, n_boot)
+
+
+def _ratio_of_sums(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int) -> tuple[float, float]:
+    """``sum(num) / sum(den)`` and its bootstrap error over the items."""
+    value = float(num.sum() / den.sum())
+    if not n_boot:
+        return value, 0.0
+    return value, E.bootstrap_se(lambda idx: float(num[idx].sum() / max(den[idx].sum(), 1)), len(num), seed,
+                                 n_boot)
 
 
 def error_rates(generated: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Word and character error rate of transcriptions against the reference texts (corpus level)."""
+    return error_rates_with_errors(generated, references, n_boot=0)[0]
+
+
+def error_rates_with_errors(generated: Sequence[str], references: Sequence[str], seed: int = 0,
+                            n_boot: int = E.N_BOOTSTRAP) -> tuple[dict[str, float], dict[str, float]]:
+    """``({"wer", "cer"}, their bootstrap errors over clips)``: corpus rates, edits summed over clips over the
+    summed reference lengths (torchmetrics' ``word_error_rate`` / ``char_error_rate``)."""
     preds = [normalize_text(t) for t in generated]
     target = [normalize_text(t) for t in references]
-    return {"wer": float(word_error_rate(preds, target)), "cer": float(char_error_rate(preds, target))}
+    values, ses = {}, {}
+    for name, rate, length in (("wer", word_error_rate, lambda t: len(t.split())), ("cer", char_error_rate, len)):
+        lengths = np.array([length(t) for t in target], dtype=np.float64)
+        edits = np.array([float(rate([p], [t])) * n for p, t, n in zip(preds, target, lengths)])
+        values[name], ses[name] = _ratio_of_sums(edits, lengths, seed, n_boot)
+        values[name] = float(rate(preds, target))  # the corpus value exactly as torchmetrics computes it
+    return values, ses
 
 
 def unit_metrics(generated: Sequence[Tensor], references: Sequence[Tensor]) -> dict[str, float]:
     """``unit_acc`` and ``duration_ratio`` of long[n] unit sequences (module doc)."""
+    return unit_metrics_with_errors(generated, references, n_boot=0)[0]
+
+
+def unit_metrics_with_errors(generated: Sequence[Tensor], references: Sequence[Tensor], seed: int = 0,
+                             n_boot: int = E.N_BOOTSTRAP) -> tuple[dict[str, float], dict[str, float]]:
+    """``unit_acc`` and ``duration_ratio`` (module doc) with their bootstrap errors over clips."""
     if len(generated) != len(references) or not references:
         raise ValueError(f"need one reference per generated clip, got {len(generated)} and {len(references)}")
     words = [" ".join(map(str, u.tolist())) for u in generated]
     refs = [" ".join(map(str, u.tolist())) for u in references]
-    total = sum(len(u) for u in references)
-    return {"unit_acc": 1.0 - float(word_error_rate(words, refs)),
-            "duration_ratio": sum(len(u) for u in generated) / total}
+    ref_len = np.array([len(u) for u in references], dtype=np.float64)
+    gen_len = np.array([len(u) for u in generated], dtype=np.float64)
+    edits = np.array([float(word_error_rate([w], [r])) * n for w, r, n in zip(words, refs, ref_len)])
+    wer, wer_se = _ratio_of_sums(edits, ref_len, seed, n_boot)
+    ratio, ratio_se = _ratio_of_sums(gen_len, ref_len, seed, n_boot)
+    return {"unit_acc": 1.0 - wer, "duration_ratio": ratio}, {"unit_acc": wer_se, "duration_ratio": ratio_se}

@@ -6,6 +6,12 @@ training loss is the token-weighted mean ``sum_t w[m_t] * ce_t / sum_t w[m_t]``
 (with all weights 1 this is the plain mean over target tokens), plus
 ``z_loss * mean_t(logsumexp_t ** 2)`` (Chameleon used 1e-5), which keeps the
 softmax normaliser near 1 and the logits from drifting.
+
+``context`` modalities are input only: the model reads their tokens but their targets are masked out of
+everything (training loss, z-loss, logged and validation losses), so no ``<stage>/loss_<modality>`` tag
+exists for them and ``val/loss`` pools the other modalities alone. A unimodal baseline that keeps
+captions as context (``configs/unimodal/image_only.yaml``) sets ``context: [text]``. ``loss_weights`` is
+different: a weight of 0 stops a modality's gradient but its loss is still measured and logged.
 """
 from __future__ import annotations
 
@@ -57,16 +63,23 @@ def next_token_losses(logits: Tensor, targets: Tensor, target_modality: Tensor, 
 class NextToken(Objective):
     """Every modality by next-token prediction over the joint vocabulary (Chameleon setting)."""
 
-    def __init__(self, z_loss: float = 0.0, loss_weights: dict[str, float] | None = None) -> None:
+    def __init__(self, z_loss: float = 0.0, loss_weights: dict[str, float] | None = None,
+                 context: list[str] | None = None) -> None:
         """
         Args:
             z_loss: coefficient of the squared log-normaliser (Chameleon: 1e-5; 0 = off).
             loss_weights: weight of each modality's target tokens in the training loss, e.g.
                 ``{text: 1.0, image: 1.0}``; missing modalities weigh 1.
+            context: modalities read as input only, never predicted: their targets are left out of the
+                training and validation losses and no loss is logged for them (module doc).
         """
         if z_loss < 0:
             raise ValueError(f"model.objective.init_args.z_loss must be >= 0, got {z_loss}")
         self.z_loss, self.loss_weights = z_loss, dict(loss_weights or {})
+        try:
+            self.context = frozenset(Modality.parse(m) for m in (context or []))
+        except ValueError as err:
+            raise ValueError(f"model.objective.init_args.context: {err}") from None
         self.weights: Tensor | None = None  # float[M], set by ``setup``
         self.modalities: list[Modality] = []
 
@@ -82,15 +95,28 @@ class NextToken(Objective):
                              f" {[m.label for m in unknown]}; it has {[m.label for m in modalities]}")
         self.weights = torch.tensor([weights.get(m, 1.0) for m in modalities])  # float[M]
         self.modalities = list(modalities)
+        unknown = sorted(m.label for m in self.context if m not in modalities)
+        if unknown or (self.context and self.context >= set(modalities)):
+            raise ValueError(f"model.objective.init_args.context {sorted(m.label for m in self.context)}: "
+                             + (f"the model has no {unknown}" if unknown else "leaves no modality to predict")
+                             + f"; it has {[m.label for m in modalities]}")
 
     def eval_groups(self) -> list[tuple[list[int], float]]:
-        return [([int(m) for m in self.modalities], 1.0)]  # val/loss: CE pooled over every target token
+        # val/loss: CE pooled over every predicted target token
+        return [([int(m) for m in self.modalities if m not in self.context], 1.0)]
+
+    def targets(self, batch: MultiModalBatch) -> Tensor:
+        """long[B, T]: the batch's targets, ``IGNORE_INDEX`` where the target is of a ``context`` modality."""
+        if not self.context:
+            return batch.targets
+        ids = torch.tensor([int(m) for m in self.context], device=batch.targets.device)
+        return batch.targets.masked_fill(torch.isin(batch.target_modality(), ids), IGNORE_INDEX)
 
     def document_losses(self, out: ModalityLosses, batch: MultiModalBatch) -> tuple[Tensor, Tensor]:
         """(sums, counts) float[N, M]: the next-token CE and target count of each document and modality."""
         index, n = document_index(batch)
         modality = batch.target_modality().clamp(0, len(self.modalities) - 1)
-        valid = (batch.targets != IGNORE_INDEX).float()  # (B, T)
+        valid = (self.targets(batch) != IGNORE_INDEX).float()  # (B, T)
         M = len(self.modalities)
         return document_sums(out.token_ce, index, modality, n, M), document_sums(valid, index, modality, n, M)
 
@@ -100,7 +126,7 @@ class NextToken(Objective):
             raise RuntimeError("call setup(modalities, latent_dim) before loss (MultiModalLM does)")
         if self.weights.device != logits.device:  # moved once, not every step
             self.weights = self.weights.to(logits.device)
-        return next_token_losses(logits, batch.targets, batch.target_modality(), self.weights, self.z_loss)
+        return next_token_losses(logits, self.targets(batch), batch.target_modality(), self.weights, self.z_loss)
 
     def loss(self, net: TokenLM, batch: MultiModalBatch, *, stage: str, seed: int) -> StepLosses:
         if batch.has_latents:

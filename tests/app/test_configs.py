@@ -1,6 +1,7 @@
 """Every shipped YAML parses; every CPU-runnable one trains one step (fast_dev_run)."""
 import contextlib
 import io
+import math
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,10 @@ def test_fast_dev_run_overlays(overlay, setting, demo_env, tmp_path):
 def test_shipped_sweeps_plan_runs_of_existing_configs(sweep):
     spec = yaml.safe_load(sweep.read_text())
     jobs = plan(spec, spec["name"])
-    assert len(jobs) == len(spec["variants"]) * len(spec.get("seeds", [0]))
+    points = [len((v.get("points") if isinstance(v, dict) else None) or spec.get("points") or [None])
+              for v in spec["variants"].values()]  # a variant's own points, else all the sweep's
+    grid = math.prod(len(values) for values in (spec.get("grid") or {}).values())
+    assert len(jobs) == sum(points) * grid * len(spec.get("seeds", [0]))
     for job in jobs:
         configs = [job.args[i + 1] for i, a in enumerate(job.args) if a == "--config"]
         assert configs and all((ROOT / c).is_file() for c in configs), job.command()

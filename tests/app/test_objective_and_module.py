@@ -60,6 +60,23 @@ def test_loss_weights_and_z_loss():
     torch.testing.assert_close(eval_loss(_objective(), z), plain.values @ plain.weights / plain.weights.sum())
 
 
+def test_context_modalities_are_read_but_never_predicted():
+    net, batch = _net(), token_batch()
+    logits, image = _logits(net, batch), batch.loss_mask(Modality.IMAGE)
+    objective = _objective(context=["text", "speech"], z_loss=1e-2)
+    out = objective.loss(net, batch, stage="val", seed=0)
+    ce = F.cross_entropy(logits[image], batch.targets[image])
+    expected_z = 1e-2 * torch.logsumexp(logits[image], -1).pow(2).mean()  # the z-loss too: image targets alone
+    torch.testing.assert_close(out.total, ce + expected_z)
+    assert out.weights.tolist() == [0.0, float(image.sum()), 0.0]  # no text or speech loss is logged
+    assert out.doc_weights[:, [0, 2]].sum() == 0 and float(out.doc_weights[:, 1].sum()) == int(image.sum())
+    assert objective.eval_groups() == [([int(Modality.IMAGE)], 1.0)]  # val/loss: the image loss
+    with pytest.raises(ValueError, match="leaves no modality to predict"):
+        _objective(context=["text", "image", "speech"])
+    with pytest.raises(ValueError, match="context: .*'video'"):
+        NextToken(context=["video"])
+
+
 def _module(objective=None, n_modalities: int = 3, vocab_size: int = 40, latent_dim: int = 0) -> MultiModalLM:
     torch.manual_seed(0)
     cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_modalities=n_modalities, sparsity="mot")

@@ -145,6 +145,17 @@ def test_same_shards_text_image_or_text_image_speech(tmp_path, how):
     assert ti.stream_stats()["all"]["docs"] == 16  # speech pairs keep their transcript as a text document
 
 
+def test_require_keeps_the_documents_holding_a_modality(tmp_path):
+    mixed_corpus(tmp_path, n=16, shards=2)  # 4 each: text, image pairs, speech pairs, interleaved with both
+    val = [SourceConfig("all", str(tmp_path / "*.tar"))]
+    dm = make_datamodule(tmp_path, val, val_sets=val, modalities=["text", "image"], require=["image"])
+    docs = unpack_checked(read_val(dm), dm.vocab)
+    assert len(docs) == 8 and all((dm.vocab.modality_of(d) == Modality.IMAGE).any() for d in docs)
+    assert dm.stream_stats()["all"]["filtered_docs"] == 8  # the text documents and the speech pairs' transcripts
+    with pytest.raises(ValueError, match=r"data.require names \['speech'\], which data.modalities drops"):
+        make_datamodule(tmp_path, val, modalities=["text", "image"], require=["speech"])
+
+
 def test_setup_errors_are_clear(tmp_path):
     missing = make_datamodule(tmp_path, [SourceConfig("gone", str(tmp_path / "nope-{000..003}.tar"))])
     with pytest.raises(FileNotFoundError, match="source 'gone': 4 of 4 shards not found"):

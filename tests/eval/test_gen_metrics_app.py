@@ -40,6 +40,9 @@ def test_metrics_are_in_tensorboard_with_their_sample_counts(speech_runs):
         assert 0 <= points[0].value or name == "fid"
         assert acc.SummaryMetadata(f"val/gen/{name}").summary_description.startswith(f"{n} samples.")
     assert "Floor" in acc.SummaryMetadata("val/gen/fid").summary_description
+    for name in ("faithfulness_all", "fid", "bleu", "wer", "tts_unit_acc"):  # each metric's sampling error
+        errors = acc.Scalars(f"val/gen_se/{name}")
+        assert [p.step for p in errors] == [1, 2] and all(p.value >= 0 for p in errors), name
     assert "Ceiling" in acc.SummaryMetadata("val/gen/faithfulness_all").summary_description
 
 
