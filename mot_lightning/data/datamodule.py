@@ -3,7 +3,7 @@
 The constructor only stores arguments and the joint vocabulary (linked to the model); ``prepare_data``
 checks every source, makes the demo corpus and fits missing tokenizers once per shared filesystem; ``setup``
 loads the tokenizers and builds the streams. It delegates: which shards (``source_plan.py``), stream
-settings (``options.py``), loaders (``loaders.py``), raw validation media (``media_pairs.py``), counters
+settings (``options.py``), loaders (``loaders.py``), raw media with their text (``media_pairs.py``), counters
 summed over ranks (``counters.py``) and tokenizer fingerprints (``pretokenized.py``). docs/architecture.md
 follows one batch through these.
 """
@@ -11,7 +11,6 @@ follows one batch through these.
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
 
 from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.counters import StreamCounters, any_rank, sum_over_ranks, summed_skips
@@ -19,7 +18,7 @@ from mot_lightning.data.documents import DecodeLimits
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.loaders import EpochLoader, EqualBatches, worker_loader
 from mot_lightning.data.locks import once
-from mot_lightning.data.media_pairs import media_text_pairs, stack_images
+from mot_lightning.data.media_pairs import MediaPairs
 from mot_lightning.data.mix import BatchClock
 from mot_lightning.data.options import (
     DemoCorpus,
@@ -39,7 +38,7 @@ from mot_lightning.modality import Modality
 from mot_lightning.tokenizers.base import DiscreteTokenizer, Tokenizer
 
 
-class MultiModalDataModule(pl.LightningDataModule):
+class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
     def __init__(
         self,
         text_tokenizer: DiscreteTokenizer,
@@ -198,29 +197,9 @@ class MultiModalDataModule(pl.LightningDataModule):
 
     def _any_rank(self, flag: bool) -> bool:
         return any_rank(self.trainer, flag)
+
     def test_dataloader(self) -> list[EqualBatches]:
         return self.val_dataloader()  # `mot test` evaluates on the named validation sets
-
-    def image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
-        """Up to ``n`` images float[N, 3, R, R] in [0, 1] (R = ``image_size``) and the text of their documents,
-        from the first validation set (float[0, 3, R, R] and [] without one)."""
-        images, texts = self._media_text_pairs(n, Modality.IMAGE)
-        return stack_images(images, self.image_size), texts
-
-    def speech_text_pairs(self, n: int) -> tuple[list[torch.Tensor], list[str]]:
-        """Up to ``n`` speech clips (float[samples] mono at 16 kHz) and their documents' text (the transcript),
-        from the first validation set (``[], []`` without one)."""
-        return self._media_text_pairs(n, Modality.SPEECH)
-
-    def train_image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
-        """Up to ``n`` images and their documents' text from the training sources that hold images, in order
-        (what a fitted label classifier learns from); float[0, 3, R, R] and [] without any."""
-        images, texts = media_text_pairs(self.plan.train_configs(), Modality.IMAGE, n, self.image_size,
-                                         self.decode_limits())
-        return stack_images(images, self.image_size), texts
-
-    def _media_text_pairs(self, n: int, modality: Modality) -> tuple[list[torch.Tensor], list[str]]:
-        return media_text_pairs(self.plan.val_configs()[:1], modality, n, self.image_size, self.decode_limits())
 
     def decode_limits(self) -> DecodeLimits:
         return self.loader.decode_limits()

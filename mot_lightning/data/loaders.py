@@ -193,6 +193,21 @@ def shut_down(iterator: Iterator | None) -> None:
     shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's _MultiProcessingDataLoaderIter
     if shutdown is not None:
         shutdown()
+        join_feeder_threads(iterator)
+
+
+def join_feeder_threads(iterator: Iterator, timeout: float = 5.0) -> None:
+    """Wait for the threads that fed a shut-down iterator's index queues to end (each ends once its closed
+    queue is flushed), at most ``timeout`` seconds each.
+
+    The next epoch forks new workers right away, and a thread ending while this process forks can leave the
+    child deadlocked at birth: on Python 3.8 to 3.11.9 the child then waits forever on an interpreter lock
+    the ending thread held (CPython bug gh-112275, fixed in 3.11.10 and 3.12). The worker never starts and the
+    run stalls until ``data.loader.timeout``. torch's shutdown leaves these threads to end on their own."""
+    for queue in getattr(iterator, "_index_queues", ()):
+        thread = getattr(queue, "_thread", None)  # multiprocessing.Queue's feeder, None if never started
+        if thread is not None:
+            thread.join(timeout)
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -45,3 +45,29 @@ def media_text_pairs(sets: list[SourceConfig], modality: Modality, n: int, image
 def stack_images(images: list[torch.Tensor], side: int) -> torch.Tensor:
     """float[N, 3, side, side] (float[0, 3, side, side] for no image)."""
     return torch.stack(images) if images else torch.zeros(0, 3, side, side)
+
+
+class MediaPairs:
+    """The data module's raw media with their text (a mixin of ``MultiModalDataModule``: it reads ``plan``,
+    ``image_size`` and ``decode_limits()`` of the module)."""
+
+    def image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Up to ``n`` images float[N, 3, R, R] in [0, 1] (R = ``image_size``) and the text of their documents,
+        from the first validation set (float[0, 3, R, R] and [] without one)."""
+        images, texts = self._media_text_pairs(n, Modality.IMAGE)
+        return stack_images(images, self.image_size), texts
+
+    def speech_text_pairs(self, n: int) -> tuple[list[torch.Tensor], list[str]]:
+        """Up to ``n`` speech clips (float[samples] mono at 16 kHz) and their documents' text (the transcript),
+        from the first validation set (``[], []`` without one)."""
+        return self._media_text_pairs(n, Modality.SPEECH)
+
+    def train_image_text_pairs(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Up to ``n`` images and their documents' text from the training sources that hold images, in order
+        (what a fitted label classifier learns from); float[0, 3, R, R] and [] without any."""
+        images, texts = media_text_pairs(self.plan.train_configs(), Modality.IMAGE, n, self.image_size,
+                                         self.decode_limits())
+        return stack_images(images, self.image_size), texts
+
+    def _media_text_pairs(self, n: int, modality: Modality) -> tuple[list[torch.Tensor], list[str]]:
+        return media_text_pairs(self.plan.val_configs()[:1], modality, n, self.image_size, self.decode_limits())

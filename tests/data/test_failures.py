@@ -18,6 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
+from mot_lightning.data import loaders
 from mot_lightning.data.documents import BadSample, load_audio, load_image
 from mot_lightning.data.loaders import DataSkipWarning
 from mot_lightning.data.sources import SourceConfig
@@ -86,6 +87,30 @@ def test_an_empty_shard_does_not_crash_two_workers(tmp_path):
         batches = list(dm.train_dataloader())
         assert len(batches) == 5
         assert all(tags(b, dm.vocab, "good") for b in batches)
+
+
+def test_an_epoch_ends_with_its_workers_and_their_feeder_threads_gone(tmp_path, monkeypatch):
+    """The next epoch forks new workers at once; no thread of the last one may still be ending then (on
+    Python before 3.11.10 a thread ending during a fork can deadlock the child: ``join_feeder_threads``)."""
+    write_tar(str(tmp_path / "good.tar"), text_docs("good", 30))
+    dm = make_datamodule(tmp_path, [SourceConfig("s", str(tmp_path / "good.tar"))], val_sets=[], num_workers=2,
+                         seq_len=64, batch_size=2, train_batches_per_epoch=3)
+    dm.setup("fit")
+    ended = []  # each epoch's DataLoader iterator, as the epoch shut it down
+
+    def shut_down(iterator):
+        loaders.shut_down.__wrapped__(iterator)
+        ended.append(iterator)
+
+    shut_down.__wrapped__ = loaders.shut_down
+    monkeypatch.setattr(loaders, "shut_down", shut_down)
+    loader = dm.train_dataloader()
+    assert [len(list(loader)) for _ in range(2)] == [3, 3]
+    assert len(ended) == 2
+    for iterator in ended:
+        assert not any(w.is_alive() for w in iterator._workers)
+        feeders = [q._thread for q in iterator._index_queues if q._thread is not None]
+        assert feeders and not any(t.is_alive() for t in feeders)
 
 
 def repeat_ratio(tmp_path, workers: int = 2, batches: int = 60) -> float:
