@@ -18,8 +18,10 @@ the one-process commands that read their checkpoints are forked from ``tests/pro
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from functools import cached_property
@@ -52,7 +54,7 @@ def one_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 600) -> str:
+def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 300) -> str:
     """`mot <command>` as a real command with the tests' tiny sizes (Lightning relaunches it once per rank
     under DDP/FSDP2), writing under ``save_dir``; returns its output."""
     return finish(start_mot(command, args, env, save_dir), timeout)
@@ -62,8 +64,10 @@ def start_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path
     cmd = [sys.executable, "-m", "mot_lightning.commands", command, *_ordered(args, True), *data_args(env),
            "--trainer.logger.init_args.save_dir", str(save_dir)]
     save_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=save_dir, env=one_thread_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # its own session: a hang is dumped and stopped as a whole (both ranks and their data workers, ``finish``);
+    # PYTHONFAULTHANDLER: each of them prints every thread's stack on the SIGABRT that ``finish`` sends
+    return subprocess.Popen(cmd, cwd=save_dir, env={**one_thread_env(), "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def start_one_process(args: list[str], env: dict[str, str]) -> Forked:
@@ -81,8 +85,19 @@ def start_mot_one_process(command: str, args: list[str], env: dict[str, str], sa
                         env=one_thread_env(), cwd=save_dir)
 
 
-def finish(proc: subprocess.Popen | Forked, timeout: int = 600) -> str:
-    output, _ = proc.communicate(timeout=timeout)
+def finish(proc: subprocess.Popen | Forked, timeout: int = 300) -> str:
+    """Wait for ``proc`` (a few tiny steps: seconds, a minute on a loaded machine) and return its output; one
+    still running after ``timeout`` fails the test with every process's stacks (``start_mot``), then stops."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler prints each process's stacks, then it dies
+        try:
+            output, _ = proc.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"still running after {timeout} s; its output and stacks:\n{output[-12000:]}") from None
     assert proc.returncode == 0, output[-4000:]
     return output
 
@@ -94,6 +109,9 @@ def finish_all(procs: list[subprocess.Popen | Forked]) -> list[str]:
     finally:
         for p in procs:
             if p.poll() is None:
+                if isinstance(p, subprocess.Popen):  # its session: the ranks and their data workers
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
                 p.kill()
 
 
