@@ -13,6 +13,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # a sampling test 2.3x), and every rank and `mot` process the tests start runs one thread already. Thread
 # counts are varied explicitly (README: the numerics tests under OMP_NUM_THREADS=1 and =2).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Inductor compiles its kernels in this process unless the environment names a count: a pool of compile workers
+# (one per core by default) costs each test process that compiles seconds of start-up, and the other xdist worker
+# holds the second core anyway. The kernels are the same.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,17 +44,30 @@ SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "
 # Session fixtures that hold runs made lazily, part by part, in one process (their parts are not plain files a
 # second process could pick up): every test asking for one runs on the same pytest-xdist worker.
 IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
-# relative cost of a test by its marks, to hand the two workers the heaviest groups first
-COST = {"multiprocess": 20.0, "slow": 5.0}
+# What a module costs, to hand the two workers the heaviest groups first: CPU seconds of the modules that take
+# most of a run (measured with `-n 2` on 2 cores; only their order matters, so round numbers), and any other
+# test by its marks. A heavy module dealt out last keeps one worker busy while the other has finished.
+MODULE_COST = {
+    "tests/app/test_scaling_guide.py": 105, "tests/app/test_checkpoints.py": 85, "tests/app/test_resume_ddp.py": 60,
+    "tests/model/test_compile.py": 60, "tests/eval/test_trained_conditioning.py": 55, "tests/app/test_sweep.py": 55,
+    "tests/app/test_configs.py": 35, "tests/app/test_preemption.py": 30, "tests/data/test_procedural.py": 27,
+    "tests/app/test_precision.py": 27, "tests/app/test_transfusion.py": 25, "tests/app/test_progress.py": 16,
+    "tests/app/test_training.py": 12, "tests/app/test_run_identity.py": 11, "tests/world/test_procedural_world.py": 10,
+    "tests/app/test_data_mix.py": 9, "tests/app/test_fault_injection.py": 8, "tests/eval/test_gen_metrics_app.py": 5,
+}
+COST = {"multiprocess": 5.0, "slow": 3.0}  # seconds per test by its marks (the most of them), else 0.2
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-    if config.getoption("dist", "no") == "loadgroup":
+    # a pytest-xdist worker collects with its own options: xdist sets its "dist" to "no" and keeps
+    # "loadgroup" (True under --dist loadgroup); without xdist, "dist" is what pyproject.toml's addopts say
+    if getattr(config.option, "loadgroup", False) or config.getoption("dist", "no") == "loadgroup":
         group_for_xdist(items)
 
 
@@ -71,9 +88,13 @@ def group_for_xdist(items) -> None:
                 parent[find(item.nodeid.split("::")[0])] = find(name)
     cost: dict[str, float] = {}
     for item in items:
-        group = find(item.nodeid.split("::")[0])
-        item.add_marker(pytest.mark.xdist_group(group))
-        cost[group] = cost.get(group, 0.0) + max([COST[m] for m in COST if m in item.keywords], default=0.3)
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(find(module)))
+        if module not in MODULE_COST:
+            cost[find(module)] = cost.get(find(module), 0.0) + max([COST[m] for m in COST if m in item.keywords],
+                                                                    default=0.2)
+    for module in {item.nodeid.split("::")[0] for item in items} & MODULE_COST.keys():
+        cost[find(module)] = cost.get(find(module), 0.0) + MODULE_COST[module]
     items.sort(key=lambda item: -cost[find(item.nodeid.split("::")[0])])  # stable: each group keeps its order
 
 

@@ -13,14 +13,14 @@ optimizer state are recorded after each optimizer step; rank 0 writes them with 
 ``ModelCheckpoint`` does) and records the EMA averages it holds.
 
 ``Runs`` launches this module for the tests (the session fixture ``controls``): every set of arguments once per
-test session, so the distributed tests share their runs.
+test session, so the distributed tests share their runs; its processes are forked from ``tests/processes.py``'s
+server (torch and Lightning imported once), several as the ranks torchrun would start.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -39,6 +39,7 @@ from mot_lightning.model import TransformerConfig
 from mot_lightning.training.freezing import Freeze
 from mot_lightning.training.warm_start import WarmStart
 from tests.objectives.batches import token_batch
+from tests.processes import Forked, start_module
 
 ROWS, T, VOCAB = 4, 16, 40
 LAYOUT = {"text": 13, "special": 7, "image": 10, "speech": 10}  # token_batch: ids 0-19 text, 20-29, 30-39
@@ -194,20 +195,14 @@ def launch_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def launcher(args: Sequence[str]) -> list[str]:
-    """How to start a run of ``args``: several processes by torchrun, which starts the ranks together (when
-    Lightning relaunches the script, each rank imports torch and Lightning after the one before: ~3 s more;
-    the `mot fit` tests run Lightning's own launcher); one process by Python."""
-    devices = int(args[list(args).index("--devices") + 1]) if "--devices" in args else 1
-    if devices == 1:
-        return [sys.executable]
-    return [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(devices)]
+def devices_of(args: Sequence[str]) -> int:
+    return int(args[list(args).index("--devices") + 1]) if "--devices" in args else 1
 
 
 class Runs:
-    """Launches of this module, each set of arguments once per test session. The runs one call names start
-    together (two one-process runs fill the 2 CPUs one of them leaves idle). A run with ``--save_at`` writes
-    its checkpoint to the path in its result's ``"ckpt"``."""
+    """Launches of this module, each set of arguments once per test session: one process, or ``--devices``
+    ranks with torchrun's variables (``tests.processes.start_module``). The runs one call names start
+    together. A run with ``--save_at`` writes its checkpoint to the path in its result's ``"ckpt"``."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.launched = root, 0
@@ -229,15 +224,12 @@ class Runs:
                     proc.kill()
         return [self.results[tuple(r)] for r in runs]
 
-    def _start(self, args: tuple[str, ...]) -> tuple[Path, Path | None, subprocess.Popen]:
+    def _start(self, args: tuple[str, ...]) -> tuple[Path, Path | None, Forked]:
         self.launched += 1
         out = self.root / f"run{self.launched}.pt"
         ckpt = out.with_suffix(".ckpt") if "--save_at" in args else None
-        cmd = [*launcher(args), "-m", "tests.app.controls_run", *args, "--out", str(out),
-               *(["--save", str(ckpt)] if ckpt else [])]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        return out, ckpt, proc
+        argv = [*args, "--out", str(out), *(["--save", str(ckpt)] if ckpt else [])]
+        return out, ckpt, start_module("tests.app.controls_run", argv, devices_of(args), launch_env(), ROOT)
 
 
 if __name__ == "__main__":

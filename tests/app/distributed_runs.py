@@ -2,7 +2,9 @@
 (the session fixtures ``ddp_runs`` in tests/app/conftest.py and ``fsdp2_runs`` in tests/conftest.py).
 
 A 2-process launch costs two Python start-ups (~5 s each) before its first step, so one run serves every
-test that checks something of it; each part runs when a test first asks for it (``cached_property``):
+test that checks something of it; each part runs when a test first asks for it (``cached_property``). The
+`mot fit` launches (and `mot validate` by 2 processes) are real commands, Lightning starting the second rank;
+the one-process commands that read their checkpoints are forked from ``tests/processes.py``'s server:
 
 - ``DdpRuns``: the speech setting under DDP with 2 data workers per rank, full validation after steps 2 and
   4, a SampleLogger and an EMA: an unbroken 4-step run, a 2-step run resumed with ``--ckpt_path last`` to
@@ -16,8 +18,10 @@ test that checks something of it; each part runs when a test first asks for it (
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from functools import cached_property
@@ -27,6 +31,7 @@ from mot_lightning.checkpoints import load_checkpoint
 from mot_lightning.checkpoints.consolidate import consolidate
 from mot_lightning.sampling import DEMO_CAPTIONS
 from tests.app.conftest import CONFIGS, ROOT, TINY_MODEL, _ordered, data_args, run_dir
+from tests.processes import Forked, start_module
 
 SPEECH = str(CONFIGS / "speech/mot.yaml")
 DDP = ["--config", str(CONFIGS / "trainer/ddp.yaml")]
@@ -49,7 +54,7 @@ def one_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 600) -> str:
+def run_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path, timeout: int = 300) -> str:
     """`mot <command>` as a real command with the tests' tiny sizes (Lightning relaunches it once per rank
     under DDP/FSDP2), writing under ``save_dir``; returns its output."""
     return finish(start_mot(command, args, env, save_dir), timeout)
@@ -59,30 +64,54 @@ def start_mot(command: str, args: list[str], env: dict[str, str], save_dir: Path
     cmd = [sys.executable, "-m", "mot_lightning.commands", command, *_ordered(args, True), *data_args(env),
            "--trainer.logger.init_args.save_dir", str(save_dir)]
     save_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=save_dir, env=one_thread_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # its own session: a hang is dumped and stopped as a whole (both ranks and their data workers, ``finish``);
+    # PYTHONFAULTHANDLER: each of them prints every thread's stack on the SIGABRT that ``finish`` sends
+    return subprocess.Popen(cmd, cwd=save_dir, env={**one_thread_env(), "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def start_one_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """`mot generate` / `mot eval` (``args``) on one thread, like each rank of the runs (the same kernels)."""
-    cmd = [sys.executable, "-m", "mot_lightning.commands", *args, "--device", "cpu", *TINY_MODEL, *data_args(env)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def start_one_process(args: list[str], env: dict[str, str]) -> Forked:
+    """`mot generate` / `mot eval` (``args``) in one process on one thread, like each rank of the runs (the same
+    kernels); forked from ``tests/processes.py``'s server (torch and Lightning imported once)."""
+    return start_module("mot_lightning.commands.main", [*args, "--device", "cpu", *TINY_MODEL, *data_args(env)],
+                        env=one_thread_env(), cwd=ROOT)
 
 
-def finish(proc: subprocess.Popen, timeout: int = 600) -> str:
-    output, _ = proc.communicate(timeout=timeout)
+def start_mot_one_process(command: str, args: list[str], env: dict[str, str], save_dir: Path) -> Forked:
+    """``start_mot`` in one process, forked from ``tests/processes.py``'s server like ``start_one_process``."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return start_module("mot_lightning.commands.main", [command, *_ordered(args, True), *data_args(env),
+                                                         "--trainer.logger.init_args.save_dir", str(save_dir)],
+                        env=one_thread_env(), cwd=save_dir)
+
+
+def finish(proc: subprocess.Popen | Forked, timeout: int = 300) -> str:
+    """Wait for ``proc`` (a few tiny steps: seconds, a minute on a loaded machine) and return its output; one
+    still running after ``timeout`` fails the test with every process's stacks (``start_mot``), then stops."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler prints each process's stacks, then it dies
+        try:
+            output, _ = proc.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"still running after {timeout} s; its output and stacks:\n{output[-12000:]}") from None
     assert proc.returncode == 0, output[-4000:]
     return output
 
 
-def finish_all(procs: list[subprocess.Popen]) -> list[str]:
+def finish_all(procs: list[subprocess.Popen | Forked]) -> list[str]:
     """Wait for processes started together; all must succeed (the others are stopped if one fails)."""
     try:
         return [finish(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
+                if isinstance(p, subprocess.Popen):  # its session: the ranks and their data workers
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
                 p.kill()
 
 
@@ -104,10 +133,10 @@ class Launch:
 
 
 class DdpRuns:
-    """Three rounds of launches, those of a round started together (they do not depend on each other; a
+    """Two rounds of launches, those of a round started together (they do not depend on each other; a
     2-process launch leaves one CPU idle while its ranks start one after the other and exit): the unbroken
-    run and the split run's first launch; the split run resumed and `mot validate` by 2 processes; `mot
-    validate` and `mot generate` in one process."""
+    run and the split run's first launch; then the split run resumed, `mot validate` by 2 processes, and
+    `mot validate` and `mot generate` in one process."""
 
     def __init__(self, env: dict[str, str], root: Path) -> None:
         self.env, self.root = env, root
@@ -116,7 +145,7 @@ class DdpRuns:
                        "--model.scheduler.init_args.max_steps", "4",  # one schedule: the split run stops early
                        "--model.scheduler.init_args.warmup_steps", "1", *SAMPLE_LOGGER, *EMA]
 
-    def _fits(self, launches: list[tuple[str, ...]], others: list[subprocess.Popen] = ()) -> list[Launch]:
+    def _fits(self, launches: list[tuple[str, ...]], others: list[subprocess.Popen | Forked] = ()) -> list[Launch]:
         """`mot fit` launches (name of the save dir, extra arguments) started together with ``others``."""
         started = []
         for name, *args in launches:
@@ -132,9 +161,9 @@ class DdpRuns:
         step2 = Path(shutil.copy(split.last, self.root / "step2.ckpt"))  # before the resume overwrites it
         validate = ["--config", SPEECH, "--ckpt_path", str(full.last)]
         [resumed] = self._fits([("split", "--trainer.max_steps", "4", "--ckpt_path", "last")],
-                               [start_mot("validate", [*validate, *DDP], self.env, self.root / "two")])
-        finish_all([start_mot("validate", validate, self.env, self.root / "one"),
-                    start_one_process(generate_args(step2, self.root / "generated"), self.env)])
+                               [start_mot("validate", [*validate, *DDP], self.env, self.root / "two"),
+                                start_mot_one_process("validate", validate, self.env, self.root / "one"),
+                                start_one_process(generate_args(step2, self.root / "generated"), self.env)])
         return {"full": full, "split": split, "step2": step2, "resumed": resumed}
 
     @property

@@ -7,23 +7,22 @@ from __future__ import annotations
 import gc
 import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mot_lightning.data.batch import IGNORE_INDEX
 from mot_lightning.model import TransformerConfig
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.training import clip_gradients
-from tests.app.controls_run import launch_env, launcher
+from tests.app.controls_run import launch_env
 from tests.app.fixed_batches import ROWS, VOCAB, T, train
 from tests.numerics import assert_close, tolerance, transformer_reduction
 from tests.objectives.batches import token_batch
+from tests.processes import spawn, start_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIP = 0.05  # well below the norms of this model (0.8-0.9): every step clips
@@ -42,11 +41,10 @@ def one_process(tmp_path_factory) -> dict:
 
 def run_ranks(tmp_path: Path, strategy: str) -> dict:
     out = tmp_path / f"{strategy}.pt"
-    env = launch_env()
-    cmd = [*launcher(["--devices", "2"]), "-m", "tests.app.fixed_batches", "--strategy", strategy, "--devices", "2",
-           "--clip", str(CLIP), "--out", str(out)]
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = start_module("tests.app.fixed_batches", ["--strategy", strategy, "--devices", "2", "--clip", str(CLIP),
+                                                    "--out", str(out)], nprocs=2, env=launch_env(), cwd=ROOT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
     return torch.load(out)
 
 
@@ -120,7 +118,7 @@ def test_fsdp1_clips_through_its_sharded_root(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
+    spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
     got = torch.load(tmp_path / "fsdp1.pt")
     assert expected_norm > 10 * CLIP
     assert float(got["norm"]) == pytest.approx(float(expected_norm), rel=tolerance(torch.float32, REDUCTION))

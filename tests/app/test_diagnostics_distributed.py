@@ -3,14 +3,14 @@ logs the per-tower norms of one process on the same global batches, and they sti
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.app.controls_run import launch_env, launcher
+from tests.app.controls_run import launch_env
 from tests.app.tower_health_run import train
+from tests.processes import start_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,10 +23,10 @@ def test_sharded_tower_norms_match_one_process(strategy, tmp_path):
     train(one)
     expected = torch.load(one)["metrics"]
     out = tmp_path / f"{strategy}.pt"
-    cmd = [*launcher(["--devices", "2"]), "-m", "tests.app.tower_health_run", "--strategy", strategy, "--devices",
-           "2", "--out", str(out)]
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = start_module("tests.app.tower_health_run", ["--strategy", strategy, "--devices", "2", "--out", str(out)],
+                        nprocs=2, env=launch_env(), cwd=ROOT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
     got = torch.load(out)["metrics"]
     tags = [t for t in expected if t.startswith("diag/")]
     assert len(tags) > 30 and set(tags) == {t for t in got if t.startswith("diag/")}

@@ -1,7 +1,9 @@
 """What a scheduler sees, with real `mot fit` subprocesses: SIGTERM saves `last.ckpt` at the step reached and
 exits 143, and the resume equals an unbroken run bitwise; under SLURM the requeue signal leaves nothing outside
 the run dir and another experiment adopts nothing; checkpoints follow the step cadence without validation;
-`last.ckpt` holds the last step."""
+`last.ckpt` holds the last step. The runs no signal stops (the unbroken ones, the resumes, the other
+experiment) are `mot fit` processes forked from ``tests/processes.py``'s server (torch and Lightning imported
+once), with the same arguments and environment."""
 from __future__ import annotations
 
 import json
@@ -17,20 +19,26 @@ import torch
 
 from mot_lightning.checkpoints import load_checkpoint
 from tests.app.conftest import CONFIGS, ROOT, TINY, TINY_MODEL, data_args, run_dir
+from tests.processes import Forked, start_module
 
 SPEECH = ["--config", str(CONFIGS / "speech/mot.yaml"), *TINY_MODEL, *TINY, "--trainer.log_every_n_steps", "1"]
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "mot", "SLURM_PROCID": "0",
          "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
 
 
-def mot_fit(args: list[str], env: dict, save_dir: Path, cwd: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mot_lightning.commands", "fit", *SPEECH, *args, *data_args(env),
-           "--trainer.logger.init_args.save_dir", str(save_dir)]
+def mot_fit(args: list[str], env: dict, save_dir: Path, cwd: Path, extra_env: dict | None = None,
+            signalled: bool = False) -> subprocess.Popen | Forked:
+    """`mot fit` with the speech setting's tiny sizes: a real subprocess where the test sends it a signal
+    (``signalled``), else forked from the server (a process that exits by itself)."""
+    argv = ["fit", *SPEECH, *args, *data_args(env), "--trainer.logger.init_args.save_dir", str(save_dir)]
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not signalled:
+        return start_module("mot_lightning.commands.main", argv, env=environ, cwd=cwd)
+    return subprocess.Popen([sys.executable, "-m", "mot_lightning.commands", *argv], cwd=cwd, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+def finish(proc: subprocess.Popen | Forked, timeout: float = 600) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 
@@ -61,7 +69,7 @@ def test_sigterm_saves_last_ckpt_at_the_step_reached_exits_143_and_resumes_bitwi
     assert [p.name for p in ckpts.glob("*step=*.ckpt")] == ["epoch=3-step=8.ckpt"]  # step checkpoints, latest kept
     assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 9  # the last step, between two saves
     group = tmp_path / "broken" / "speech" / "mot"
-    proc = mot_fit(args, demo_env, tmp_path / "broken", tmp_path)
+    proc = mot_fit(args, demo_env, tmp_path / "broken", tmp_path, signalled=True)
     signal_at_step(proc, "*step=2.ckpt", group, signal.SIGTERM)
     rc, out = finish(proc)
     assert rc == 143, out[-3000:]
@@ -85,7 +93,7 @@ def test_slurm_requeue_signal_saves_in_the_run_dir_and_no_other_experiment_adopt
     cwd.mkdir()
     first = ["--trainer.max_steps", "8", "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", "2"]
     group = tmp_path / "runs" / "speech" / "mot"
-    proc = mot_fit(first, demo_env, tmp_path / "runs", cwd, SLURM)
+    proc = mot_fit(first, demo_env, tmp_path / "runs", cwd, SLURM, signalled=True)
     signal_at_step(proc, "*step=4.ckpt", group, signal.SIGUSR1)
     rc, out = finish(proc)
     assert rc == 128 + signal.SIGUSR1, out[-3000:]

@@ -24,7 +24,6 @@ import pytest
 import soundfile as sf
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.utils import make_grid
@@ -35,6 +34,7 @@ from mot_lightning.sampling import generate
 from tests.app.controls_run import tiny_module
 from tests.app.distributed_runs import N
 from tests.objectives.batches import token_batch
+from tests.processes import spawn
 
 TEXT_TAGS = ("image_to_caption", "speech_to_text")
 
@@ -76,8 +76,8 @@ def _lines(text: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_samples_are_the_one_process_samples_of_the_saved_weights(strategy, request):
-    runs = request.getfixturevalue(f"{strategy}_runs")
+def test_two_process_samples_are_the_one_process_samples_of_the_saved_weights(strategy, ddp_runs, fsdp2_runs):
+    runs = {"ddp": ddp_runs, "fsdp2": fsdp2_runs}[strategy]  # both named: conftest groups by fixture
     first = runs.split if strategy == "ddp" else runs.first  # the 2-step launch: samples after step 2
     logged = logged_samples(first.version, step=2)
     expected = generated_samples(runs.one_process["generated"])  # FSDP2: of the consolidated checkpoint
@@ -141,7 +141,7 @@ def test_fsdp1_ranks_generate_together_what_one_process_generates(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
+    spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
     result = torch.load(tmp_path / "fsdp1.pt")
     assert result["sharded"] and result["training"]  # train mode restored after sampling in eval mode
     assert result["got"].shape == (2, 26)

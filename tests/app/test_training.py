@@ -68,11 +68,11 @@ def _global_step(ckpt: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_training_saves_and_resumes(strategy, request):
+def test_two_process_training_saves_and_resumes(strategy, ddp_runs, fsdp2_runs):
     """2 steps, then --ckpt_path last to step 4: the shared runs of ``distributed_runs`` (DDP: 2 data workers
     per rank; FSDP2: activation checkpointing, a sharded checkpoint), also checked by test_resume_ddp,
     test_samples_distributed, test_export and test_gen_metrics_distributed."""
-    runs = request.getfixturevalue(f"{strategy}_runs")
+    runs = {"ddp": ddp_runs, "fsdp2": fsdp2_runs}[strategy]  # both named: conftest groups by fixture
     first = runs.split if strategy == "ddp" else runs.first
     assert runs.step2.exists()  # last.ckpt as the 2-step launch left it
     assert runs.step2.is_dir() == (strategy == "fsdp2")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import start_script
 
 from .helpers import write_tar
 
@@ -56,11 +56,11 @@ def test_every_rank_runs_the_same_number_of_validation_batches(tmp_path):
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path), str(tmp_path / f"r{rank}.json"), port, str(rank)]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
+        argv = [str(tmp_path), str(tmp_path / f"r{rank}.json"), port, str(rank)]
+        procs.append(start_script(RANK_SCRIPT, argv, env, cwd=REPO))  # python -c RANK_SCRIPT argv, forked
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-3000:]
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2))
     assert r0["raw"] != r1["raw"], "the shares should differ for this test to mean anything"
     assert r0["batches"] == r1["batches"] == max(r0["raw"], r1["raw"])

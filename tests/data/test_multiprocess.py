@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import start_script
 
 from .helpers import write_tar
 
@@ -44,11 +44,11 @@ def test_two_ranks_two_workers_read_disjoint_samples(tmp_path):
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "PYTHONPATH": str(REPO)}
-        cmd = [sys.executable, "-c", RANK_SCRIPT, str(tmp_path), str(tmp_path / f"rank{rank}.json")]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
+        argv = [str(tmp_path), str(tmp_path / f"rank{rank}.json")]
+        procs.append(start_script(RANK_SCRIPT, argv, env, cwd=REPO))  # python -c RANK_SCRIPT argv, forked
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
 
     assert r0["train_batches"] == r1["train_batches"] == 6

@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import start_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,12 +50,10 @@ def test_two_nodes_prepare_the_same_directory_at_once(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     procs = []
-    for node in range(2):
+    for node in range(2):  # python -c NODE_SCRIPT shared node, forked from tests/processes.py's server
         env = {**os.environ, "NODE_RANK": str(node), "LOCAL_RANK": "0", "PYTHONPATH": str(REPO),
                "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", NODE_SCRIPT, str(shared), str(node)]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(start_script(NODE_SCRIPT, [str(shared), str(node)], env, cwd=tmp_path, stderr_apart=True))
     deadline = time.monotonic() + 120
     while not all((shared / f"ready-{n}").exists() for n in range(2)):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a node failed to start"
@@ -79,6 +77,7 @@ def test_two_nodes_prepare_the_same_directory_at_once(tmp_path):
     # a third "node" afterwards finds everything complete and changes nothing
     before = tree_digest(shared)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", NODE_SCRIPT, str(shared), "2"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    third = start_script(NODE_SCRIPT, [str(shared), "2"], env, cwd=tmp_path, stderr_apart=True)
+    out, err = third.communicate(timeout=300)
+    assert third.returncode == 0, err[-3000:]
     assert "fitting" not in out and tree_digest(shared) == {**before, "ready-2": tree_digest(shared)["ready-2"]}

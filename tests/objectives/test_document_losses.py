@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mot_lightning.data.batch import IGNORE_INDEX, MultiModalBatch
@@ -21,6 +20,7 @@ from mot_lightning.model.lm import TokenLM
 from mot_lightning.objectives import NextToken, Transfusion
 from mot_lightning.training import DocumentLosses, EvalLosses
 from tests.objectives.batches import LAT, V, latent_batch
+from tests.processes import spawn
 
 MODALITIES = list(Modality)
 
@@ -195,7 +195,7 @@ def test_two_processes_log_the_values_of_one(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(port, str(tmp_path / "batches.pt"), str(tmp_path / "out.pt")), nprocs=2)
+    spawn(_rank_main, args=(port, str(tmp_path / "batches.pt"), str(tmp_path / "out.pt")), nprocs=2)
     got = torch.load(tmp_path / "out.pt")
     assert got.keys() == expected.keys() and any(k.endswith("_se") for k in got)
     for k, value in expected.items():

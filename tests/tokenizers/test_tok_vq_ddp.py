@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mot_lightning.tokenizers.vqvae import VectorQuantizerEMA
+from tests.processes import spawn
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_codebooks_stay_identical_across_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, 29500 + os.getpid() % 1000, str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, args=(2, 29500 + os.getpid() % 1000, str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["codebook"], r1["codebook"])
     assert r0["restarts"] == r1["restarts"] > 0
