@@ -36,7 +36,7 @@ SIZES = {"d64": (64, 2), "d96": (96, 3), "d128": (128, 4)}  # configs/sweeps/pro
 SETTINGS = {"eager": [], "compile": ["--model.compile", "true"], "workers0": ["--data.loader.num_workers", "0"]}
 
 
-def run_case(size: str, setting: str, steps: int, data_dir: Path, out: Path) -> dict:
+def run_case(size: str, setting: str, steps: int, data_dir: Path, out: Path, skip: int) -> dict:
     dim, layers = SIZES[size]
     save = out / f"{size}_{setting}"
     cmd = [sys.executable, "-m", "mot_lightning.commands", "fit",
@@ -55,10 +55,10 @@ def run_case(size: str, setting: str, steps: int, data_dir: Path, out: Path) -> 
     if proc.returncode:
         raise SystemExit(f"{size}/{setting} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     cpu_s = float(proc.stdout.rsplit("CPU_S", 1)[1].split()[0])
-    return {"size": size, "setting": setting, "steps": steps, "cpu_s": round(cpu_s, 1), **window_rates(save)}
+    return {"size": size, "setting": setting, "steps": steps, "cpu_s": round(cpu_s, 1), **window_rates(save, skip)}
 
 
-def window_rates(save: Path) -> dict:
+def window_rates(save: Path, skip: int) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rates = []
@@ -67,7 +67,7 @@ def window_rates(save: Path) -> dict:
         acc.Reload()
         if "train/tokens_per_s" in acc.Tags()["scalars"]:
             rates += [e.value for e in acc.Scalars("train/tokens_per_s")]
-    rates = rates[ARGS.skip:]
+    rates = rates[skip:]
     if not rates:
         return {}
     tokens_per_step = 8 * 256  # data.batch_size x data.seq_len of the setting
@@ -76,7 +76,6 @@ def window_rates(save: Path) -> dict:
 
 
 def main() -> None:
-    global ARGS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--skip", type=int, default=2, help="logged windows left out at the start (5 steps each)")
@@ -84,22 +83,22 @@ def main() -> None:
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--data-dir", type=Path, default=None, help="demo + tokenizer folders (default: a temp dir)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu_step_settings.json")
-    ARGS = p.parse_args()
-    sizes, settings = ARGS.sizes.split(","), ARGS.settings.split(",")
+    args = p.parse_args()
+    sizes, settings = args.sizes.split(","), args.settings.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = ARGS.data_dir or Path(tmp) / "data"
+        data_dir = args.data_dir or Path(tmp) / "data"
         # the first run writes the procedural validation shards and fits the tokenizers, once, before the others
-        run_case(sizes[0], "eager", 2, data_dir, Path(tmp) / "warm")
+        run_case(sizes[0], "eager", 2, data_dir, Path(tmp) / "warm", args.skip)
         cases = [(s, k) for s in sizes for k in settings]
         with ThreadPoolExecutor(2) as pool:
-            rows = list(pool.map(lambda c: run_case(*c, ARGS.steps, data_dir, Path(tmp) / "runs"), cases))
+            rows = list(pool.map(lambda c: run_case(*c, args.steps, data_dir, Path(tmp) / "runs", args.skip), cases))
     for row in rows:
         eager = next(r for r in rows if r["size"] == row["size"] and r["setting"] == "eager")
         row["speed_vs_eager"] = round(row["tokens_per_s"] / eager["tokens_per_s"], 3)
         print(f"{row['size']:>5} {row['setting']:>9}: {row['step_s']:.3f} s/step, {row['tokens_per_s']:.0f} "
               f"tokens/s ({row['speed_vs_eager']:.2f}x eager), {row['cpu_s']:.0f} CPU s for {row['steps']} steps")
-    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
-    ARGS.out.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "command": "python benchmarks/cpu_step_settings.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "lanes": 2, "threads_per_run": 1, "rows": rows,

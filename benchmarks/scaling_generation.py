@@ -32,10 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mot_lightning.compare.report import WITHIN_SAMPLING  # noqa: E402
+from mot_lightning.compare.runs import GEN_PREFIX, direction  # noqa: E402
 from mot_lightning.compare.stats import Z_SAMPLING, Interval, mean_sampling_se  # noqa: E402
 
 ARMS = ("dense", "mot")
-LOWER_IS_BETTER = ("fid", "kid", "wer", "cer")
 # the rows of generation.md (every metric is in generation.json)
 SHOWN = ["faithfulness_colour", "faithfulness_shape", "faithfulness_size", "faithfulness_count",
          "faithfulness_position", "heldout/faithfulness_colour", "heldout/faithfulness_shape", "fid",
@@ -85,9 +86,9 @@ def compare(rows: list[dict], setting: str, metric: str) -> dict | None:
     floor = math.sqrt(ses["dense"] ** 2 + ses["mot"] ** 2)
     diff = Interval.of([per_arm["mot"][s]["value"] - per_arm["dense"][s]["value"] for s in seeds], floor)
     if abs(diff.mean) <= Z_SAMPLING * floor:
-        verdict = "within sampling error"
+        verdict = WITHIN_SAMPLING
     elif diff.excludes(0.0):
-        better = (diff.mean < 0) == any(metric.split("/")[-1].startswith(m) for m in LOWER_IS_BETTER)
+        better = (diff.mean < 0) == (direction(GEN_PREFIX + metric) == "lower")
         verdict = f"MoT {'better' if better else 'worse'}"
     else:
         verdict = "within noise"

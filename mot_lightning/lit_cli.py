@@ -61,13 +61,13 @@ class MotCLI(LightningCLI):
         argv = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
         every = LightningCLI.subcommands()
         # the subcommand this launch runs (``mot fit|validate|test`` put it first), so only its parser is built:
-        # LightningCLI builds one per Trainer method otherwise (~0.2 s of start-up each); None: all of them
-        self._only = argv[0] if isinstance(argv, list) and argv and argv[0] in every else None
+        # LightningCLI builds one per Trainer method otherwise (~0.2 s of start-up each); else all of them
+        first = argv[0] if isinstance(argv, list) and argv else None
+        self._subcommands = {first: every[first]} if first in every else every
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
-        every = LightningCLI.subcommands()
-        return {self._only: every[self._only]} if self._only else every
+        return self._subcommands
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")

@@ -154,12 +154,12 @@ class EqualBatches:
     def __iter__(self) -> Iterator[MultiModalBatch]:
         self.loader.dataset.counters.reset()
         self.padded = 0
-        iterator: Iterator | None = iter(self.loader)
+        iterator = iter(self.loader)
+        exhausted = False
         try:
             while True:
-                batch = next_batch(iterator, self.loader.timeout) if iterator is not None else None
-                if batch is None:
-                    iterator = None  # exhausted: its workers are done
+                batch = None if exhausted else next_batch(iterator, self.loader.timeout)
+                exhausted = batch is None  # its workers are done; shut_down still ends its feeder threads
                 if not self.any_rank(batch is not None):
                     break
                 if batch is None:

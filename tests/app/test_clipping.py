@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,11 @@ from mot_lightning.model import TransformerConfig
 from mot_lightning.model.lm import TokenLM
 from mot_lightning.training import clip_gradients
 from tests.app.controls_run import launch_env
+from tests.app.distributed_runs import finish
 from tests.app.fixed_batches import ROWS, VOCAB, T, train
 from tests.numerics import assert_close, tolerance, transformer_reduction
 from tests.objectives.batches import token_batch
-from tests.processes import spawn, start_module
+from tests.processes import free_port, spawn, start_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIP = 0.05  # well below the norms of this model (0.8-0.9): every step clips
@@ -41,10 +41,8 @@ def one_process(tmp_path_factory) -> dict:
 
 def run_ranks(tmp_path: Path, strategy: str) -> dict:
     out = tmp_path / f"{strategy}.pt"
-    proc = start_module("tests.app.fixed_batches", ["--strategy", strategy, "--devices", "2", "--clip", str(CLIP),
-                                                    "--out", str(out)], nprocs=2, env=launch_env(), cwd=ROOT)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-4000:]
+    finish(start_module("tests.app.fixed_batches", ["--strategy", strategy, "--devices", "2", "--clip", str(CLIP),
+                                                    "--out", str(out)], nprocs=2, env=launch_env(), cwd=ROOT))
     return torch.load(out)
 
 
@@ -115,9 +113,7 @@ def test_fsdp1_clips_through_its_sharded_root(tmp_path):
     batch_loss(net, 0, ROWS).backward()
     expected_norm = clip_gradients(net, net.parameters(), CLIP)
     expected = {n: p.grad for n, p in net.named_parameters()}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
     got = torch.load(tmp_path / "fsdp1.pt")
     assert expected_norm > 10 * CLIP

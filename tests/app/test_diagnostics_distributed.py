@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.app.controls_run import launch_env
+from tests.app.distributed_runs import finish
 from tests.app.tower_health_run import train
 from tests.processes import start_module
 
@@ -23,10 +24,8 @@ def test_sharded_tower_norms_match_one_process(strategy, tmp_path):
     train(one)
     expected = torch.load(one)["metrics"]
     out = tmp_path / f"{strategy}.pt"
-    proc = start_module("tests.app.tower_health_run", ["--strategy", strategy, "--devices", "2", "--out", str(out)],
-                        nprocs=2, env=launch_env(), cwd=ROOT)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-4000:]
+    finish(start_module("tests.app.tower_health_run", ["--strategy", strategy, "--devices", "2", "--out", str(out)],
+                        nprocs=2, env=launch_env(), cwd=ROOT))
     got = torch.load(out)["metrics"]
     tags = [t for t in expected if t.startswith("diag/")]
     assert len(tags) > 30 and set(tags) == {t for t in got if t.startswith("diag/")}

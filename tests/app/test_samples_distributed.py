@@ -15,7 +15,6 @@ import gc
 import io
 import os
 import re
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +33,7 @@ from mot_lightning.sampling import generate
 from tests.app.controls_run import tiny_module
 from tests.app.distributed_runs import N
 from tests.objectives.batches import token_batch
-from tests.processes import spawn
+from tests.processes import free_port, spawn
 
 TEXT_TAGS = ("image_to_caption", "speech_to_text")
 
@@ -138,9 +137,7 @@ def _fsdp1_generate(rank: int, out: str) -> None:
 
 @pytest.mark.multiprocess
 def test_fsdp1_ranks_generate_together_what_one_process_generates(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     spawn(_fsdp1_rank, args=(port, str(tmp_path / "fsdp1.pt")), nprocs=2)
     result = torch.load(tmp_path / "fsdp1.pt")
     assert result["sharded"] and result["training"]  # train mode restored after sampling in eval mode

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from mot_lightning.checkpoints import load_checkpoint
 from tests.app.conftest import CONFIGS, ROOT, _ordered, data_args, run_dir
 from tests.app.controls_run import FSDP2, FSDP2_ONE_PROCESS, ONE_PROCESS, resumed
 from tests.app.test_training import only_version, scalars
+from tests.processes import free_port
 
 SBATCH = ROOT / "docs" / "examples" / "slurm_fit.sbatch"
 BIN = Path(sys.executable).parent  # `mot` and `torchrun` of this environment
@@ -46,12 +46,6 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit "$status"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from mot_lightning.model.lm import TokenLM
 from mot_lightning.objectives import NextToken, Transfusion
 from mot_lightning.training import DocumentLosses, EvalLosses
 from tests.objectives.batches import LAT, V, latent_batch
-from tests.processes import spawn
+from tests.processes import free_port, spawn
 
 MODALITIES = list(Modality)
 
@@ -192,9 +191,7 @@ def test_two_processes_log_the_values_of_one(tmp_path):
     for s, w in zip(sums, weights):
         one.update("a", s, w)
     expected = {k: v.item() for k, v in one.compute("val", [([0, 1, 2], 1.0)]).items()}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     spawn(_rank_main, args=(port, str(tmp_path / "batches.pt"), str(tmp_path / "out.pt")), nprocs=2)
     got = torch.load(tmp_path / "out.pt")
     assert got.keys() == expected.keys() and any(k.endswith("_se") for k in got)
