@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tutorial_mot import TutorialTransformer  # noqa: E402
 
 from mot_lightning.model import Transformer, TransformerConfig  # noqa: E402
+from mot_lightning.model.untied import UntiedLinear, UntiedRMSNorm  # noqa: E402
 
 
 def interleaved_batch(batch: int, seq_len: int, n_modalities: int, image_tokens: int, seed: int = 0):
@@ -75,6 +76,10 @@ def step(model, x, modality, routed: bool) -> None:
 VARIANTS = {
     "dense": dict(sparsity="dense"),
     "mot": dict(sparsity="mot"),
+    # MoT's routing alone: tokens sorted by tower and attention's gathers, every weight tied (dense's math)
+    "mot_untie_none": dict(sparsity="mot", untie=[]),
+    # MoT with one weight shared by all towers (set up in build_cases): is it the weight bytes or the kernels?
+    "mot_one_weight": dict(sparsity="mot"),
     # the same MoT, each projection's towers in one torch._grouped_mm (CUDA sm90+ in bf16; CPU any dtype)
     "mot_grouped_mm": dict(sparsity="mot", grouped_gemm="grouped_mm"),
     "mot_untie_ffn": dict(sparsity="mot", untie=["ffn"]),
@@ -95,9 +100,19 @@ def build_cases(args, device, dtype):
         raise SystemExit(f"unknown --cases {sorted(unknown)}; choose from {sorted(VARIANTS)} and 'tutorial'")
     torch.manual_seed(0)
     cases = {name: Transformer(base.replace(**VARIANTS[name])) for name in names if name != "tutorial"}
+    if "mot_one_weight" in cases:  # every tower holds the same Parameter: dense's weight bytes, MoT's kernels
+        for module in cases["mot_one_weight"].modules():
+            if isinstance(module, (UntiedLinear, UntiedRMSNorm)) and module.n_weights > 1:
+                for k in range(1, module.n_weights):
+                    module.weights[k] = module.weights[0]
     if "tutorial" in names:
         cases["tutorial"] = TutorialTransformer(cases.get("mot") or Transformer(base.replace(sparsity="mot")))
-    return {name: m.to(device=device, dtype=dtype) for name, m in cases.items()}, base
+    cases = {name: m.to(device=device, dtype=dtype) for name, m in cases.items()}
+    if args.compile:  # every block compiled, as ``model.compile: true`` does in training
+        for name, m in cases.items():
+            if name != "tutorial":
+                m.compile_blocks()
+    return cases, base
 
 
 def check_tutorial_matches(cases, x, modality) -> float:
@@ -177,7 +192,7 @@ def print_table(report: dict) -> None:
     print(f"preset={c['preset']} dim={c['dim']} layers={c['n_layers']} batch={c['batch']} "
           f"seq={c['seq_len']} modalities={c['modalities']} tokens/modality={c['tokens_per_modality']} "
           f"device={c['device']} dtype={c['dtype']} threads={report['machine']['threads']} "
-          f"clock={'process CPU time' if c['cpu_time'] else 'wall'}")
+          f"clock={'process CPU time' if c['cpu_time'] else 'wall'}{' compiled' if c.get('compile') else ''}")
     if report["tutorial_max_abs_diff"] is not None:
         print(f"tutorial routing vs ours, max |diff| of outputs: {report['tutorial_max_abs_diff']:.2e}")
     mem_key = "peak_mb" if c["device"].startswith("cuda") else "saved_for_backward_mb"
@@ -202,6 +217,8 @@ def parse_args(argv=None):
     p.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
     p.add_argument("--cases", default="dense,mot,tutorial",
                    help=f"comma-separated, 'dense' first: {','.join(VARIANTS)},tutorial")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every block (as model.compile: true); the warm-up rounds compile")
     p.add_argument("--quick", action="store_true", help="small shapes, few steps (smoke run)")
     p.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/<name>.json)")
     args = p.parse_args(argv)
@@ -216,7 +233,8 @@ def main(argv=None) -> None:
     print_table(report)
     out = Path(args.out) if args.out else (
         Path(__file__).resolve().parent / "results"
-        / f"backbone_{args.device}_{args.preset}_{args.seq_len}_t{args.threads}{'_cpu' if args.cpu_time else ''}"
+        / f"backbone_{args.device}_{args.preset}_{args.seq_len}_b{args.batch}_t{args.threads}"
+        f"{'_cpu' if args.cpu_time else ''}{'_compiled' if args.compile else ''}"
         f"_{len(args.cases.split(','))}cases.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
