@@ -75,6 +75,8 @@ def step(model, x, modality, routed: bool) -> None:
 # every backbone of the paper's comparisons, as changes to the base config
 VARIANTS = {
     "dense": dict(sparsity="dense"),
+    # a second dense model timed in the same rounds: its ratio to "dense" is the benchmark's own noise floor
+    "dense_again": dict(sparsity="dense"),
     "mot": dict(sparsity="mot"),
     # MoT's routing alone: tokens sorted by tower and attention's gathers, every weight tied (dense's math)
     "mot_untie_none": dict(sparsity="mot", untie=[]),
