@@ -6,9 +6,9 @@ count | none (20 classification heads over one shared trunk). A region holds a g
 heads' mean probability of ``none`` is below 1/2; the group's attributes are then each head's most
 likely non-``none`` class. ``features`` (the penultimate layer) are the embedding FID and KID use.
 
-One scorer per world (``worlds.py``: the fixed and the procedural world differ in colours, shapes,
-sizes and layout) and image side. It is fitted on renders of the world (``World.training_example``:
-both splits, empty pictures, extra groups) passed through generic degradations (``degrade.py``), never
+One scorer per image side (and world: ``worlds.py`` names the one demo world, and its name is part of the
+file, so a scorer of a retired world is never read as this one's). It is fitted on renders of the world
+(``World.training_example``: both splits, 0-3 groups) passed through generic degradations (``degrade.py``), never
 on a tokenizer's output, and kept in a fit-once file ``<dir>/scorer-<world>-<side>px-<hash>.pt`` whose
 hash covers the config, like the data module's tokenizer files (``fitted_scorer``). Its accuracy on
 held-out renders, clean and after the demo tokenizers' round trips, is in benchmarks/README.md.
