@@ -29,8 +29,8 @@ Validations are counted from the start of the process (a resumed run counts anew
 Cost: sampling dominates; prompts decode ``batch_size`` at a time as left-padded batches. One evaluation at
 the defaults of the freshly initialised 128 x 4 speech demo model (captions and speech run to their length
 limits) takes about 6 CPU seconds, about 19 training steps (benchmarks/README.md, "Generation metrics").
-The first evaluation also fits the scorer when its file is missing (about 2 minutes for the fixed world on
-one idle core; once per world, image size and scorer config).
+The first evaluation also fits the scorer when its file is missing (3,000 steps, about 3.5 minutes on one
+thread of a loaded machine, benchmarks/README.md; once per image size and scorer config).
 """
 from __future__ import annotations
 

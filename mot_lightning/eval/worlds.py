@@ -25,9 +25,6 @@ from PIL import Image
 from mot_lightning.world import captions, procedural
 from mot_lightning.world.procedural import Group, SceneSpec
 
-REGIONS = procedural.REGIONS  # left, right, top, bottom, middle
-SIZES = tuple(procedural.SIZES)  # small, large
-COUNTS = procedural.COUNTS  # 1, 2, 3
 SPLITS = ("seen", "heldout")  # eval prompts: training distribution / held-out colour-shape pairs
 N_REFERENCES = 4  # captions per eval scene (BLEU references)
 
@@ -50,8 +47,11 @@ class World:
 
     name = "procedural"
     scorer_steps = 3000  # the scorer's default fit length (optimizer steps of 128 renders): shapes 4-8 px wide
-    colours = tuple(procedural.COLOURS)
+    colours = tuple(procedural.COLOURS)  # the vocabulary, in the scorer heads' class order
     shapes = procedural.SHAPES
+    sizes = tuple(procedural.SIZES)
+    counts = procedural.COUNTS
+    regions = procedural.REGIONS
     held_out = procedural.HELD_OUT
 
     def scene(self, rng: random.Random, held_out: bool) -> SceneSpec:
