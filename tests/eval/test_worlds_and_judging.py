@@ -78,11 +78,11 @@ def test_bleus_bootstrap_error_sums_caption_counts_to_the_same_numbers_as_rescor
     generated = [rng.choice(items).caption if rng.random() < 0.5 else it.references[1] for it in items]
     generated[3] = "red."  # shorter than every reference: the brevity penalty
     references = [it.references[1:] for it in items]
-    value, se = M.bleu_with_error(generated, references, seed=2, n_boot=40)
+    value, se = M.bleu_with_error(generated, references, seed=2, n_boot=20)
     preds = [M.normalize_text(t) for t in generated]
     refs = [[M.normalize_text(r) for r in rs] for rs in references]
     metric = BLEUScore(n_gram=4)
-    rescored = E.bootstrap_se(lambda idx: float(metric([preds[i] for i in idx], [refs[i] for i in idx])), 30, 2, 40)
+    rescored = E.bootstrap_se(lambda idx: float(metric([preds[i] for i in idx], [refs[i] for i in idx])), 30, 2, 20)
     assert 0 < value < 1 and se == pytest.approx(rescored, rel=1e-5, abs=1e-9)
     counts = sum(M.bleu_counts(p.split(), [r.split() for r in rs]) for p, rs in zip(preds, refs))
     assert M.bleu_of_counts(counts) == pytest.approx(value, rel=1e-5)
