@@ -21,7 +21,7 @@ import torch
 
 from mot_lightning.data.counters import StreamCounters
 from mot_lightning.data.datamodule import MultiModalDataModule
-from mot_lightning.data.demo import DemoConfig, generate, is_complete
+from mot_lightning.data.demo import DemoConfig
 from mot_lightning.data.documents import BadSample, parse_sample
 from mot_lightning.data.options import DemoCorpus, LoaderConfig
 from mot_lightning.modality import Modality
@@ -94,8 +94,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         demo_dir = args.demo_dir or os.path.join(tmp, "demo")
-        if not is_complete(demo_dir):
-            generate(DemoConfig(out=demo_dir))
+        DemoConfig(out=demo_dir).prepare()  # kept when it holds this corpus, else (re)written
         image, speech, fit_s = fit_tokenizers(demo_dir, args.image_size)
         dm = MultiModalDataModule(
             ByteTokenizer(),

@@ -1,7 +1,7 @@
 """Generation metrics: what bounds them (scorer accuracy, FID/KID floors) and what they cost.
 
-    python benchmarks/gen_metrics.py scorer --world fixed --cache runs/scorers [--vqvae F] [--klvae F] [--fit-neural]
-    python benchmarks/gen_metrics.py floor --world fixed --cache runs/scorers
+    python benchmarks/gen_metrics.py scorer --cache runs/scorers [--vqvae F] [--klvae F] [--fit-neural]
+    python benchmarks/gen_metrics.py floor --cache runs/scorers [--config configs/speech/mot.yaml]
     python benchmarks/gen_metrics.py cost --config configs/speech/mot.yaml [--ckpt F] [--n 64 --n_heldout 32]
     python benchmarks/gen_metrics.py run-cost --config configs/speech/mot.yaml --out DIR   # two whole runs
     python benchmarks/gen_metrics.py conditioning --out DIR        # conditional vs caption-ignoring model
@@ -10,13 +10,13 @@
 fits it) on ``--n`` held-out renders per split, clean, through generic degradations and through the demo
 image tokenizers' round trips: k-means patches (fitted here on renders of the world, as ``mot fit`` fits
 it on the demo corpus), and the VQ-VAE / KL-VAE when their files are given (``--vqvae`` / ``--klvae``) or
-fitted here (``--fit-neural``: the configs' architectures and training length). For the fixed world a
-deterministic parser of the render (components, nearest palette colour, fill ratio) runs beside it: the
-alternative the scorer was chosen over.
+fitted here (``--fit-neural``: the configs' architectures and training length). (On the retired one-group
+world a deterministic parser of the render ran beside it, the alternative the scorer was chosen over:
+benchmarks/README.md.)
 
 ``floor``: FID and KID in the scorer's features between two disjoint sets of real renders, at several set
-sizes, between two disjoint halves of the world's demo validation images (its config's first validation
-set), and of one set against itself with growing noise.
+sizes, between two disjoint halves of the demo validation images (``--config``'s first validation set;
+the quickstart's fixed corpus by default), and of one set against itself with growing noise.
 
 ``cost``: the wall time of one ``GenerationMetrics`` evaluation of the config's model (its weights from
 ``--ckpt``, else freshly initialised: captions then run to their length limit, the worst case) on this
@@ -27,7 +27,7 @@ machine's threads, split by task, and its share of a 600-step run with validatio
 defaults after every validation (6 evaluations), as subprocesses: their CPU seconds, wall seconds, last
 validation loss (the callback must not change training) and the ``val/gen/*`` series.
 
-``conditioning``: trains a tiny chameleon-setting model twice on the fixed demo world (captions kept, and
+``conditioning``: trains a tiny chameleon-setting model twice on the fixed demo corpus (captions kept, and
 caption dropout 0.99: a model that ignores the caption) and scores both.
 
 Each writes ``benchmarks/results/gen_metrics_<section>[_<world>].json`` and prints a Markdown table.
@@ -44,54 +44,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from mot_lightning.eval import metrics as M
 from mot_lightning.eval.degrade import degrade
 from mot_lightning.eval.faithfulness import ATTRIBUTES, accuracy
 from mot_lightning.eval.scorer import fitted_scorer
 from mot_lightning.eval.worlds import SPLITS, World, eval_items, get_world
-from mot_lightning.world import scenes
-from mot_lightning.world.procedural import Group
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIG = "configs/speech/mot.yaml"
-WORLD_CONFIGS = {"fixed": [DEFAULT_CONFIG], "procedural": [DEFAULT_CONFIG, "configs/procedural.yaml"]}  # demo configs
 COLUMNS = (*ATTRIBUTES, "all")
-
-
-# --- the alternative: a deterministic parser of fixed-world renders ----------------------------------
-def parse_fixed_render(image: torch.Tensor) -> tuple[Group, ...]:
-    """float[3, R, R] -> the one group a fixed-world render shows (or none), read off its pixels."""
-    rgb = image.permute(1, 2, 0).numpy()  # (R, R, 3)
-    side = rgb.shape[0]
-    fg = np.abs(rgb - np.array(scenes.BACKGROUND) / 255).max(-1) > 0.25  # bright shapes on a dark ground
-    labels, n = ndimage.label(fg)
-    sizes = ndimage.sum(fg, labels, range(1, n + 1))
-    keep = [i + 1 for i, s in enumerate(sizes) if s >= 2]
-    if not keep:
-        return ()
-    mask = np.isin(labels, keep)
-    mean = rgb[mask].mean(0) * 255
-    colour = min(scenes.COLOURS, key=lambda c: float(((np.array(scenes.COLOURS[c]) - mean) ** 2).sum()))
-    ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean() / side, ys.mean() / side
-    region = min(scenes.REGIONS, key=lambda r: (scenes.REGIONS[r][0] - cx) ** 2 + (scenes.REGIONS[r][1] - cy) ** 2)
-    count = min(len(keep), 3)
-    first = labels == keep[0]
-    fy, fx = np.nonzero(first)
-    h, w = fy.max() - fy.min() + 1, fx.max() - fx.min() + 1
-    radius = max(h, w) / 2 / side / (1.0, 0.8, 0.6)[count - 1]
-    size = "small" if radius < (scenes.SIZES["small"] + scenes.SIZES["large"]) / 2 else "large"
-    fill = first.sum() / (h * w)
-    top = (fy < fy.min() + h / 2).sum()
-    if fill > 0.9:
-        shape = "square"
-    elif fill > 0.65:
-        shape = "circle"
-    else:
-        shape = "triangle" if (len(fy) - top) > 1.5 * top else "diamond"
-    return (Group(shape, colour, size, count, region),)
 
 
 # --- scorer accuracy --------------------------------------------------------------------------------
@@ -142,8 +104,6 @@ def scorer_section(args) -> dict:
     for name, tok in round_trips(world, args).items():
         conditions[name] = lambda x, tok=tok: reconstruct(tok, x)
     readers = {"scorer (CNN)": scorer.predict}
-    if world.name == "fixed":
-        readers["parser"] = lambda x: [parse_fixed_render(im) for im in x]
     table = {}
     for split in SPLITS:
         items = eval_items(world, args.n, split, 32, seed=12345)  # not the callback's prompts (seed 0)
@@ -185,7 +145,7 @@ def validation_halves(args, feat) -> dict:
     ``fid_floor_val`` bound of the callback), for every n the set holds twice."""
     from mot_lightning.building import build
 
-    configs = [args.config] if args.config != DEFAULT_CONFIG else WORLD_CONFIGS[args.world]
+    configs = [args.config]
     overrides = data_overrides(args)
     _, dm = build(configs, overrides)
     images = dm.image_text_pairs(512)[0]
@@ -304,7 +264,7 @@ def train_step_cpu_seconds(model, dm, steps: int = 10) -> float:
 
 # --- conditional vs caption-ignoring -----------------------------------------------------------------
 def conditioning_section(args) -> dict:
-    """Two chameleon-setting runs on the fixed demo world, caption dropout 0 and 0.99, scored alike."""
+    """Two chameleon-setting runs on the fixed demo corpus, caption dropout 0 and 0.99, scored alike."""
     from mot_lightning.building import build, load_weights
     from mot_lightning.commands.fit import cli_main
     from mot_lightning.eval.evaluate import ScorerSource, build_suite, evaluate
@@ -358,7 +318,7 @@ def markdown(section: str, out: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("section", choices=["scorer", "floor", "cost", "run-cost", "conditioning"])
-    p.add_argument("--world", default="fixed", choices=["fixed", "procedural"])
+    p.add_argument("--world", default="procedural", choices=["procedural"], help="the demo world (there is one)")
     p.add_argument("--cache", default="runs/scorers", help="where fitted scorers are kept (fitted when missing)")
     p.add_argument("--n", type=int, default=500, help="scorer: renders per split; cost: caption->image prompts")
     p.add_argument("--vqvae"), p.add_argument("--klvae")

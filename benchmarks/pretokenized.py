@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mot_lightning.data.demo import DemoConfig, generate, is_complete
+from mot_lightning.data.demo import DemoConfig
 from mot_lightning.data.tokenize_shards import parse, tokenize_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +117,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         demo_dir = args.demo_dir or os.path.join(work, "demo")
-        if not is_complete(demo_dir):
-            generate(DemoConfig(out=demo_dir))
+        DemoConfig(out=demo_dir).prepare()  # kept when it holds this corpus, else (re)written
         common = ["--data.tokenizer_files.dir", os.path.join(work, "tokenizers")]
         for name in args.settings.split(","):
             if name == "kmeans":

@@ -26,11 +26,13 @@ import torch  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 from mot_lightning.eval.scorer import ScorerConfig, fit_scorer, save_scorer  # noqa: E402
-from mot_lightning.eval.worlds import get_world  # noqa: E402
+from mot_lightning.eval.worlds import WORLD  # noqa: E402
 from tests.app.conftest import CONFIGS, TRANSFUSION_ONE_STEP, run_fit  # noqa: E402
 
-# a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure)
-TEST_SCORER = ScorerConfig(steps=150, pool=1500, batch_size=64, lr=3e-3, augment=False)
+# a short fit on clean renders only (the default fit, with degradations, is what the benchmarks measure): it reads
+# position, size and colour of the demo world's renders right on 0.85-0.99 of the groups, count 0.8, shape 0.4
+# (the default fit: 0.91-1.0, benchmarks/README.md); the tests that need its readings are calibrated to it
+TEST_SCORER = ScorerConfig(steps=300, pool=2000, batch_size=64, lr=3e-3, augment=False)
 # the speech_runs: GenerationMetrics with small limits after every validation, SampleLogger after step 2
 GEN_METRICS_LIMITS = {"n_prompts": "4", "n_heldout": "2", "n_speech": "2", "sampling.max_text_tokens": "8",
                       "sampling.max_speech_units": "6", "sampling.steps": "4"}
@@ -153,10 +155,10 @@ def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def scorer_file(tmp_path_factory) -> Path:
-    """A fixed-world scorer at 32 px, fitted with ``TEST_SCORER``."""
+    """A demo-world scorer at 32 px, fitted with ``TEST_SCORER``."""
     def make(root: Path) -> str:
-        save_scorer(fit_scorer(get_world("fixed"), 32, TEST_SCORER), root / "scorer-fixed-test.pt")
-        return str(root / "scorer-fixed-test.pt")
+        save_scorer(fit_scorer(WORLD, 32, TEST_SCORER), root / "scorer-test.pt")
+        return str(root / "scorer-test.pt")
 
     return Path(once_per_session(tmp_path_factory, "scorer", make))
 

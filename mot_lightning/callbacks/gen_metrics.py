@@ -16,7 +16,8 @@ Generation runs through ``callbacks/generation.py`` (``generate_in_run``): on gl
 rank for a sharded model (FSDP1, FSDP2), with the EMA weights when the run has an ``EMA`` callback
 (``ema: false`` for the live weights), outside the throughput clock.
 
-Prompts come from the data module's demo world (``data.demo.mode``; fixed prompt scenes of both splits),
+Prompts come from the demo world when the data module reads the demo corpus (either ``data.demo.mode``;
+fixed prompt scenes of both splits),
 speech from its first validation set; the faithfulness scorer is fitted once per world and image size and
 kept beside the fitted tokenizers (``data.tokenizer_files.dir``, or ``scorer_dir``; for a sharded model
 global rank 0 fits it first and the other ranks then load it, so the directory must be shared). With data
@@ -28,8 +29,8 @@ Validations are counted from the start of the process (a resumed run counts anew
 Cost: sampling dominates; prompts decode ``batch_size`` at a time as left-padded batches. One evaluation at
 the defaults of the freshly initialised 128 x 4 speech demo model (captions and speech run to their length
 limits) takes about 6 CPU seconds, about 19 training steps (benchmarks/README.md, "Generation metrics").
-The first evaluation also fits the scorer when its file is missing (about 2 minutes for the fixed world on
-one idle core; once per world, image size and scorer config).
+The first evaluation also fits the scorer when its file is missing (3,000 steps, about 3.5 minutes on one
+thread of a loaded machine, benchmarks/README.md; once per image size and scorer config).
 """
 from __future__ import annotations
 
@@ -66,13 +67,13 @@ class GenerationMetrics(pl.Callback):
                 pair (0 = none); n_speech: validation clips for speech->text and text->speech.
             sampling: how every task samples (``SamplingSettings``, the group ``SampleLogger``, ``mot
                 generate`` and ``mot eval`` share); its ``seed`` also draws the prompts.
-            world: ``auto`` (the data module's ``demo.mode`` when it reads the demo corpus), ``fixed`` or
-                ``procedural``.
+            world: ``auto`` (the demo world when the data module reads the demo corpus, else none) or
+                ``procedural`` (the demo world).
             scorer_dir: where the fit-once scorer file lives; None = ``data.tokenizer_files.dir``.
             scorer_file: a scorer file to load as it is (instead of the fit-once file).
             scorer: how the fit-once scorer is fitted (``ScorerConfig``; None = its defaults).
             inception_weights: a local Inception-v3 FID weights file (else ``$MOT_INCEPTION_WEIGHTS``).
-            metrics: how images are scored on data other than the demo worlds (``eval.data_metrics.DataMetrics``:
+            metrics: how images are scored on data other than the demo world (``eval.data_metrics.DataMetrics``:
                 FID / KID features by class_path and local weights, a local CLIP folder, a label rule and
                 classifier); None: only Inception FID / KID when its weights are local.
             ema: score the EMA weights when the run has an ``EMA`` callback (else the live weights).

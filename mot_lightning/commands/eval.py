@@ -3,7 +3,7 @@
     mot eval --ckpt runs/speech/mot/<run>/checkpoints/last.ckpt --config configs/speech/mot.yaml --out eval/
         [--n 64] [--n_heldout 32] [--n_speech 32] [--seed 0] [--temperature 1.0] [--top_k K]
         [--guidance 3.0] [--sampler ddim|ddpm|flow] [--steps 50] [--ema] [--device cpu]
-        [--world auto|fixed|procedural] [--scorer_dir DIR] [--inception_weights FILE]
+        [--world auto|procedural] [--scorer_dir DIR] [--inception_weights FILE]
         [--metrics metrics.yaml] [--clip_model DIR]
     mot eval --export DIR --out eval/ [...]     (a folder written by `mot export`: carries its config)
 
@@ -13,7 +13,7 @@ them) with its sample count, sampling error (``se``) and description, the floors
 them, the sampling settings and seed, the checkpoint and step, and notes on what was not measured. ``samples.png`` shows
 the caption->image samples with their prompts and what the scorer found wrong.
 
-On data other than the demo worlds, images are scored as the training config's ``GenerationMetrics``
+On data other than the demo world, images are scored as the training config's ``GenerationMetrics``
 callback says (its ``metrics`` group, ``eval/data_metrics.py``: FID / KID features by class_path and local
 weights, a CLIP folder, a label rule and classifier), or as ``--metrics FILE`` says (YAML, the same
 mapping; it replaces the config's); ``--clip_model DIR`` alone sets the CLIP folder.
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     p.add_argument("--ema", action="store_true", help="score the EMA averages of the weights (the run's EMA "
                    "callback saved them; or an export written with `mot export --ema`)")
-    p.add_argument("--world", default="auto", help="demo world of the prompts: auto (data.demo.mode), fixed, "
-                   "procedural")
+    p.add_argument("--world", default="auto", help="demo world of the prompts: auto (the demo world when the "
+                   "config reads the demo corpus, in either data.demo.mode) or procedural (the demo world)")
     p.add_argument("--scorer_dir", default=None, help="where the fit-once scorer lives (default: "
                    "data.tokenizer_files.dir); fitted there once when missing")
     p.add_argument("--scorer_file", default=None, help="a scorer file to load as it is (instead of the fit-once one)")

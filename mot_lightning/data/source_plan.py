@@ -1,6 +1,7 @@
 """Which shards a data module reads: its training sources, its named validation sets, and what its
 tokenizers are fitted on, whether they come from the config (``sources`` / ``val_sets``) or from the demo
-corpus (``sources`` null: ``data.demo``, fixed tar shards or the procedural world's virtual shards)."""
+corpus (``sources`` null: ``data.demo``, the demo world written as tar shards (fixed) or read as its virtual
+shards (procedural))."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
-"""Measuring what models generate (the paper's FID / CLIP score / CIDEr): the demo worlds and any data.
+"""Measuring what models generate (the paper's FID / CLIP score / CIDEr): the demo world and any data.
 
 Files, in pipeline order:
-    worlds.py        the fixed and procedural demo worlds through one interface: groups, renders,
+    worlds.py        the demo world (both ``data.demo`` modes draw from it): groups, renders,
                      captions, the caption parser; deterministic eval prompts (``eval_items``)
     degrade.py       generic degradations (blur, block averages, low-pass, colour noise)
     scorer.py        the faithfulness scorer: a small CNN reading a picture back into groups per region;
@@ -13,7 +13,7 @@ Files, in pipeline order:
     features.py      any network by class_path with local weights (FID / KID features, classifiers)
     labels.py        the plug-in label scorer for labelled data: caption rule + picture classifier
     clip.py          CLIPScore from a local Hugging Face CLIP folder
-    data_metrics.py  data other than the demo worlds: what ``DataMetrics`` configures, on validation pairs
+    data_metrics.py  data other than the demo world: what ``DataMetrics`` configures, on validation pairs
     results.py       ``Metric`` (value, sample count, sampling error), ``EvalResult``, ``Sample``
     evaluate.py      ``EvalSuite`` (what stays fixed) + ``evaluate`` (one evaluation -> named metrics)
     grid.py          a PNG of generated pictures with their prompts and verdicts

@@ -1,6 +1,6 @@
 """Generation metrics on any data: FID / KID in configured features, CLIPScore, the plug-in label scorer.
 
-The demo worlds have their scene scorer and caption parser; other data has what its owner configures
+The demo world has its scene scorer and caption parser; other data has what its owner configures
 (``DataMetrics``, the ``metrics`` group of ``GenerationMetrics`` and of ``mot eval --metrics FILE``):
 
     metrics:
@@ -50,7 +50,7 @@ log = logging.getLogger("mot_lightning.eval")
 
 @dataclass(frozen=True)
 class DataMetrics:
-    """What scores generations on data other than the demo worlds (module doc); all optional."""
+    """What scores generations on data other than the demo world (module doc); all optional."""
 
     features: ModuleSpec | None = None
     clip_model: str | None = None

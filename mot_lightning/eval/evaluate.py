@@ -22,7 +22,7 @@ Metric names (``heldout/<name>``: the same on prompts whose scenes show a held-o
 - ``tts_unit_acc``, ``tts_duration_ratio``: text -> speech from those transcripts, units against the
   speech tokenizer's units of the validation clip (the built-in synthesizer's rendering in the demo).
 
-Data other than the demo worlds: FID / KID, CLIPScore and label accuracies as ``data_metrics.py`` says,
+Data other than the demo world: FID / KID, CLIPScore and label accuracies as ``data_metrics.py`` says,
 when configured. Every metric carries its sampling error (``Metric.se``, ``errors.py``).
 
 Not measured: whether generated speech says its text (no speech recogniser runs on it: the unit match
@@ -41,7 +41,7 @@ from mot_lightning.eval.data_metrics import DataMetrics, DataSuite, build_data_s
 from mot_lightning.eval.faithfulness import ATTRIBUTES, accuracy, judge
 from mot_lightning.eval.results import EvalResult, Metric, Sample  # noqa: F401  (the results live there)
 from mot_lightning.eval.scorer import SceneScorer, ScorerConfig, fitted_scorer, load_scorer
-from mot_lightning.eval.worlds import EvalItem, World, eval_items, get_world
+from mot_lightning.eval.worlds import WORLD, EvalItem, World, eval_items, get_world
 from mot_lightning.modality import Modality
 from mot_lightning.sampling import GenerationTasks
 
@@ -62,7 +62,7 @@ class EvalSuite:
     validation: Tensor | None = None  # float[2n, 3, R, R]: validation images, two disjoint halves of n
     notes: list[str] = field(default_factory=list)
     seed: int = 0
-    data: DataSuite | None = None  # data other than the demo worlds: what ``DataMetrics`` configures
+    data: DataSuite | None = None  # data other than the demo world: what ``DataMetrics`` configures
 
     @classmethod
     def build(cls, world: World | None, scorer: SceneScorer | None, image_size: int, n_prompts: int,
@@ -143,14 +143,15 @@ def build_suite(dm, modalities: set[Modality], device: torch.device | str = "cpu
                 n_heldout: int = 32, n_speech: int = 32, world: str = "auto",
                 scorer: ScorerSource = ScorerSource(), inception_weights: str | None = None,
                 seed: int = 0, data_metrics: DataMetrics | None = None) -> EvalSuite:
-    """The suite for a data module after ``setup``: its demo world (``world="auto"``: ``data.demo.mode`` when
-    it reads the demo corpus, else none) and that world's scorer at the data's image size (``scorer``), speech
-    from its first validation set. Without a demo world, images are scored as ``data_metrics`` configures
+    """The suite for a data module after ``setup``: its demo world (``world="auto"``: the demo world when it
+    reads the demo corpus, in either ``data.demo.mode``, else none) and that world's scorer at the data's image
+    size (``scorer``), speech from its first validation set. Without a demo world, images are scored as
+    ``data_metrics`` configures
     (``data_metrics.py``: FID / KID in configured features or local Inception weights, CLIPScore, the label
     scorer) on the first validation set's image-caption pairs."""
     name = world
     if name == "auto":
-        name = dm.demo.mode if getattr(dm, "sources", None) is None else None
+        name = WORLD.name if getattr(dm, "sources", None) is None else None
     chosen = get_world(name) if name is not None and Modality.IMAGE in modalities else None
     reader = None
     if chosen is not None:
@@ -232,7 +233,7 @@ def caption_to_image(tasks: GenerationTasks, suite: EvalSuite, result: EvalResul
 
 def _reference(world: World, prompts: list[EvalItem], image_size: int, seed: int) -> Tensor:
     """float[n, 3, R, R]: as many real renders of the seen split as there are prompts, none of them a picture
-    that one of the prompts shows (a world with few distinct pictures repeats some between draws)."""
+    that one of the prompts shows (the reference must not hold the prompts' own renders)."""
     shown = {it.image.numpy().tobytes() for it in prompts}
     images: list[Tensor] = []
     for attempt in range(100):

@@ -1,6 +1,6 @@
 """The plug-in scorer for labelled data: a rule reads a label from a caption, a classifier from a picture.
 
-Data whose captions name a class ("a photo of a tabby cat", "digit seven") gets the demo worlds' two
+Data whose captions name a class ("a photo of a tabby cat", "digit seven") gets the demo world's two
 faithfulness measures: caption -> image (the classifier reads the generated picture; is it the caption's
 label?) and image -> caption (the rule reads the generated caption; is it the picture's label?).
 

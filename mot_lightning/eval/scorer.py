@@ -6,9 +6,9 @@ count | none (20 classification heads over one shared trunk). A region holds a g
 heads' mean probability of ``none`` is below 1/2; the group's attributes are then each head's most
 likely non-``none`` class. ``features`` (the penultimate layer) are the embedding FID and KID use.
 
-One scorer per world (``worlds.py``: the fixed and the procedural world differ in colours, shapes,
-sizes and layout) and image side. It is fitted on renders of the world (``World.training_example``:
-both splits, empty pictures, extra groups) passed through generic degradations (``degrade.py``), never
+One scorer per image side (and world: ``worlds.py`` names the one demo world, and its name is part of the
+file, so a scorer of a retired world is never read as this one's). It is fitted on renders of the world
+(``World.training_example``: both splits, 0-3 groups) passed through generic degradations (``degrade.py``), never
 on a tokenizer's output, and kept in a fit-once file ``<dir>/scorer-<world>-<side>px-<hash>.pt`` whose
 hash covers the config, like the data module's tokenizer files (``fitted_scorer``). Its accuracy on
 held-out renders, clean and after the demo tokenizers' round trips, is in benchmarks/README.md.
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mot_lightning.data.locks import once
 from mot_lightning.eval.degrade import degrade
-from mot_lightning.eval.worlds import COUNTS, REGIONS, SIZES, World, get_world, to_tensor
+from mot_lightning.eval.worlds import World, get_world, to_tensor
 from mot_lightning.world.procedural import Group
 
 log = logging.getLogger("mot_lightning.eval")
@@ -57,7 +57,7 @@ class SceneScorer(nn.Module):
     def __init__(self, world: World, image_size: int, config: ScorerConfig = ScorerConfig()) -> None:
         super().__init__()
         self.world, self.image_size, self.config = world, image_size, config
-        self.classes = (len(world.colours) + 1, len(world.shapes) + 1, len(SIZES) + 1, len(COUNTS) + 1)
+        self.classes = (len(world.colours) + 1, len(world.shapes) + 1, len(world.sizes) + 1, len(world.counts) + 1)
         c1, c2, c3 = config.channels
         self.trunk = nn.Sequential(
             _conv(3, c1),  # (B, c1, R, R): full resolution, for shapes a few pixels wide
@@ -65,7 +65,7 @@ class SceneScorer(nn.Module):
             _conv(c2, c3), nn.AdaptiveAvgPool2d(8),  # (B, c3, 8, 8): the layout survives the flatten
             nn.Flatten(), nn.Linear(c3 * 64, config.features), nn.ReLU(),
         )
-        self.heads = nn.Linear(config.features, len(REGIONS) * sum(self.classes))
+        self.heads = nn.Linear(config.features, len(world.regions) * sum(self.classes))
 
     @property
     def num_features(self) -> int:  # torchmetrics FID / KID read this
@@ -76,8 +76,8 @@ class SceneScorer(nn.Module):
         return self.trunk(images - 0.5)
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """-> one float[B, 5, classes] logit tensor per head (``HEADS`` order; regions in ``REGIONS`` order)."""
-        logits = self.heads(self.features(images)).view(len(images), len(REGIONS), -1)  # (B, 5, K)
+        """-> one float[B, 5, classes] logit tensor per head (``HEADS`` order; regions in ``World.regions`` order)."""
+        logits = self.heads(self.features(images)).view(len(images), len(self.world.regions), -1)  # (B, 5, K)
         return list(logits.split(self.classes, dim=-1))
 
     @torch.no_grad()
@@ -101,22 +101,22 @@ class SceneScorer(nn.Module):
         scenes = []
         for b in range(len(none)):
             groups = []
-            for r, region in enumerate(REGIONS):
+            for r, region in enumerate(w.regions):
                 if none[b, r] < 0.5:
                     colour, shape, size, count = best[b, r].tolist()
-                    groups.append(Group(w.shapes[shape], w.colours[colour], SIZES[size], COUNTS[count], region))
+                    groups.append(Group(w.shapes[shape], w.colours[colour], w.sizes[size], w.counts[count], region))
             scenes.append(tuple(groups))
         return scenes
 
     def targets(self, scenes: list[tuple[Group, ...]]) -> Tensor:
         """Groups -> long[B, 5, 4] class ids (0 = none), the heads' training targets."""
         w = self.world
-        out = torch.zeros(len(scenes), len(REGIONS), len(HEADS), dtype=torch.long)
+        out = torch.zeros(len(scenes), len(w.regions), len(HEADS), dtype=torch.long)
         for b, groups in enumerate(scenes):
             for g in groups:
-                out[b, REGIONS.index(g.region)] = torch.tensor([
-                    w.colours.index(g.colour) + 1, w.shapes.index(g.shape) + 1, SIZES.index(g.size) + 1,
-                    COUNTS.index(g.count) + 1])
+                out[b, w.regions.index(g.region)] = torch.tensor([
+                    w.colours.index(g.colour) + 1, w.shapes.index(g.shape) + 1, w.sizes.index(g.size) + 1,
+                    w.counts.index(g.count) + 1])
         return out
 
     def loss(self, images: Tensor, targets: Tensor) -> Tensor:

@@ -1,4 +1,7 @@
-"""The procedural demo world (v2): scenes of several groups of shapes, continuous positions and sizes.
+"""The demo world (v2, "procedural"): scenes of several groups of shapes, continuous positions and sizes.
+
+Both demo modes draw from it (``data.demo.mode``: ``fixed``, a finite sample; ``procedural``, an endless
+stream); its vocabulary tables (``SHAPES``, ``COLOURS``, ``SIZES``, ``REGIONS``) are the only ones.
 
 A scene (``SceneSpec``) holds 1-3 *groups* (``Group``), each in its own caption region (left, right,
 top, bottom, middle); a group is ``count`` (1-3) identical objects of one shape, colour and size class.
@@ -148,6 +151,16 @@ def random_scene(rng: random.Random, held_out: bool, max_groups: int = 3) -> Sce
         objects = _place_all(rng, groups)
         if objects is not None:
             return SceneSpec(groups, objects, rng.choice(list(BACKGROUNDS)))
+
+
+def place(groups: tuple[Group, ...], rng: random.Random) -> SceneSpec:
+    """A scene showing exactly ``groups`` (distinct regions; e.g. what a caption names), its objects and
+    background drawn from ``rng``. ValueError when they cannot be placed (too many large objects)."""
+    for _ in range(20):
+        objects = _place_all(rng, tuple(groups))
+        if objects is not None:
+            return SceneSpec(tuple(groups), objects, rng.choice(list(BACKGROUNDS)))
+    raise ValueError(f"cannot place the groups {groups}: too many large objects for their regions")
 
 
 def _group(rng: random.Random, region: str, held_out: bool, allow_held_out: bool) -> Group:

@@ -4,7 +4,8 @@
 
 names ``docs`` documents generated from ``(seed, split, kind, index)`` alone, so the same URL always
 gives the same bytes, in the raw-sample form a tar shard gives (``{"__key__": ..., "png": bytes,
-"txt": bytes, ...}``) and in the layouts of the fixed demo corpus:
+"txt": bytes, ...}``) and in the layouts of the demo corpus' tar shards (``data/demo.py`` writes the first
+documents of these shards as its fixed corpus):
 
 - ``image_caption``   ``png`` + ``txt`` pairs (img2dataset layout), scenes of 1-3 groups;
 - ``speech_caption``  ``wav`` + ``txt`` pairs: a spoken caption and its transcript;
@@ -29,6 +30,7 @@ Layering: this module is part of ``world/`` and imports nothing else from ``mot_
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -41,10 +43,11 @@ from mot_lightning.world.procedural import SceneSpec, random_scene, render
 
 SCHEME = "world"
 SPLITS = {"train": False, "val_seen": False, "val_heldout": True}  # split -> scenes show a held-out pair
-# kinds of training shard and their weights (the fixed demo corpus uses the same)
+# kinds of training shard and their weights (both demo modes' training sources)
 KINDS = {"image_caption": 0.3, "speech_caption": 0.2, "interleaved": 0.35, "text": 0.15}
 MIXED = "mixed"
 GENERATOR = "mot_lightning world v2"  # part of every shard's seed: a changed generator is another world
+VOICES = ("builtin", "espeak")  # who speaks the spoken captions (``samples``)
 SPEECH_GROUPS = 1  # groups in a scene that is spoken (module doc)
 _STORY_FRAMES = ("{}.", "there {verb} {}.")  # the short frames: two captions and images fit in 256 tokens
 
@@ -99,11 +102,16 @@ def shard_pattern(split: str, kind: str, shards: int, seed: int = 0, docs: int =
     return f"{SCHEME}://{split}/{kind}/{{000000..{shards - 1:06d}}}?{first._query()}"
 
 
-def samples(shard: VirtualShard | str) -> Iterator[dict]:
-    """The raw samples of a virtual shard (generated one by one; the same shard gives the same bytes)."""
+def samples(shard: VirtualShard | str, voice: str = "builtin") -> Iterator[dict]:
+    """The raw samples of a virtual shard (generated one by one; the same shard gives the same bytes).
+
+    ``voice``: who speaks the spoken captions, ``"builtin"`` (the deterministic synthesizer; what
+    ``world://`` URLs read) or ``"espeak"`` (espeak-ng, when installed; ``mot data demo --speech``)."""
+    if voice not in VOICES:
+        raise ValueError(f"voice must be one of {VOICES}, got {voice!r}")
     shard = VirtualShard.parse(shard) if isinstance(shard, str) else shard
     rng = random.Random(f"{GENERATOR}:{shard.seed}:{shard.split}:{shard.kind}:{shard.index}")
-    maker = _Documents(rng, SPLITS[shard.split], shard.size)
+    maker = _Documents(rng, SPLITS[shard.split], shard.size, voice)
     kinds, weights = list(KINDS), list(KINDS.values())
     for k in range(shard.docs):
         kind = rng.choices(kinds, weights)[0] if shard.kind == MIXED else shard.kind
@@ -111,14 +119,27 @@ def samples(shard: VirtualShard | str) -> Iterator[dict]:
         yield getattr(maker, kind)(key)
 
 
+def documents(split: str, kind: str, n: int, seed: int = 0, docs: int = 50, size: int = 32,
+              voice: str = "builtin") -> Iterator[dict]:
+    """The first ``n`` documents of virtual shards ``0, 1, ...`` of ``split``/``kind`` (``docs`` per shard):
+    the start of the stream a source of those shards reads, as the demo corpus writer stores it."""
+    for index in range(-(-n // docs)):
+        yield from itertools.islice(samples(VirtualShard(split, kind, index, seed, docs, size), voice),
+                                    min(docs, n - index * docs))
+
+
 class _Documents:
     """Builds one sample dict per call; all randomness from one seeded ``random.Random``."""
 
-    def __init__(self, rng: random.Random, held_out: bool, size: int) -> None:
+    def __init__(self, rng: random.Random, held_out: bool, size: int, voice: str = "builtin") -> None:
         self.rng, self.held_out, self.size = rng, held_out, size
+        self.say = speech.espeak if voice == "espeak" else speech.synthesize
 
     def scene(self, max_groups: int = 3) -> SceneSpec:
         return random_scene(self.rng, self.held_out, max_groups)
+
+    def _speak(self, text: str) -> bytes:
+        return speech.wav_bytes(self.say(text))
 
     def image_caption(self, key: str) -> dict:
         scene = self.scene()
@@ -126,7 +147,7 @@ class _Documents:
 
     def speech_caption(self, key: str) -> dict:
         text = caption(self.scene(SPEECH_GROUPS), self.rng)
-        return {"__key__": key, "wav": _speak(text), "txt": _utf8(text)}
+        return {"__key__": key, "wav": self._speak(text), "txt": _utf8(text)}
 
     def text(self, key: str) -> dict:
         scene = self.scene()
@@ -157,13 +178,13 @@ class _Documents:
 
     def _text_speech(self, files: dict) -> list[dict]:
         text = caption(self.scene(SPEECH_GROUPS), self.rng)
-        return [_text(text), _file(files, "aud0.wav", _speak(text), "speech")]
+        return [_text(text), _file(files, "aud0.wav", self._speak(text), "speech")]
 
     def _all_three(self, files: dict) -> list[dict]:
         scene = self.scene(SPEECH_GROUPS)
         text = caption(scene, self.rng)
         return [_text(text), _file(files, "img0.png", render(scene, self.size), "image"),
-                _file(files, "aud0.wav", _speak(text), "speech")]
+                _file(files, "aud0.wav", self._speak(text), "speech")]
 
     def _story(self, files: dict) -> list[dict]:
         first, then = self.scene(1), self.scene(1)
@@ -177,10 +198,6 @@ _INTERLEAVED: tuple[Callable[[_Documents, dict], list[dict]], ...] = (
     _Documents._caption_image, _Documents._image_caption, _Documents._image_question,
     _Documents._text_speech, _Documents._all_three, _Documents._story,
 )
-
-
-def _speak(text: str) -> bytes:
-    return speech.wav_bytes(speech.synthesize(text))
 
 
 def _text(text: str) -> dict:

@@ -13,7 +13,8 @@ import pytest
 from mot_lightning.checkpoints import checkpoint_hparams
 from mot_lightning.commands.main import main as mot
 from mot_lightning.world import speech
-from mot_lightning.world.scenes import random_scene, render
+from mot_lightning.world.captions import caption
+from mot_lightning.world.procedural import random_scene, render
 from tests.app.conftest import CONFIGS, TINY_MODEL, run_dir
 from tests.app.test_training import only_version, scalars
 
@@ -35,9 +36,9 @@ def write_folders(root: Path, seed: int = 0) -> None:
             folder = root / "my_data" / split / "images"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"shape_{i:03d}.png").write_bytes(render(scene, 48))  # resized to 32 by the loader
-            (folder / f"shape_{i:03d}.txt").write_text(scene.caption(rng) + "\n", encoding="utf-8")
+            (folder / f"shape_{i:03d}.txt").write_text(caption(scene, rng) + "\n", encoding="utf-8")
         for i in range(clips):
-            text = random_scene(rng, held_out=False).caption(rng)
+            text = caption(random_scene(rng, held_out=False, max_groups=1), rng)
             folder = root / "my_data" / split / "speech"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"clip_{i:03d}.wav").write_bytes(speech.wav_bytes(speech.synthesize(text)))

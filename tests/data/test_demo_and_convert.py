@@ -1,4 +1,5 @@
-"""Demo corpus (deterministic, complete, held-out split) and the `mot data` converters."""
+"""Demo corpus (deterministic, complete, held-out split, the start of the demo world's stream, rewritten when its
+generator or config changes) and the `mot data` converters."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 from PIL import Image
 
 from mot_lightning.commands import data as cli
-from mot_lightning.data.demo import DemoConfig, generate
+from mot_lightning.data.demo import GENERATOR, DemoConfig, generate
 from mot_lightning.data.options import DemoCorpus
 from mot_lightning.data.sources import SourceConfig
-from mot_lightning.world.scenes import HELD_OUT
+from mot_lightning.world import virtual
+from mot_lightning.world.procedural import HELD_OUT
 
 from .helpers import make_datamodule, png_bytes, text_of, unpack_checked, wav_bytes
 
@@ -38,6 +41,39 @@ def test_demo_is_deterministic(tmp_path):
     assert not (tmp_path / "a.partial").exists()
 
 
+def _tar_samples(path: Path) -> list[dict]:
+    return [{k: v for k, v in sample.items() if k not in ("__url__", "__local_path__")}
+            for sample in wds.WebDataset(str(path), shardshuffle=False)]
+
+
+def test_the_fixed_corpus_is_the_start_of_the_demo_worlds_stream(tmp_path):
+    """Each training shard holds one virtual shard of the procedural world's training stream (the last one cut
+    at ``train_docs``), each validation shard one of its validation splits: one world, one generator."""
+    manifest = generate(DemoConfig(out=str(tmp_path / "d"), train_docs=60, val_docs=7, shard_size=4))
+    assert manifest["generator"] == GENERATOR and manifest["train"]["text"] == {
+        "docs": 9, "shards": 3, "pattern": "train/text-{000000..000002}.tar"}
+    for split, kind, index, docs in (("train", "image_caption", 0, 4), ("train", "text", 2, 1),
+                                     ("train", "interleaved", 5, 1), ("val_heldout", "mixed", 1, 3)):
+        written = _tar_samples(tmp_path / "d" / split / f"{kind}-{index:06d}.tar")
+        streamed = list(virtual.samples(virtual.VirtualShard(split, kind, index, 0, 4, 32)))[:docs]
+        assert written == streamed, (split, kind, index)
+
+
+def test_prepare_keeps_a_matching_corpus_and_rewrites_another_generators_or_configs(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "d"), train_docs=20, val_docs=4, shard_size=5)
+    cfg.prepare()
+    manifest = tmp_path / "d" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    cfg.prepare()
+    assert manifest.stat().st_mtime_ns == stamp  # kept
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "generator": "mot_lightning demo v1"}))  # the retired world's corpus
+    cfg.prepare()
+    assert json.loads(manifest.read_text()) == old  # rewritten by this generator
+    DemoConfig(out=str(tmp_path / "d"), train_docs=24, val_docs=4, shard_size=5).prepare()
+    assert json.loads(manifest.read_text())["config"]["train_docs"] == 24
+
+
 def test_prepare_data_generates_demo_and_it_reads_cleanly(tmp_path):
     dm = make_datamodule(tmp_path, None, seq_len=512, demo=DemoCorpus(str(tmp_path / "demo"), 400, 48))
     assert not (tmp_path / "demo").exists()
@@ -51,7 +87,10 @@ def test_prepare_data_generates_demo_and_it_reads_cleanly(tmp_path):
         assert len(texts[name]) == 48
     assert sum(dm.skip_counts("val").values()) == 0
     held = [f"{colour} {shape}" for colour, shape in HELD_OUT]
+    # a held-out scene's caption names the held-out group ("two small pink crosses ..."); an image followed by a
+    # question asks about one group only
     assert all(any(h in t for h in held) for t in texts["val_heldout"] if "question" not in t)
+    assert not any(h in t for h in held for t in texts["val_seen"])
     train = make_datamodule(
         tmp_path,
         [SourceConfig("t", str(tmp_path / "demo/train/*.tar"))],

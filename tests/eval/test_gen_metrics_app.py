@@ -1,6 +1,6 @@
 """GenerationMetrics in real short `mot fit` runs: val/gen/* in TensorBoard (with descriptions) and in
 `mot compare`; `mot eval` on a checkpoint writes its JSON and grid, the same for the same seed; all three
-settings (discrete images, + speech, diffusion latents); procedural-world prompts. The speech runs are the
+settings (discrete images, + speech, diffusion latents); a named world and scorer file. The speech runs are the
 session's ``speech_runs`` (tests/conftest.py; their checkpoints also serve tests/app)."""
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_mot_eval_writes_json_and_grid_and_a_seed_fixes_them(speech_runs, demo_e
     ckpt = run_dir(speech_runs / "speech" / "mot") / "checkpoints" / "last.ckpt"
     config = CONFIGS / "speech/mot.yaml"
     report = _eval(ckpt, config, demo_env, tmp_path / "a", scorer_file)
-    assert report["global_step"] == 2 and report["world"] == "fixed"
+    assert report["global_step"] == 2 and report["world"] == "procedural"  # the one demo world, in the fixed mode
     assert report["sampling"]["seed"] == 0 and report["sampling"]["temperature"] == 1.0
     assert report["metrics"]["faithfulness_all"]["n"] == 4 and report["metrics"]["wer"]["n"] == 2
     assert report["bounds"]["fid_floor"] >= 0 and 0 <= report["bounds"]["seen_faithfulness_all_ceiling"] <= 1
@@ -97,14 +97,19 @@ def test_diffusion_latents_are_scored_too(transfusion_env, scorer_file, tmp_path
 
 
 @pytest.mark.slow
-def test_mot_eval_scores_procedural_prompts_with_that_worlds_scorer(speech_runs, demo_env, scorer_file, tmp_path):
+def test_mot_eval_scores_the_named_world_with_a_given_scorer_and_refuses_one_of_another_size(speech_runs, demo_env,
+                                                                                            tmp_path):
     ckpt = run_dir(speech_runs / "speech" / "mot") / "checkpoints" / "last.ckpt"
-    procedural = tmp_path / "scorer-procedural.pt"  # a tiny fit: this checks the wiring, not the accuracy
-    save_scorer(fit_scorer(get_world("procedural"), 32, ScorerConfig(channels=(4, 4, 4), features=8, pool=32,
-                                                                     steps=2, batch_size=8)), procedural)
-    report = _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "p", procedural, "--world", "procedural")
+    tiny = ScorerConfig(channels=(4, 4, 4), features=8, pool=32, steps=2, batch_size=8)
+    for side in (32, 64):  # tiny fits: this checks the wiring, not the accuracy
+        save_scorer(fit_scorer(get_world("procedural"), side, tiny), tmp_path / f"scorer-{side}.pt")
+    report = _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "p", tmp_path / "scorer-32.pt", "--world",
+                   "procedural")
     assert report["world"] == "procedural"
     assert report["metrics"]["faithfulness_all"]["n"] == 4 and report["metrics"]["heldout/faithfulness_all"]["n"] == 2
     assert {"fid", "kid", "caption_all", "bleu"} <= set(report["metrics"])
-    with pytest.raises(ValueError, match="procedural world"):  # a scorer of the other world is refused
-        _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "q", scorer_file, "--world", "procedural")
+    with pytest.raises(ValueError, match="at 64 px, but the prompts are of the procedural world at 32 px"):
+        _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "q", tmp_path / "scorer-64.pt")
+    with pytest.raises(ValueError, match="unknown demo world 'fixed'"):  # the retired world is no world
+        _eval(ckpt, CONFIGS / "speech/mot.yaml", demo_env, tmp_path / "r", tmp_path / "scorer-32.pt", "--world",
+              "fixed")

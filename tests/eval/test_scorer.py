@@ -7,9 +7,8 @@ import torch
 from mot_lightning.eval import metrics as M
 from mot_lightning.eval.faithfulness import accuracy
 from mot_lightning.eval.scorer import ScorerConfig, fitted_scorer, load_scorer, save_scorer, scorer_path
-from mot_lightning.eval.worlds import SPLITS, eval_items, get_world, to_tensor
-
-WORLD = get_world("fixed")
+from mot_lightning.eval.worlds import SPLITS, WORLD, eval_items, get_world, to_tensor
+from mot_lightning.world.procedural import BACKGROUNDS
 
 
 def _items(split: str, n: int = 120, seed: int = 7):
@@ -18,20 +17,26 @@ def _items(split: str, n: int = 120, seed: int = 7):
 
 
 @pytest.mark.parametrize("split", SPLITS)
-def test_real_renders_score_near_perfect_for_their_captions_and_near_chance_shuffled(scorer_file, split):
+def test_real_renders_score_well_for_their_captions_and_near_chance_shuffled(scorer_file, split):
     scorer = load_scorer(scorer_file)
     images, named = _items(split)
     shown = scorer.predict(images)
     own = accuracy(named, shown)
-    assert min(own.values()) >= 0.95, own
+    # the tests' short fit (tests/conftest.py) reads shapes 4-8 px wide worst; the default fit reads 0.91 of them
+    assert own["position"] >= 0.95 and min(own[a] for a in ("colour", "size", "count")) >= 0.7, own
+    assert own["shape"] >= 0.3 and own["all"] >= 0.1, own
     shuffled = accuracy(named[1:] + named[:1], shown)  # each picture against another picture's caption
-    # chance: one group in 5 regions, 6 colours, 4 shapes (3 when held out), 2 sizes, 3 counts
-    assert shuffled["all"] < 0.05 and shuffled["position"] < 0.35 and shuffled["colour"] < 0.15, shuffled
+    # chance: 1-3 groups in 5 regions (a named group's region is occupied in the other picture about half the
+    # time), then 9 colours, 6 shapes, 2 sizes, 3 counts
+    assert shuffled["all"] < 0.02 and shuffled["position"] < 0.65 and shuffled["colour"] < 0.15, shuffled
+    for a in ("colour", "shape", "size", "count", "position"):
+        assert own[a] - shuffled[a] >= 0.25, (a, own, shuffled)
 
 
 def test_an_empty_picture_shows_no_group(scorer_file):
     scorer = load_scorer(scorer_file)
-    assert scorer.predict(to_tensor(WORLD.empty(32))[None]) == [()]
+    empty = torch.stack([to_tensor(WORLD.empty(32, background)) for background in BACKGROUNDS])
+    assert scorer.predict(empty) == [()] * len(BACKGROUNDS)
 
 
 def test_scorer_files_round_trip_and_are_keyed_by_world_size_and_config(scorer_file, tmp_path):
@@ -41,22 +46,30 @@ def test_scorer_files_round_trip_and_are_keyed_by_world_size_and_config(scorer_f
     copy = load_scorer(tmp_path / "copy.pt")
     assert torch.equal(copy.features(images), scorer.features(images))
     assert copy.predict(images) == scorer.predict(images)
-    a = scorer_path(tmp_path, "fixed", 32)
-    assert a.name.startswith("scorer-fixed-32px-") and a != scorer_path(tmp_path, "procedural", 32)
-    assert a != scorer_path(tmp_path, "fixed", 64) and a != scorer_path(tmp_path, "fixed", 32, ScorerConfig(steps=1))
+    a = scorer_path(tmp_path, WORLD.name, 32)
+    assert a.name.startswith("scorer-procedural-32px-") and a != scorer_path(tmp_path, "fixed", 32)
+    assert a != scorer_path(tmp_path, WORLD.name, 64)
+    assert a != scorer_path(tmp_path, WORLD.name, 32, ScorerConfig(steps=1))
     with pytest.raises(ValueError, match="32, 32"):
         scorer.predict(torch.zeros(1, 3, 64, 64))
 
 
 def test_fitted_scorer_fits_once_then_loads(tmp_path):
     tiny = ScorerConfig(channels=(4, 4, 4), features=8, pool=16, steps=2, batch_size=4)
-    first = fitted_scorer("fixed", 32, tmp_path, tiny)
-    path = scorer_path(tmp_path, "fixed", 32, tiny)
+    first = fitted_scorer(WORLD.name, 32, tmp_path, tiny)
+    path = scorer_path(tmp_path, WORLD.name, 32, tiny)
     stamp = path.stat().st_mtime_ns
-    second = fitted_scorer("fixed", 32, tmp_path, tiny)
+    second = fitted_scorer(WORLD.name, 32, tmp_path, tiny)
     assert path.stat().st_mtime_ns == stamp  # loaded, not fitted again
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(first.features(x), second.features(x))
+    # a scorer file of the retired one-group world is refused by name (its heads have other class counts)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "world": "fixed"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="retired fixed world"):
+        load_scorer(tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="unknown demo world"):
+        get_world("another")
 
 
 def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(scorer_file):

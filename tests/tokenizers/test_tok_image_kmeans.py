@@ -11,7 +11,7 @@ from mot_lightning.tokenizers.image_common import mean_psnr
 from mot_lightning.tokenizers.kmeans import kmeans, nearest
 from mot_lightning.tokenizers.media import prepare_image
 from mot_lightning.tokenizers.patches import patchify, unpatchify
-from mot_lightning.world.scenes import random_scene, render_image
+from mot_lightning.world.procedural import random_scene, render_image
 
 
 def test_kmeans_recovers_separated_clusters():
@@ -40,17 +40,18 @@ def test_patchify_unpatchify_inverse():
 
 def test_fit_reconstructs_held_out_images(kmeans_image):
     tok, metrics = kmeans_image
-    # stated: > 27 dB PSNR on held-out 32x32 demo-world renders (64 tokens, 128 codes; 29.7 dB measured;
-    # flat shapes on a flat background: the edges are what costs)
-    assert metrics["held_out_images"] >= 10 and metrics["psnr"] > 27
+    # stated: > 24 dB PSNR on held-out 32x32 demo-world renders (64 tokens, 128 codes, fitted on 46 renders;
+    # 25.7 dB measured, 25.3 on the fresh renders below; flat shapes on dark, partly graded backgrounds: the
+    # anti-aliased edges are what costs)
+    assert metrics["held_out_images"] >= 10 and metrics["psnr"] > 24
     rng = random.Random(123)  # fresh renders never seen in fitting
     scenes = [random_scene(rng, held_out=False) for _ in range(8)]
     imgs = torch.stack([prepare_image(render_image(scene, 48), 32) for scene in scenes])
     ids = tok.encode(imgs)
     assert ids.shape == (8, 64) and ids.dtype == torch.long
-    assert mean_psnr(tok.decode(ids), imgs) > 27
+    assert mean_psnr(tok.decode(ids), imgs) > 24
     flat = mean_psnr(imgs.mean((2, 3), keepdim=True).expand_as(imgs), imgs)  # each image's mean colour: 18 dB
-    assert mean_psnr(tok.decode(ids), imgs) > flat + 8
+    assert mean_psnr(tok.decode(ids), imgs) > flat + 6
 
 
 def test_single_and_batch_paths_agree_and_inputs_of_any_form(kmeans_image, demo_dirs):

@@ -11,7 +11,7 @@ import pytest
 from mot_lightning.tokenizers import FitData, KMeansImageConfig, KMeansImageTokenizer
 from mot_lightning.tokenizers.fit_inputs import iter_items, split
 from mot_lightning.tokenizers.media import IMAGE_EXTS, TEXT_EXTS, read_image
-from mot_lightning.world.scenes import random_scene, render
+from mot_lightning.world.procedural import random_scene, render
 
 
 def _png(seed: int) -> bytes:

@@ -10,14 +10,16 @@ import torchaudio.functional as AF
 
 from mot_lightning.tokenizers import SpeechUnitTokenizer
 from mot_lightning.tokenizers.media import read_audio
-from mot_lightning.world.scenes import random_scene
+from mot_lightning.world.captions import caption
+from mot_lightning.world.procedural import random_scene
 from mot_lightning.world.speech import synthesize
 
 
 def _spoken_caption(seed: int) -> torch.Tensor:
-    """float[S] at 16 kHz: a caption of a fresh scene (the fixtures' utterances use other seeds)."""
+    """float[S] at 16 kHz: a caption of a fresh one-group scene, as the demo world speaks them (the fixtures'
+    utterances use other seeds)."""
     rng = random.Random(f"speech-test-{seed}")
-    return torch.from_numpy(synthesize(random_scene(rng, held_out=False).caption(rng)))
+    return torch.from_numpy(synthesize(caption(random_scene(rng, held_out=False, max_groups=1), rng)))
 
 
 def _logmel_corr(tok: SpeechUnitTokenizer, a: torch.Tensor, b: torch.Tensor) -> float:
