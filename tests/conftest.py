@@ -46,16 +46,19 @@ SPEECH_RUN = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "
 # Session fixtures that hold runs made lazily, part by part, in one process (their parts are not plain files a
 # second process could pick up): every test asking for one runs on the same pytest-xdist worker.
 IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
-# What a module costs, to hand the two workers the heaviest groups first: CPU seconds of the modules that take
-# most of a run (measured with `-n 2` on 2 cores; only their order matters, so round numbers), and any other
-# test by its marks. A heavy module dealt out last keeps one worker busy while the other has finished.
+# What a module costs, to hand the two workers the heaviest groups first: seconds of the modules that take
+# most of a run (pytest --durations=0 with `-n 2` on 2 cores, summed per module, setup of the session fixtures
+# they are first to ask for included; only their order matters, so round numbers), and any other test by its
+# marks. A heavy module dealt out last keeps one worker busy while the other has finished.
 MODULE_COST = {
-    "tests/app/test_scaling_guide.py": 105, "tests/app/test_checkpoints.py": 85, "tests/app/test_resume_ddp.py": 60,
-    "tests/model/test_compile.py": 60, "tests/eval/test_trained_conditioning.py": 55, "tests/app/test_sweep.py": 55,
-    "tests/app/test_configs.py": 35, "tests/app/test_preemption.py": 30, "tests/data/test_procedural.py": 27,
-    "tests/app/test_precision.py": 27, "tests/app/test_transfusion.py": 25, "tests/app/test_progress.py": 16,
-    "tests/app/test_training.py": 12, "tests/app/test_run_identity.py": 11, "tests/world/test_procedural_world.py": 10,
-    "tests/app/test_data_mix.py": 9, "tests/app/test_fault_injection.py": 8, "tests/eval/test_gen_metrics_app.py": 5,
+    "tests/app/test_checkpoints.py": 135, "tests/model/test_compile.py": 80, "tests/app/test_resume_ddp.py": 80,
+    "tests/app/test_scaling_guide.py": 75, "tests/app/test_sweep.py": 60, "tests/eval/test_trained_conditioning.py": 45,
+    "tests/app/test_precision.py": 40, "tests/app/test_configs.py": 32, "tests/eval/test_data_metrics.py": 30,
+    "tests/app/test_preemption.py": 29, "tests/data/test_procedural.py": 24, "tests/app/test_transfusion.py": 21,
+    "tests/app/test_training.py": 17, "tests/app/test_throughput.py": 14, "tests/app/test_ema_generate.py": 13,
+    "tests/app/test_progress.py": 13, "tests/data/test_failures.py": 9, "tests/app/test_run_identity.py": 9,
+    "tests/world/test_procedural_world.py": 9, "tests/app/test_controls_distributed.py": 8,
+    "tests/app/test_fault_injection.py": 6, "tests/eval/test_gen_metrics_app.py": 6, "tests/app/test_data_mix.py": 6,
 }
 COST = {"multiprocess": 5.0, "slow": 3.0}  # seconds per test by its marks (the most of them), else 0.2
 
