@@ -52,7 +52,7 @@ IN_PROCESS_SHARED = ("fsdp2_runs", "ddp_runs", "controls")
 # marks. A heavy module dealt out last keeps one worker busy while the other has finished.
 MODULE_COST = {
     "tests/app/test_checkpoints.py": 135, "tests/model/test_compile.py": 80, "tests/app/test_resume_ddp.py": 80,
-    "tests/app/test_scaling_guide.py": 75, "tests/app/test_sweep.py": 60, "tests/eval/test_trained_conditioning.py": 45,
+    "tests/app/test_scaling_guide.py": 75, "tests/app/test_sweep.py": 60,
     "tests/app/test_precision.py": 40, "tests/app/test_configs.py": 32, "tests/eval/test_data_metrics.py": 30,
     "tests/app/test_preemption.py": 29, "tests/data/test_procedural.py": 24, "tests/app/test_transfusion.py": 21,
     "tests/app/test_training.py": 17, "tests/app/test_throughput.py": 14, "tests/app/test_ema_generate.py": 13,

@@ -2,7 +2,8 @@
 scores of real renders are the suite's own bounds.
 
 Both generators are the two ends a trained model lies between (a model that draws well takes far longer to
-train than a test may run on two CPU cores; ``test_trained_conditioning.py`` trains small ones):
+train than a test may run on two CPU cores: at 64 x 2 and 300 steps the demo world's conditioning cannot be
+measured yet, benchmarks/README.md "Does faithfulness see the caption?"):
 ``Follows`` draws the scene its caption names, ``Ignores`` draws scenes of the world's own distribution
 whatever the caption says, which is what a perfect unconditional model does. They answer the same calls as
 ``sampling.GenerationTasks`` and go through the real ``evaluate``.
