@@ -243,10 +243,9 @@ def generate_procedural(cfg: ProceduralConfig) -> dict:
 
 
 def _manifest(out: str) -> dict:
-    path = os.path.join(out, "manifest.json")
-    if not os.path.isfile(path):
+    manifest = _read_manifest(out)
+    if manifest is None:
         raise FileNotFoundError(
             f"no demo corpus at {out!r} (missing manifest.json); run `mot data demo --out {out}`"
         )
-    with open(path) as fh:
-        return json.load(fh)
+    return manifest
