@@ -5,6 +5,8 @@
     python benchmarks/backbone.py --device cuda --dtype bf16 --preset chameleon-443m \
         --seq-len 4096 --batch 4                        # GPU variant
     python benchmarks/backbone.py --cases dense,mot,mot_grouped_mm   # per-tower loop vs one grouped GEMM
+    python benchmarks/backbone.py --cases dense,mot_untie_none,mot_no_gather,mot_one_gemm,mot,dense_again
+                                                        # where MoT's extra time goes (attribution cases)
 
 One *step* is forward + backward of ``out.pow(2).mean()`` on a batch whose
 sequences interleave text runs, fixed-size image runs and speech runs (like
@@ -16,6 +18,8 @@ reported. Memory: CUDA peak allocated, or on CPU the bytes saved for backward
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import platform
 import resource
@@ -82,6 +86,12 @@ VARIANTS = {
     "mot_untie_none": dict(sparsity="mot", untie=[]),
     # MoT with one weight shared by all towers (set up in build_cases): is it the weight bytes or the kernels?
     "mot_one_weight": dict(sparsity="mot"),
+    # attribution only, wrong outputs (set up in build_cases): MoT with every untied linear as one matmul of
+    # tower 0's weight over all tokens (routing, gathers and untied norms kept: the per-tower matmuls removed)
+    "mot_one_gemm": dict(sparsity="mot"),
+    # attribution only, wrong outputs: MoT without the gathers (towers split the tokens by count, in sequence
+    # order: the same matmuls and norms, no reordering)
+    "mot_no_gather": dict(sparsity="mot"),
     # the same MoT, each projection's towers in one torch._grouped_mm (CUDA sm90+ in bf16; CPU any dtype)
     "mot_grouped_mm": dict(sparsity="mot", grouped_gemm="grouped_mm"),
     "mot_untie_ffn": dict(sparsity="mot", untie=["ffn"]),
@@ -90,6 +100,17 @@ VARIANTS = {
     "moe4x_tc": dict(sparsity="moe", moe_router="token_choice"),
     "hybrid_text_moe": dict(sparsity="mot", moe_towers=[0]),
 }
+
+
+def _one_gemm(module: UntiedLinear, x, routing):
+    """``mot_one_gemm``'s untied linear: one matmul of tower 0's weight over every token."""
+    return torch.nn.functional.linear(x, module.weights[0])
+
+
+def _context_without_gathers(model: Transformer, modality, **kwargs):
+    """``mot_no_gather``'s batch context: the tower sizes of the real routing, no permutation."""
+    ctx = Transformer.context(model, modality, **kwargs)
+    return dataclasses.replace(ctx, routing=dataclasses.replace(ctx.routing, order=None, inverse=None))
 
 
 def build_cases(args, device, dtype):
@@ -107,6 +128,12 @@ def build_cases(args, device, dtype):
             if isinstance(module, (UntiedLinear, UntiedRMSNorm)) and module.n_weights > 1:
                 for k in range(1, module.n_weights):
                     module.weights[k] = module.weights[0]
+    if "mot_one_gemm" in cases:
+        for module in cases["mot_one_gemm"].modules():
+            if isinstance(module, UntiedLinear) and module.n_weights > 1:
+                module.forward = functools.partial(_one_gemm, module)
+    if "mot_no_gather" in cases:
+        cases["mot_no_gather"].context = functools.partial(_context_without_gathers, cases["mot_no_gather"])
     if "tutorial" in names:
         cases["tutorial"] = TutorialTransformer(cases.get("mot") or Transformer(base.replace(sparsity="mot")))
     cases = {name: m.to(device=device, dtype=dtype) for name, m in cases.items()}

@@ -16,6 +16,8 @@ split of ``backbone.py``'s batch (342 / 1,024 / 682 text / image / speech tokens
 - ``split_even_3w`` as ``split_3w`` with equal slices (does the uneven split matter?).
 
 Timed round-robin per projection (median of ``--reps``); microseconds per block, fwd + bwd.
+In isolation (hot caches, reused buffers) the split costs far less than inside the model: compare
+``backbone.py``'s ``mot`` with ``mot_one_gemm`` (benchmarks/README.md, "Where MoT's extra step time goes").
 """
 from __future__ import annotations
 
