@@ -2,13 +2,14 @@
 
     python benchmarks/tower_gemms.py                    # 2,048 and 8,192 tokens, torch's default threads
     python benchmarks/tower_gemms.py --scales 1 --threads 1
+    python benchmarks/tower_gemms.py --scan             # one forward matmul's time against its rows, cold cache
 
 An untied linear runs one matmul per tower on its contiguous slice of the tower-sorted tokens
 (``UntiedLinear``'s loop kernel); dense runs one matmul on all of them. Here the four projections of
-one ``chameleon-37m`` block (dim 256: Q/K/V 256 -> 768, O 256 -> 256, gate/up 256 -> 1366, down
-683 -> 256) run forward and both backward matmuls (input and weight gradient) four ways on the token
-split of ``backbone.py``'s batch (342 / 1,024 / 682 text / image / speech tokens per 2,048, times
-``--scales``):
+one ``chameleon-37m`` block (dim 256: Q/K/V 256 -> 768, O 256 -> 256, gate/up 256 -> 1408, down
+704 -> 256; ``tower_gemms_t2*.json`` predate reading the preset: FFN hidden 683) run forward and both
+backward matmuls (input and weight gradient) four ways on the token split of ``backbone.py``'s batch
+(342 / 1,024 / 682 text / image / speech tokens per 2,048, times ``--scales``):
 
 - ``dense``         one matmul per projection;
 - ``split_same_w``  three matmuls on the three row slices, all with one weight (the cost of the split);
@@ -18,6 +19,10 @@ split of ``backbone.py``'s batch (342 / 1,024 / 682 text / image / speech tokens
 Timed round-robin per projection (median of ``--reps``); microseconds per block, fwd + bwd.
 In isolation (hot caches, reused buffers) the split costs far less than inside the model: compare
 ``backbone.py``'s ``mot`` with ``mot_one_gemm`` (benchmarks/README.md, "Where MoT's extra step time goes").
+
+``--scan`` times the gate/up forward matmul alone for row counts ``--rows``, with a 64 MB write before
+each call so weight and input come from memory as inside a step, and fits ``time = fixed + per_row * rows``
+(least squares): ``fixed`` is what every extra per-tower call costs whatever its size.
 """
 from __future__ import annotations
 
@@ -30,8 +35,14 @@ from pathlib import Path
 
 import torch
 
+from mot_lightning.model import TransformerConfig
+
 SPLIT = (342, 1024, 682)  # tokens per tower in backbone.py's 4 x 512 batch
-PROJECTIONS = {"qkv": (256, 768), "o": (256, 256), "gate_up": (256, 1366), "down": (683, 256)}
+_CFG = TransformerConfig.from_preset("chameleon-37m", n_modalities=3)
+# (in, out) of one block's projections, from the preset itself (dim 256, FFN hidden 704, 4 heads of 64)
+PROJECTIONS = {"qkv": (_CFG.dim, (_CFG.n_heads + 2 * _CFG.n_kv_heads) * _CFG.head_dim),
+               "o": (_CFG.n_heads * _CFG.head_dim, _CFG.dim),
+               "gate_up": (_CFG.dim, 2 * _CFG.ffn_hidden), "down": (_CFG.ffn_hidden, _CFG.dim)}
 
 
 def matmuls(x, weights, grad, out, grad_x, counts):
@@ -74,15 +85,55 @@ def measure(scale: int, reps: int) -> dict:
             "vs_dense": {k: v / totals["dense"] for k, v in totals.items()}}
 
 
+def scan(rows: list[int], reps: int) -> dict:
+    """Cold-cache time of one gate/up forward matmul per row count, and the fitted fixed + per-row cost."""
+    d_in, d_out = PROJECTIONS["gate_up"]
+    w, flush = torch.randn(d_out, d_in), torch.empty(16 * 2**20)  # 64 MB: more than this VM's L2 + L3 share
+    inputs = {m: (torch.randn(m, d_in), torch.empty(m, d_out)) for m in rows}
+    times: dict[int, list[float]] = {m: [] for m in rows}
+    for rep in range(reps + 3):  # round-robin over the row counts: slow drift of the machine hits all alike
+        for m, (x, out) in inputs.items():
+            flush.add_(1.0)  # evict x, w and out
+            t0 = time.perf_counter()
+            torch.mm(x, w.t(), out=out)
+            if rep >= 3:
+                times[m].append(time.perf_counter() - t0)
+    points = []
+    for m, ts in times.items():
+        t = statistics.median(ts)
+        points.append({"rows": m, "ms": t * 1e3, "gflops": 2 * m * d_in * d_out / t / 1e9})
+    a = torch.tensor([[1.0, p["rows"]] for p in points], dtype=torch.float64)
+    b = torch.tensor([[p["ms"]] for p in points], dtype=torch.float64)
+    fixed, per_row = torch.linalg.lstsq(a, b).solution.flatten().tolist()
+    return {"projection": f"{d_in} -> {d_out}", "points": points, "fixed_ms": fixed, "per_row_us": per_row * 1e3}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", default="1,4", help="token multiples of the 2,048-token split")
     p.add_argument("--reps", type=int, default=60)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--scan", action="store_true", help="cold-cache time of one forward matmul against its rows")
+    p.add_argument("--rows", default="128,256,342,512,682,1024,2048", help="row counts for --scan")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scan:
+        report = {"config": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                                     "threads": torch.get_num_threads()},
+                  "scan": scan([int(r) for r in args.rows.split(",")], args.reps)}
+        r = report["scan"]
+        print(f"threads={torch.get_num_threads()}  {r['projection']} forward, cold cache")
+        for pt in r["points"]:
+            print(f"{pt['rows']:>6} rows {pt['ms']:>8.3f} ms {pt['gflops']:>7.1f} GFLOP/s")
+        print(f"fit: {r['fixed_ms']:.3f} ms per call + {r['per_row_us']:.3f} us per row")
+        out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results"
+                                               / f"tower_gemms_scan_t{torch.get_num_threads()}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+        return
     rows = [measure(int(s), args.reps) for s in args.scales.split(",")]
     print(f"threads={torch.get_num_threads()}  microseconds per block (4 projections, forward + backward)")
     print(f"{'tokens':>7} " + " ".join(f"{k:>22}" for k in rows[0]["block_us"]))
