@@ -17,11 +17,11 @@ backward matmuls (input and weight gradient) four ways on the token split of ``b
 - ``split_even_3w`` as ``split_3w`` with equal slices (does the uneven split matter?).
 
 Timed round-robin per projection (median of ``--reps``); microseconds per block, fwd + bwd.
-In isolation (hot caches, reused buffers) the split costs far less than inside the model: compare
-``backbone.py``'s ``mot`` with ``mot_one_gemm`` (benchmarks/README.md, "Where MoT's extra step time goes").
+Inside a step the split is timed by ``backbone.py``'s ``mot`` against ``mot_one_gemm``
+(benchmarks/README.md, "Where MoT's extra step time goes").
 
-``--scan`` times the gate/up forward matmul alone for row counts ``--rows``, with a 64 MB write before
-each call so weight and input come from memory as inside a step, and fits ``time = fixed + per_row * rows``
+``--scan`` times the gate/up forward matmul alone for row counts ``--rows`` (round-robin), with a 64 MB
+write before each call so weight and input come from memory as inside a step, and fits ``time = fixed + per_row * rows``
 (least squares): ``fixed`` is what every extra per-tower call costs whatever its size.
 """
 from __future__ import annotations
