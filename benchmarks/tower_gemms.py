@@ -7,7 +7,7 @@
 An untied linear runs one matmul per tower on its contiguous slice of the tower-sorted tokens
 (``UntiedLinear``'s loop kernel); dense runs one matmul on all of them. Here the four projections of
 one ``chameleon-37m`` block (dim 256: Q/K/V 256 -> 768, O 256 -> 256, gate/up 256 -> 1408, down
-704 -> 256; ``tower_gemms_t2*.json`` predate reading the preset: FFN hidden 683) run forward and both
+704 -> 256; ``tower_gemms_t2.json`` and ``_run2.json`` predate reading the preset: FFN hidden 683) run forward and both
 backward matmuls (input and weight gradient) four ways on the token split of ``backbone.py``'s batch
 (342 / 1,024 / 682 text / image / speech tokens per 2,048, times ``--scales``):
 
