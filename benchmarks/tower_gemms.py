@@ -27,6 +27,7 @@ write before each call so weight and input come from memory as inside a step, an
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -54,6 +55,21 @@ def matmuls(x, weights, grad, out, grad_x, counts):
         torch.mm(gs.t(), xs)  # weight gradient
 
 
+def round_robin(cases: dict, reps: int, before=None) -> dict:
+    """Median seconds of each case's call, timed one call of every case per round (slow drift of the machine
+    hits all alike) after 3 warm-up rounds; ``before()`` runs untimed ahead of each call."""
+    times: dict = {k: [] for k in cases}
+    for rep in range(reps + 3):
+        for k, fn in cases.items():
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            fn()
+            if rep >= 3:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure(scale: int, reps: int) -> dict:
     counts = [c * scale for c in SPLIT]
     n = sum(counts)
@@ -71,14 +87,7 @@ def measure(scale: int, reps: int) -> dict:
             "split_3w": lambda: matmuls(x, ws, grad, out, grad_x, counts),
             "split_even_3w": lambda: matmuls(x, ws, grad, out, grad_x, even),
         }
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        for rep in range(reps + 3):
-            for k, fn in cases.items():
-                t0 = time.perf_counter()
-                fn()
-                if rep >= 3:  # warm-up
-                    times[k].append(time.perf_counter() - t0)
-        per_projection[name] = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+        per_projection[name] = {k: t * 1e6 for k, t in round_robin(cases, reps).items()}
         for k, v in per_projection[name].items():
             totals[k] = totals.get(k, 0.0) + v
     return {"tokens": n, "split": counts, "per_projection_us": per_projection, "block_us": totals,
@@ -90,18 +99,9 @@ def scan(rows: list[int], reps: int) -> dict:
     d_in, d_out = PROJECTIONS["gate_up"]
     w, flush = torch.randn(d_out, d_in), torch.empty(16 * 2**20)  # 64 MB: more than this VM's L2 + L3 share
     inputs = {m: (torch.randn(m, d_in), torch.empty(m, d_out)) for m in rows}
-    times: dict[int, list[float]] = {m: [] for m in rows}
-    for rep in range(reps + 3):  # round-robin over the row counts: slow drift of the machine hits all alike
-        for m, (x, out) in inputs.items():
-            flush.add_(1.0)  # evict x, w and out
-            t0 = time.perf_counter()
-            torch.mm(x, w.t(), out=out)
-            if rep >= 3:
-                times[m].append(time.perf_counter() - t0)
-    points = []
-    for m, ts in times.items():
-        t = statistics.median(ts)
-        points.append({"rows": m, "ms": t * 1e3, "gflops": 2 * m * d_in * d_out / t / 1e9})
+    cases = {m: functools.partial(torch.mm, x, w.t(), out=out) for m, (x, out) in inputs.items()}
+    medians = round_robin(cases, reps, before=lambda: flush.add_(1.0))  # the write evicts x, w and out
+    points = [{"rows": m, "ms": t * 1e3, "gflops": 2 * m * d_in * d_out / t / 1e9} for m, t in medians.items()]
     a = torch.tensor([[1.0, p["rows"]] for p in points], dtype=torch.float64)
     b = torch.tensor([[p["ms"]] for p in points], dtype=torch.float64)
     fixed, per_row = torch.linalg.lstsq(a, b).solution.flatten().tolist()
@@ -119,32 +119,25 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    report = {"config": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                                 "threads": threads}}
     if args.scan:
-        report = {"config": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                                                     "threads": torch.get_num_threads()},
-                  "scan": scan([int(r) for r in args.rows.split(",")], args.reps)}
-        r = report["scan"]
-        print(f"threads={torch.get_num_threads()}  {r['projection']} forward, cold cache")
+        r = report["scan"] = scan([int(r) for r in args.rows.split(",")], args.reps)
+        print(f"threads={threads}  {r['projection']} forward, cold cache")
         for pt in r["points"]:
             print(f"{pt['rows']:>6} rows {pt['ms']:>8.3f} ms {pt['gflops']:>7.1f} GFLOP/s")
         print(f"fit: {r['fixed_ms']:.3f} ms per call + {r['per_row_us']:.3f} us per row")
-        out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results"
-                                               / f"tower_gemms_scan_t{torch.get_num_threads()}.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
-        return
-    rows = [measure(int(s), args.reps) for s in args.scales.split(",")]
-    print(f"threads={torch.get_num_threads()}  microseconds per block (4 projections, forward + backward)")
-    print(f"{'tokens':>7} " + " ".join(f"{k:>22}" for k in rows[0]["block_us"]))
-    for r in rows:
-        print(f"{r['tokens']:>7} " + " ".join(f"{v:>13.0f} ({r['vs_dense'][k]:.3f})"
-                                              for k, v in r["block_us"].items()))
-    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results"
-                                           / f"tower_gemms_t{torch.get_num_threads()}.json")
+    else:
+        rows = report["results"] = [measure(int(s), args.reps) for s in args.scales.split(",")]
+        print(f"threads={threads}  microseconds per block (4 projections, forward + backward)")
+        print(f"{'tokens':>7} " + " ".join(f"{k:>22}" for k in rows[0]["block_us"]))
+        for r in rows:
+            print(f"{r['tokens']:>7} " + " ".join(f"{v:>13.0f} ({r['vs_dense'][k]:.3f})"
+                                                  for k, v in r["block_us"].items()))
+    name = f"tower_gemms_{'scan_' if args.scan else ''}t{threads}.json"
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"config": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                                                 "threads": torch.get_num_threads()}, "results": rows}
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
