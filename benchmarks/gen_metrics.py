@@ -163,7 +163,7 @@ def cost_section(args) -> dict:
     from mot_lightning.sampling import GenerationTasks, SamplingSettings
 
     overrides = data_overrides(args)
-    model, dm = build([args.config], overrides)
+    model, dm = build([args.config], overrides, Path(args.ckpt) if args.ckpt else None)
     if args.ckpt:
         load_weights(model, args.ckpt, "cpu")
     model.eval()
@@ -286,7 +286,7 @@ def conditioning_section(args) -> dict:
                       "--trainer.logger.init_args.save_dir", str(save)])
         train_s = time.perf_counter() - t0
         (ckpt,) = save.glob("*/*/*/checkpoints/last.ckpt")
-        model, dm = build([args.config], [*size, *data])
+        model, dm = build([args.config], [*size, *data], ckpt)
         load_weights(model, str(ckpt), "cpu")
         modalities = {m for m in dm.modalities if m in model.modalities and dm.tokenizers.get(m) is not None}
         suite = build_suite(dm, modalities, "cpu", args.n, args.n_heldout, 0, scorer=ScorerSource(dir=args.cache))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ from mot_lightning.building import build, load_weights
 def per_document(configs: list[str], ckpt: str, overrides: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
     """``{set: (doc_sums float64[N, M], doc_weights float64[N, M])}`` of one checkpoint (documents with a
     target, in loader order) and ``"__labels__"``: the modality labels of the M columns."""
-    model, dm = build(configs, overrides)
+    model, dm = build(configs, overrides, Path(ckpt))
     load_weights(model, ckpt, "cpu")
     out: dict[str, tuple[torch.Tensor, ...]] = {}
     with torch.no_grad():

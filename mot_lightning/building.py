@@ -9,9 +9,11 @@ from pathlib import Path
 from mot_lightning.checkpoints.weights import WeightsSource
 
 
-def build_cli(configs: list[str], overrides: list[str]):
+def build_cli(configs: list[str], overrides: list[str], checkpoint: Path | None = None):
     """The ``MotCLI`` of the training YAML, not run: model built (``configure_model``), data module after
-    ``setup`` (fitted tokenizers loaded, validation shards found); weights not loaded yet."""
+    ``setup`` (fitted tokenizers loaded, validation shards found); weights not loaded yet. ``checkpoint``: the
+    checkpoint file whose weights will be loaded; its own fitted tokenizer files are used wherever they exist
+    and ``data.tokenizer_files.files`` names no other (``MultiModalDataModule.use_tokenizers_of``)."""
     from mot_lightning.data.datamodule import MultiModalDataModule  # heavy imports only when used
     from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI
     from mot_lightning.lit_module import MultiModalLM
@@ -21,14 +23,19 @@ def build_cli(configs: list[str], overrides: list[str]):
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
                      save_config_callback=None, auto_configure_optimizers=False)
+    if checkpoint is not None:
+        from mot_lightning.checkpoints.loading import load_checkpoint
+
+        cli.datamodule.use_tokenizers_of(load_checkpoint(checkpoint, mmap=True))
     cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
     cli.model.configure_model()
     return cli
 
 
-def build(configs: list[str], overrides: list[str]):
-    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet."""
-    cli = build_cli(configs, overrides)
+def build(configs: list[str], overrides: list[str], checkpoint: Path | None = None):
+    """(MultiModalLM, data module after ``setup``) from the training YAML; weights not loaded yet
+    (``checkpoint``: as for ``build_cli``)."""
+    cli = build_cli(configs, overrides, checkpoint)
     return cli.model, cli.datamodule
 
 

@@ -23,11 +23,12 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from mot_lightning.callbacks import FlopsThroughput, NonFiniteGuard, Preemption
 from mot_lightning.checkpoints import use_atomic_io
 from mot_lightning.checkpoints.model_config import (
+    LIGHTNING_ALIASES,
     checkpoint_cadence,
     ckpt_model_config,
     own_checkpoints_only,
@@ -111,6 +112,8 @@ class MotCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         if self.datamodule is not None and config.get("accept_other_tokenizers"):
             self.datamodule.accept_other_tokenizers = True
+        checkpoint_tokenizers(config.get("ckpt_path"), self.model if self.subcommand == "fit" else None,
+                              self.datamodule)
 
     def before_instantiate_classes(self) -> None:
         """Fill the schedule's length from ``trainer.max_steps`` and place the run in its own dir
@@ -241,3 +244,26 @@ def log_final_hparams(trainer, identity: RunIdentity) -> None:
     logger.log_hyperparams(params, metrics, step=trainer.global_step)
     logger.hparams = module_hparams
     logger.finalize("success")  # fit had closed the writer; flush the one log_hyperparams reopened
+
+
+def checkpoint_tokenizers(ckpt_path, model, datamodule) -> None:
+    """A run from a trained model reads its data with the tokenizers that model was trained with: those
+    recorded in ``--ckpt_path`` (a checkpoint file), then in ``model.init_from`` (a ``mot fit`` checkpoint;
+    ``model``: None when not fitting), where their files exist here and hold the configured class and config
+    (``MultiModalDataModule.use_tokenizers_of``). Otherwise data of its own would get its own fit, whose codes
+    the model never saw. ``data.tokenizer_files.files`` still names others per modality."""
+    if datamodule is None or not hasattr(datamodule, "use_tokenizers_of"):
+        return
+    from mot_lightning.checkpoints.loading import load_checkpoint
+
+    sources = []
+    if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_ALIASES and Path(str(ckpt_path)).is_file():
+        sources.append(("--ckpt_path", str(ckpt_path)))  # `last` and friends: this run's own (same data)
+    init = getattr(getattr(model, "controls", None), "init_from", None)
+    if init is not None and Path(init.checkpoint).is_file():  # a folder (Hugging Face, sharded): no stamp
+        sources.append(("model.init_from", init.checkpoint))
+    for name, path in sources:
+        taken = datamodule.use_tokenizers_of(load_checkpoint(path, mmap=True))
+        if taken:
+            shown = ", ".join(sorted(f"{m.label}: {f}" for m, f in taken.items()))
+            rank_zero_info(f"{name} {path}: the fitted tokenizers it was trained with are used ({shown})")

@@ -144,8 +144,9 @@ def demo_env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def transfusion_env(demo_env, tmp_path_factory) -> dict[str, str]:
     """``demo_env`` plus the fitted latent-image tokenizer file of configs/transfusion/*.yaml, made once by a
-    real 1-step run that fits it (``TRANSFUSION_ONE_STEP``; the file name depends only on the tokenizer config,
-    so every later run loads it). ``"fitting_run"``: that run's group (its logs); ``"fitted_file"``: the file."""
+    real 1-step run that fits it (``TRANSFUSION_ONE_STEP``; the file name depends only on the tokenizer config
+    and the demo corpus, so every later run on it loads it). ``"fitting_run"``: that run's group (its logs);
+    ``"fitted_file"``: the file."""
     def make(root: Path) -> dict[str, str]:
         tokenizers = Path(demo_env["tokenizer_dir"])
         before = set(tokenizers.glob("image-*.pt"))

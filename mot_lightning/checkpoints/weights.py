@@ -52,6 +52,11 @@ class WeightsSource:
         return is_export(self.path)
 
     @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file (None for an export, which carries its own tokenizers)."""
+        return None if self.exported else self.path
+
+    @property
     def kind(self) -> str:
         """Which weights ``load_into`` loads: ``EMA`` (the averages) or ``LIVE``."""
         if self.exported:

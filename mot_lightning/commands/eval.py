@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict:
     settings = sampling_from_args(args)  # checked first, with the weights source
     data_metrics = read_data_metrics(args.metrics, args.clip_model)
     source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)
-    cli = build_cli(source.configs, source.overrides)
+    cli = build_cli(source.configs, source.overrides, source.checkpoint)
     model, dm = cli.model, cli.datamodule
     if data_metrics is None:  # the training config's GenerationMetrics says how its images are scored
         data_metrics = next((cb.data_metrics for cb in cli.trainer.callbacks if hasattr(cb, "data_metrics")), None)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SystemExit(f"mot export: --out {out} exists and is not empty: choose a new folder")
-    cli = build_cli(source.configs, source.overrides)
+    cli = build_cli(source.configs, source.overrides, source.checkpoint)
     step = source.load_into(cli.model)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -86,7 +86,7 @@ def _with_references(generated: list[str], references: list[str]) -> list[str]:
 def run(args: argparse.Namespace, overrides: list[str]) -> list[Path]:
     settings = sampling.sampling_from_args(args)  # checked first, with the weights source
     source = weights_source(args.ckpt, args.export, args.config, overrides, ema=args.ema)
-    model, dm = build(source.configs, source.overrides)
+    model, dm = build(source.configs, source.overrides, source.checkpoint)
     have = sampling.generable_modalities(model, dm)
     tasks = args.task or sampling.generable_tasks(have)
     missing = [t for t in tasks if t not in sampling.generable_tasks(have)]

@@ -28,7 +28,13 @@ from mot_lightning.data.options import (
     kept_modalities,
     required_modalities,
 )
-from mot_lightning.data.pretokenized import STAMP_KEY, PretokenizedReader, check_tokenizers, tokenizer_stamp
+from mot_lightning.data.pretokenized import (
+    STAMP_KEY,
+    PretokenizedReader,
+    check_tokenizers,
+    stamped_files,
+    tokenizer_stamp,
+)
 from mot_lightning.data.source_plan import SourcePlan, mix_schedule
 from mot_lightning.data.sources import SourceConfig, resolve
 from mot_lightning.data.split import rank_and_world
@@ -128,7 +134,8 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
             with once(corpus.out, "the demo corpus"):  # once per shared filesystem
                 corpus.prepare()
         files = self.tokenizer_files
-        fitted.fit_missing(self.tokenizers, self.plan.tokenizer_dir(), self.plan.fit_data(), files.files, files.train)
+        fitted.fit_missing(self.tokenizers, self.plan.tokenizer_dir(), self.plan.fit_data(), files.files, files.train,
+                           self.plan.fit_key())
 
     def split_sources(self, split: str) -> list[SourceConfig]:
         """The sources of ``split``: ``"train"`` (the training sources) or a validation set's name."""
@@ -141,10 +148,26 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
         if self.sources:
             mix_schedule(self.loader.weights_schedule, self.sources)
 
+    def use_tokenizers_of(self, checkpoint: dict) -> dict[Modality, str]:
+        """Take the fitted tokenizer files ``checkpoint`` was trained with (those of its stamp that exist here
+        and hold the configured tokenizer class and config) for every fittable tokenizer that
+        ``data.tokenizer_files.files`` leaves unnamed; call before ``prepare_data`` / ``setup``. A trained
+        model then reads its own tokenizers' codes whatever data this module reads (fitted files are named
+        by the data they were fitted on, so other data would otherwise get its own fit). Returns the files
+        taken."""
+        named = self.tokenizer_files.files
+        stamped = stamped_files(checkpoint, type(self).__qualname__)
+        taken = {m: f for m, f in stamped.items() if m not in named and fitted.needs_file(self.tokenizers.get(m))
+                 and fitted.holds(f, self.tokenizers[m])}
+        self.tokenizer_files.files = {**named, **taken}
+        self._stamp = None
+        return taken
+
     def setup(self, stage: str | None = None) -> None:
         if any(fitted.needs_file(t) for t in self.tokenizers.values()):
             files = self.tokenizer_files
-            self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.tokenizer_dir(), files.files)
+            self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.tokenizer_dir(), files.files,
+                                                 self.plan.fit_key())
             self.encoder = self._encoder()
             self._stamp = None
         rank, world = rank_and_world(self.trainer)
@@ -229,7 +252,7 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
         """What a checkpoint records of this module's tokenizers (fingerprints and fitted files)."""
         if self._stamp is None:
             self._stamp = tokenizer_stamp(self.encoder, fitted.fitted_files(
-                self.tokenizers, self.plan.tokenizer_dir(), self.tokenizer_files.files))
+                self.tokenizers, self.plan.tokenizer_dir(), self.tokenizer_files.files, self.plan.fit_key()))
         return self._stamp
 
     def load_state_dict(self, state: dict) -> None:

@@ -80,8 +80,8 @@ class DemoConfig:
         if found is not None and found.get("generator") == GENERATOR and found.get("config") == self.written():
             return
         if found is not None:
-            log.warning("demo corpus at %s was written by %r with %s; rewriting it for %s (tokenizer files "
-                        "fitted on the old corpus are kept: delete them to refit)", self.out,
+            log.warning("demo corpus at %s was written by %r with %s; rewriting it for %s (tokenizers are "
+                        "fitted again on the new corpus, into new files)", self.out,
                         found.get("generator"), found.get("config"), self.written())
         generate(self)
 
@@ -93,6 +93,10 @@ class DemoConfig:
 
     def fit_data(self) -> str:
         return os.path.join(self.out, "train")
+
+    def fit_identity(self) -> str:
+        """What the documents of ``fit_data`` depend on, wherever the corpus lies (names fitted tokenizer files)."""
+        return _identity(GENERATOR, self.written())
 
 
 # --- writing ------------------------------------------------------------------
@@ -228,6 +232,15 @@ class ProceduralConfig:
 
     def fit_data(self) -> str:
         return os.path.join(self.out, "fit")
+
+    def fit_identity(self) -> str:
+        """What the documents of ``fit_data`` depend on, wherever they lie (names fitted tokenizer files)."""
+        return _identity(virtual.GENERATOR, self.written())
+
+
+def _identity(generator: str, written: dict) -> str:
+    """A corpus' training documents as its generator and config determine them (the validation size aside)."""
+    return f"{generator} " + json.dumps({k: v for k, v in written.items() if k != "val_docs"}, sort_keys=True)
 
 
 def generate_procedural(cfg: ProceduralConfig) -> dict:

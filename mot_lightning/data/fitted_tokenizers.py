@@ -2,12 +2,14 @@
 
 Learned tokenizers (k-means image patches, speech units, VQ-VAE, ...) are
 configured in YAML by class and config like any other; their weights live in
-``<dir>/<modality>-<Class>-<hash of its config>.pt``. ``prepare_data``
-(one process per node) fits every unfitted tokenizer whose file is missing on
-the training data and saves it; ``setup`` (every process) loads the file. A
-changed tokenizer config therefore gets a new file instead of silently reusing
-weights fitted under another config. ``explicit`` maps a modality to a file
-made elsewhere (``mot tokenizer fit``), which is then loaded and never refitted.
+``<dir>/<modality>-<Class>-<hash of its config and of what it is fitted on>.pt``.
+``prepare_data`` (one process per node) fits every unfitted tokenizer whose file
+is missing on the training data and saves it; ``setup`` (every process) loads
+the file. A changed tokenizer config, or the same config on other data, therefore
+gets a new file instead of silently reusing weights fitted on something else
+(``data_key``: the data's identity, ``SourcePlan.fit_key``). ``explicit`` maps a
+modality to a file made elsewhere (``mot tokenizer fit``), which is then loaded
+and never refitted.
 
 Once per shared filesystem: each fit holds ``<file>.lock`` (``locks.once``), checks
 again that the file is missing, and saves under a name unique to the process
@@ -42,24 +44,30 @@ def needs_file(tok: Tokenizer | None) -> bool:
 
 
 def tokenizer_path(directory: str, modality: Modality, tok: Tokenizer,
-                   explicit: dict[Modality, str] | None = None) -> Path:
+                   explicit: dict[Modality, str] | None = None, data_key: str | None = None) -> Path:
+    """The file ``tok`` is fitted into: named by its class, config and ``data_key`` (what it is fitted on;
+    None: the config alone), or the one ``explicit`` names for ``modality``."""
     if explicit and modality in explicit:
         return Path(explicit[modality])
-    config = repr(getattr(tok, "config", None))
-    digest = hashlib.sha1(f"{type(tok).__name__}:{config}".encode()).hexdigest()[:10]
+    key = f"{type(tok).__name__}:{getattr(tok, 'config', None)!r}"
+    if data_key is not None:
+        key += f"\ndata:{data_key}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return Path(directory) / f"{modality.label}-{type(tok).__name__}-{digest}.pt"
 
 
 def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
-                explicit: dict[Modality, str] | None = None, train: TrainConfig | None = None) -> None:
+                explicit: dict[Modality, str] | None = None, train: TrainConfig | None = None,
+                data_key: str | None = None) -> None:
     """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``).
 
     ``train`` sets the optimisation of neural tokenizers (VQ-VAE, KL-VAE); the others ignore it.
+    ``data_key``: the identity of ``fit_data`` that names the files (``tokenizer_path``).
     """
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok, explicit)
+        path = tokenizer_path(directory, modality, tok, explicit, data_key)
         if path.exists():
             continue
         if explicit and modality in explicit:
@@ -117,16 +125,20 @@ _SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
 def load_fitted(tokenizers: Tokenizers, directory: str,
-                explicit: dict[Modality, str] | None = None) -> Tokenizers:
+                explicit: dict[Modality, str] | None = None, data_key: str | None = None) -> Tokenizers:
     """Replace each unfitted tokenizer by the one in its file (call from ``setup``)."""
     out = dict(tokenizers)
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok, explicit)
+        path = tokenizer_path(directory, modality, tok, explicit, data_key)
         if not path.exists():
+            others = sorted(p.name for p in path.parent.glob(f"{modality.label}-{type(tok).__name__}-*.pt"))
+            hint = (f"; {path.parent} holds fits of this class for other configs or data ({', '.join(others)}): "
+                    f"name the one you mean with --data.tokenizer_files.files '{{\"{modality.label}\": FILE}}'"
+                    if others and not (explicit and modality in explicit) else "")
             raise FileNotFoundError(f"fitted {modality.label} tokenizer {path} is missing: run "
-                                    "`prepare_data` (`mot fit` does) or fit it with `mot tokenizer fit`")
+                                    f"`prepare_data` (`mot fit` does) or fit it with `mot tokenizer fit`{hint}")
         loaded = type(tok).load(str(path))
         if getattr(loaded, "vocab_size", None) != getattr(tok, "vocab_size", None):
             raise ValueError(f"{path} has vocab_size {loaded.vocab_size} but the config says "
@@ -135,7 +147,16 @@ def load_fitted(tokenizers: Tokenizers, directory: str,
     return out
 
 
-def fitted_files(tokenizers: dict, directory: str, files: dict | None) -> dict:
+def holds(path: str | Path, tok: Tokenizer) -> bool:
+    """Whether ``path`` is a fitted tokenizer of ``tok``'s class and config (False for an unreadable file)."""
+    try:
+        loaded = type(tok).load(str(path))
+    except Exception:  # an unreadable or foreign file is simply not this tokenizer
+        return False
+    return type(loaded) is type(tok) and repr(getattr(loaded, "config", None)) == repr(getattr(tok, "config", None))
+
+
+def fitted_files(tokenizers: dict, directory: str, files: dict | None, data_key: str | None = None) -> dict:
     """Modality -> the fitted file each fittable tokenizer is (or would be) loaded from, as a string."""
-    return {m: str(tokenizer_path(directory, m, t, files)) for m, t in tokenizers.items()
+    return {m: str(tokenizer_path(directory, m, t, files, data_key)) for m, t in tokenizers.items()
             if isinstance(t, FittableTokenizer)}

@@ -112,7 +112,7 @@ class DemoCorpus:
     virtual shards (``virtual_shards`` per kind of ``shard_docs`` documents, generated as they are read)
     and validates on fixed shards written to ``<dir>/procedural/``; there ``train_docs`` documents are
     written only to fit tokenizers on, and tokenizers fitted on them are kept in
-    ``<tokenizer_files.dir>/procedural/`` (a tokenizer file's name tells its config, not its data).
+    ``<tokenizer_files.dir>/procedural/``.
     ``val_docs``: documents per validation set; None = 96 (fixed) or 512 (procedural, where the standard
     error of the validation loss is small enough for the demo comparisons: benchmarks/README.md).
     """
@@ -149,8 +149,10 @@ class DemoCorpus:
 class TokenizerFiles:
     """Fit-once tokenizer files (``data/fitted_tokenizers.py``).
 
-    ``dir``: where files fitted by ``prepare_data`` live. ``fit_data``: shards/files they are fitted on
-    (None = the demo corpus' training shards with the demo, else the first training source's URLs).
+    ``dir``: where files fitted by ``prepare_data`` live, named by tokenizer config and fit data (the demo
+    corpus by its generator and config, other data by the ``fit_data`` string), so other data gets its own
+    fit. ``fit_data``: shards/files they are fitted on (None = the demo corpus' training shards with the
+    demo, else the first training source's URLs).
     ``files``: explicit fitted files per modality (``{image: runs/tokenizers/vqvae_image.pt}`` from
     ``mot tokenizer fit``), loaded as they are; YAML writes modality names, the keys are stored as
     ``Modality``. ``train``: optimisation of the neural tokenizers (VQ-VAE, KL-VAE) that ``prepare_data``

@@ -343,6 +343,14 @@ def tokenizer_stamp(encoder: DocumentEncoder, files: dict[Modality, str]) -> dic
             for m, tok in encoder.tokenizers.items() if tok is not None}
 
 
+def stamped_files(checkpoint: dict, owner: str) -> dict[Modality, str]:
+    """Modality -> the fitted tokenizer file a checkpoint was trained with, as its data module (class name
+    ``owner``) recorded it, for each such file that exists here."""
+    stamp = (checkpoint.get(owner) or {}).get(STAMP_KEY) or {}
+    return {Modality.parse(label): entry["file"] for label, entry in stamp.items()
+            if isinstance(entry, dict) and entry.get("file") and os.path.isfile(entry["file"])}
+
+
 def check_tokenizers(saved: dict | None, current: dict, accept: bool = False, source: str = "the checkpoint") -> None:
     """Refuse ``current`` tokenizers that differ from the ``saved`` stamp (None: an older checkpoint, accepted)."""
     if not saved:

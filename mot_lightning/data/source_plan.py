@@ -60,6 +60,14 @@ class SourcePlan:
         files = self.tokenizer_files
         return self.demo.tokenizer_dir(files.dir) if self.uses_demo and files.fit_data is None else files.dir
 
+    def fit_key(self) -> str | None:
+        """What the tokenizers are fitted on, as their file names record it: the demo corpus by its content
+        (generator and config, not its folder), else the ``fit_data`` string (None: nothing to fit on)."""
+        if self.uses_demo and self.tokenizer_files.fit_data is None:
+            return "demo " + self.demo_corpus().fit_identity()
+        data = self.fit_data()
+        return None if data is None else "files " + data
+
     def fit_data(self) -> str | None:
         """What missing tokenizers are fitted on: ``tokenizer_files.fit_data``, else the demo corpus, else every
         URL of the first training source (any scheme)."""
