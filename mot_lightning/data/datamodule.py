@@ -135,7 +135,7 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
                 corpus.prepare()
         files = self.tokenizer_files
         fitted.fit_missing(self.tokenizers, self.plan.tokenizer_dir(), self.plan.fit_data(), files.files, files.train,
-                           self.plan.fit_key())
+                           self.plan.fit_key(), files.fit_items)
 
     def split_sources(self, split: str) -> list[SourceConfig]:
         """The sources of ``split``: ``"train"`` (the training sources) or a validation set's name."""

@@ -58,11 +58,12 @@ def tokenizer_path(directory: str, modality: Modality, tok: Tokenizer,
 
 def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
                 explicit: dict[Modality, str] | None = None, train: TrainConfig | None = None,
-                data_key: str | None = None) -> None:
+                data_key: str | None = None, fit_items: int | None = None) -> None:
     """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``).
 
     ``train`` sets the optimisation of neural tokenizers (VQ-VAE, KL-VAE); the others ignore it.
-    ``data_key``: the identity of ``fit_data`` that names the files (``tokenizer_path``).
+    ``data_key``: the identity of what is fitted on (``fit_data`` read up to ``fit_items`` items), which
+    names the files (``tokenizer_path``).
     """
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
@@ -81,17 +82,18 @@ def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
                 "`mot tokenizer fit`")
         with once(path, f"fitting the {modality.label} tokenizer"):
             if not path.exists():  # another node may have fitted it while we waited
-                _fit_and_save(modality, tok, path, fit_data, train)
+                _fit_and_save(modality, tok, path, FitData(path=fit_data, max_items=fit_items), train)
 
 
-def _fit_and_save(modality: Modality, tok: Tokenizer, path: Path, fit_data: str, train: TrainConfig | None) -> None:
+def _fit_and_save(modality: Modality, tok: Tokenizer, path: Path, data: FitData, train: TrainConfig | None) -> None:
     """Fit a copy of ``tok`` and save it: every process then loads the same file in ``setup`` (the one that
     fitted too, whose in-memory fit could differ from what the file holds)."""
-    print(f"fitting the {modality.label} tokenizer ({type(tok).__name__}) on {fit_data} ...", flush=True)
+    cap = "" if data.max_items is None else f" (at most {data.max_items} items)"
+    print(f"fitting the {modality.label} tokenizer ({type(tok).__name__}) on {data.path}{cap} ...", flush=True)
     run = dataclasses.replace(train or TrainConfig(), run_name=path.stem)  # TensorBoard: <log_dir>/<stem>
     tok = copy.deepcopy(tok)
     with forked_random_state():
-        metrics = tok.fit(FitData(path=fit_data), run)
+        metrics = tok.fit(data, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = unique_temp(path)
     tok.save(str(tmp))

@@ -145,6 +145,11 @@ class DemoCorpus:
         return directory if self.mode == "fixed" else os.path.join(directory, PROCEDURAL_DIR)
 
 
+# items a prepare_data tokenizer fit reads by default: 20,000 images are 60 MB decoded at 32 px and 3.9 GB at
+# 256 px; the demo corpora hold fewer (2,568 images, 1,283 clips, 2,600 texts), so their fits read everything
+FIT_ITEMS = 20_000
+
+
 @dataclass
 class TokenizerFiles:
     """Fit-once tokenizer files (``data/fitted_tokenizers.py``).
@@ -152,7 +157,10 @@ class TokenizerFiles:
     ``dir``: where files fitted by ``prepare_data`` live, named by tokenizer config and fit data (the demo
     corpus by its generator and config, other data by the ``fit_data`` string), so other data gets its own
     fit. ``fit_data``: shards/files they are fitted on (None = the demo corpus' training shards with the
-    demo, else the first training source's URLs).
+    demo, else the first training source's URLs). ``fit_items``: each fit reads at most this many items
+    (images, clips, texts) of ``fit_data``, in shard order, and keeps them decoded in memory (a fit of the
+    k-means tokenizers samples 200,000 patches or frames of them anyway); None reads all. Part of the
+    file name.
     ``files``: explicit fitted files per modality (``{image: runs/tokenizers/vqvae_image.pt}`` from
     ``mot tokenizer fit``), loaded as they are; YAML writes modality names, the keys are stored as
     ``Modality``. ``train``: optimisation of the neural tokenizers (VQ-VAE, KL-VAE) that ``prepare_data``
@@ -161,10 +169,14 @@ class TokenizerFiles:
 
     dir: str = "data/tokenizers"
     fit_data: str | None = None
+    fit_items: int | None = FIT_ITEMS
     files: dict[str, str] = field(default_factory=dict)
     train: TrainConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.fit_items is not None and (isinstance(self.fit_items, bool) or self.fit_items < 1):
+            raise ValueError(f"data.tokenizer_files.fit_items must be >= 1 or null (read everything), "
+                             f"got {self.fit_items!r}")
         try:
             self.files = {Modality.parse(m): str(path) for m, path in (self.files or {}).items()}
         except ValueError as err:

@@ -62,11 +62,14 @@ class SourcePlan:
 
     def fit_key(self) -> str | None:
         """What the tokenizers are fitted on, as their file names record it: the demo corpus by its content
-        (generator and config, not its folder), else the ``fit_data`` string (None: nothing to fit on)."""
+        (generator and config, not its folder), else the ``fit_data`` string (None: nothing to fit on), and
+        how many of its items a fit reads (``fit_items``)."""
+        items = self.tokenizer_files.fit_items
+        read = "" if items is None else f" (first {items} items)"
         if self.uses_demo and self.tokenizer_files.fit_data is None:
-            return "demo " + self.demo_corpus().fit_identity()
+            return "demo " + self.demo_corpus().fit_identity() + read
         data = self.fit_data()
-        return None if data is None else "files " + data
+        return None if data is None else "files " + data + read
 
     def fit_data(self) -> str | None:
         """What missing tokenizers are fitted on: ``tokenizer_files.fit_data``, else the demo corpus, else every

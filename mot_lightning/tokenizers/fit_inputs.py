@@ -8,9 +8,12 @@ Inside shards every member whose name ends in a wanted extension is one item (so
 ``<key>.jpg``, ``<key>.wav``, ``<key>.txt`` and interleaved ``<key>.img0.png`` all count).
 Members are handed over as raw bytes and decoded by the caller (PIL / soundfile / utf-8):
 nothing is unpickled. Unreadable shards and undecodable items are skipped with a warning.
+``max_items`` stops reading after that many items, files first then shards in sorted order
+(a warning says so when more was there).
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 import zlib
@@ -22,6 +25,7 @@ from mot_lightning.shards.reader import shard_samples
 from mot_lightning.shards.urls import check_openable, expand, is_local, local_path
 
 T = TypeVar("T")
+log = logging.getLogger("mot_lightning.tokenizers")
 
 
 def resolve(path: str, exts: tuple[str, ...]) -> tuple[list[Path], list[str]]:
@@ -63,7 +67,10 @@ def iter_items(path: str, exts: tuple[str, ...], decode: Callable[[bytes | Path]
     root = Path(path) if Path(path).is_dir() else None
     count = 0
     for key, source in _raw_items(files, shards, exts, root):
-        if max_items is not None and count >= max_items:
+        if max_items is not None and count >= max_items:  # and there is more: say what the fit did not see
+            log.warning("tokenizer fit: read the first %d items of %s and not the rest (the item cap: "
+                        "data.tokenizer_files.fit_items, or data.max_items of `mot tokenizer fit`); if its "
+                        "shards are ordered (by source, class, date), name a spread of them instead", count, path)
             return
         try:
             item = decode(source)

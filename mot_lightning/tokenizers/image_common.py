@@ -18,8 +18,9 @@ log = logging.getLogger("mot_lightning.tokenizers")
 def load_images(data: FitData | Sequence[Any], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (train uint8[N, 3, R, R], held-out uint8[M, 3, R, R]), images resized and centre-cropped.
 
-    Decoded images are cached in memory at the tokenizer's resolution (set ``data.max_items`` for
-    large folders/shards). An in-memory sequence of images is all used for training.
+    Decoded images are cached in memory at the tokenizer's resolution, up to ``data.max_items`` of them
+    (``data.max_items`` of ``mot tokenizer fit``, ``data.tokenizer_files.fit_items`` of a ``prepare_data``
+    fit). An in-memory sequence of images is all used for training.
     """
     if not isinstance(data, FitData):
         return _stack([prepare_image(x, resolution) for x in data], resolution), _stack([], resolution)

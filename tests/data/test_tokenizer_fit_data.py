@@ -6,6 +6,8 @@ tokenizer files it was trained with."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,31 @@ def test_a_trained_model_reads_other_data_with_its_own_tokenizers(tmp_path, caps
     cold = unprepared(tmp_path / "elsewhere", **own)
     checkpoint_tokenizers("last", tiny_module(), cold)  # `last`: this run's own checkpoint, on its own data
     assert cold.tokenizer_files.files == {}
+
+
+def test_a_fit_reads_at_most_fit_items_and_says_what_it_left(tmp_path, caplog):
+    """``data.tokenizer_files.fit_items`` bounds what a prepare_data fit decodes and keeps in memory (all of
+    a large data set otherwise); the cap is part of the file name, and reaching it is logged."""
+    image = KMeansImageTokenizer(KMeansImageConfig(resolution=32, patch_size=8, codebook_size=8, iters=3))
+    kwargs = {"seq_len": 256, "loader": LoaderConfig(num_workers=0),
+              "demo": DemoCorpus(str(tmp_path / "demo"), train_docs=120, val_docs=8)}
+    with caplog.at_level(logging.INFO, logger="mot_lightning.tokenizers"):
+        capped = MultiModalDataModule(ByteTokenizer(), image, **kwargs,
+                                      tokenizer_files=TokenizerFiles(str(tmp_path / "tok"), fit_items=30))
+        capped.prepare_data()
+    read = [r.getMessage() for r in caplog.records if r.getMessage().startswith("images: ")]
+    assert len(read) == 1 and sum(int(n) for n in re.findall(r"(\d+) (?:for fitting|held out)", read[0])) == 30
+    assert any("read the first 30 items" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mot_lightning.tokenizers"):
+        whole = MultiModalDataModule(ByteTokenizer(), image, **kwargs,
+                                     tokenizer_files=TokenizerFiles(str(tmp_path / "tok")))  # default: 20,000
+        whole.prepare_data()
+    read = [r.getMessage() for r in caplog.records if r.getMessage().startswith("images: ")]
+    assert sum(int(n) for n in re.findall(r"(\d+) (?:for fitting|held out)", read[0])) > 30
+    assert not any("read the first" in r.getMessage() for r in caplog.records)
+    assert len(image_files(tmp_path / "tok")) == 2  # one file per cap
+
+    with pytest.raises(ValueError, match="fit_items must be >= 1 or null"):
+        TokenizerFiles(fit_items=0)
