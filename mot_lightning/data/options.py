@@ -157,7 +157,7 @@ class TokenizerFiles:
     ``dir``: where files fitted by ``prepare_data`` live, named by tokenizer config and fit data (the demo
     corpus by its generator and config, other data by the ``fit_data`` string), so other data gets its own
     fit. ``fit_data``: shards/files they are fitted on (None = the demo corpus' training shards with the
-    demo, else the first training source's URLs). ``fit_items``: each fit reads at most this many items
+    demo, else every training source's URLs, ``::``-joined). ``fit_items``: each fit reads at most this many items
     (images, clips, texts) of ``fit_data``, in shard order, and keeps them decoded in memory (a fit of the
     k-means tokenizers samples 200,000 patches or frames of them anyway); None reads all. Part of the
     file name.

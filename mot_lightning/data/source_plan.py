@@ -72,14 +72,16 @@ class SourcePlan:
         return None if data is None else "files " + data + read
 
     def fit_data(self) -> str | None:
-        """What missing tokenizers are fitted on: ``tokenizer_files.fit_data``, else the demo corpus, else every
-        URL of the first training source (any scheme)."""
+        """What missing tokenizers are fitted on: ``tokenizer_files.fit_data``, else the demo corpus, else the
+        URLs of every training source (any scheme), ``::``-joined in source order: an image and a speech
+        source each give their tokenizer its data."""
         if self.tokenizer_files.fit_data is not None:
             return self.tokenizer_files.fit_data
         if self.uses_demo:
             return self.demo_corpus().fit_data()
-        urls = self.sources[0].urls if self.sources else None
-        return urls if isinstance(urls, str) else ("::".join(urls) if urls else None)
+        urls = [u for source in self.sources or [] for u in ([source.urls] if isinstance(source.urls, str)
+                                                             else source.urls)]
+        return "::".join(urls) if urls else None
 
 
 def mix_schedule(weights_schedule, configs: list[SourceConfig]) -> MixSchedule:

@@ -79,6 +79,11 @@ def iter_items(path: str, exts: tuple[str, ...], decode: Callable[[bytes | Path]
             continue
         count += 1
         yield key, item
+    if count == 0:
+        raise FileNotFoundError(f"nothing to fit on in {path!r}: no readable {'/'.join(exts)} item in its "
+                                f"{len(shards)} shards and {len(files)} matching files; point the fit data at "
+                                "files or shards that hold this modality (data.tokenizer_files.fit_data, or "
+                                "data.path of `mot tokenizer fit`)")
 
 
 def _raw_items(files: list[Path], shards: list[str], exts: tuple[str, ...],

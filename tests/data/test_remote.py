@@ -90,7 +90,7 @@ def test_http_shards_read_as_local_ones_and_a_dropped_connection_is_skipped(serv
 
 
 def test_tokenizers_fit_on_remote_shards(server, tmp_path):
-    """The default fit data is the first training source, here a list of URLs over HTTP."""
+    """The default fit data is every training source's URLs, here one source's list of URLs over HTTP."""
     from mot_lightning.data.options import TokenizerFiles
     from mot_lightning.tokenizers.image_kmeans import KMeansImageConfig, KMeansImageTokenizer
 

@@ -166,3 +166,31 @@ def test_a_fit_reads_at_most_fit_items_and_says_what_it_left(tmp_path, caplog):
 
     with pytest.raises(ValueError, match="fit_items must be >= 1 or null"):
         TokenizerFiles(fit_items=0)
+
+
+def test_by_default_every_training_source_is_fitted_on_and_a_modality_without_data_is_named(tmp_path):
+    """With ``data.sources`` and no ``fit_data``, the fit reads every source (an image source and a speech
+    source each feed their tokenizer); fit data without a modality's items is refused, naming it."""
+    from mot_lightning.data.demo import DemoConfig
+    from mot_lightning.tokenizers.speech import SpeechUnitConfig, SpeechUnitTokenizer
+
+    DemoConfig(out=str(tmp_path / "demo"), train_docs=120, val_docs=4).prepare()
+    train = tmp_path / "demo" / "train"
+    sources = [SourceConfig("images", str(train / "image_caption-*.tar"), modalities=["text", "image"]),
+               SourceConfig("speech", [str(train / "speech_caption-000000.tar")], modalities=["text", "speech"])]
+
+    def module(**files) -> MultiModalDataModule:
+        image = KMeansImageTokenizer(KMeansImageConfig(resolution=32, patch_size=8, codebook_size=8, iters=3))
+        speech = SpeechUnitTokenizer(SpeechUnitConfig(codebook_size=8, iters=3))
+        return MultiModalDataModule(ByteTokenizer(), image, speech, seq_len=256, loader=LoaderConfig(num_workers=0),
+                                    sources=sources, val_sets=[],
+                                    tokenizer_files=TokenizerFiles(str(tmp_path / "tok"), **files))
+
+    dm = module()
+    assert dm.plan.fit_data() == f"{train / 'image_caption-*.tar'}::{train / 'speech_caption-000000.tar'}"
+    dm.prepare_data()
+    dm.setup("validate")
+    assert dm.tokenizers[Modality.SPEECH].is_fitted and dm.tokenizers[Modality.IMAGE].is_fitted
+
+    with pytest.raises(FileNotFoundError, match=r"nothing to fit on in .*image_caption.*\.wav.*fit_data"):
+        module(fit_data=str(train / "image_caption-*.tar")).prepare_data()
