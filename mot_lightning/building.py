@@ -13,9 +13,9 @@ def build_cli(configs: list[str], overrides: list[str], checkpoint: Path | None 
     """The ``MotCLI`` of the training YAML, not run: model built (``configure_model``), data module after
     ``setup`` (fitted tokenizers loaded, validation shards found); weights not loaded yet. ``checkpoint``: the
     checkpoint file whose weights will be loaded; its own fitted tokenizer files are used wherever they exist
-    and ``data.tokenizer_files.files`` names no other (``MultiModalDataModule.use_tokenizers_of``)."""
+    and ``data.tokenizer_files.files`` names no other (``lit_cli.checkpoint_tokenizers``)."""
     from mot_lightning.data.datamodule import MultiModalDataModule  # heavy imports only when used
-    from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI
+    from mot_lightning.lit_cli import TRAINER_DEFAULTS, MotCLI, checkpoint_tokenizers
     from mot_lightning.lit_module import MultiModalLM
 
     args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger", "false", *overrides]
@@ -23,10 +23,7 @@ def build_cli(configs: list[str], overrides: list[str], checkpoint: Path | None 
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = MotCLI(MultiModalLM, MultiModalDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
                      save_config_callback=None, auto_configure_optimizers=False)
-    if checkpoint is not None:
-        from mot_lightning.checkpoints.loading import load_checkpoint
-
-        cli.datamodule.use_tokenizers_of(load_checkpoint(checkpoint, mmap=True))
+    checkpoint_tokenizers(checkpoint, None, cli.datamodule)  # as `--ckpt_path FILE` does for `mot fit`
     cli.datamodule.setup("validate")  # loads the fitted tokenizers and finds the validation shards
     cli.model.configure_model()
     return cli

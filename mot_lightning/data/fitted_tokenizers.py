@@ -49,11 +49,16 @@ def tokenizer_path(directory: str, modality: Modality, tok: Tokenizer,
     None: the config alone), or the one ``explicit`` names for ``modality``."""
     if explicit and modality in explicit:
         return Path(explicit[modality])
-    key = f"{type(tok).__name__}:{getattr(tok, 'config', None)!r}"
+    key = _config_key(tok)
     if data_key is not None:
         key += f"\ndata:{data_key}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return Path(directory) / f"{modality.label}-{type(tok).__name__}-{digest}.pt"
+
+
+def _config_key(tok: Tokenizer) -> str:
+    """A tokenizer's class and config as one string (what its file name hashes; ``holds`` compares it)."""
+    return f"{type(tok).__name__}:{getattr(tok, 'config', None)!r}"
 
 
 def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
@@ -155,7 +160,7 @@ def holds(path: str | Path, tok: Tokenizer) -> bool:
         loaded = type(tok).load(str(path))
     except Exception:  # an unreadable or foreign file is simply not this tokenizer
         return False
-    return type(loaded) is type(tok) and repr(getattr(loaded, "config", None)) == repr(getattr(tok, "config", None))
+    return type(loaded) is type(tok) and _config_key(loaded) == _config_key(tok)
 
 
 def fitted_files(tokenizers: dict, directory: str, files: dict | None, data_key: str | None = None) -> dict:
