@@ -9,6 +9,18 @@ start methods (torch pickles shared-memory tensors as handles) and keeps the
 counts even for workers that produced no batch. Counts are per rank; the data
 module sums them over ranks when they are logged (``skip_metrics``).
 
+The table counts what the workers have *read*, which runs ahead of what was
+trained on by up to the DataLoader's prefetch depth, and by how far depends on
+timing. The training stream therefore counts *by batch*
+(``count_by_batch()``, set by ``loaders.EpochLoader``): each batch a worker
+yields carries its row's change since the worker's previous batch (``mark()``),
+and the main process adds the change of every batch it takes (``consume()``).
+Its totals are then exactly the documents read to make the batches handed out
+so far: the same at a step whatever the timing, and what a resumed run, which
+regenerates its epoch and takes the batches trained on before the checkpoint
+again, counts too. Finite (validation) streams are read to their end, where
+the table is exact.
+
 ``carried`` (main process only) holds counts from before a resume, restored
 from the checkpoint; ``totals()`` includes them. ``skip_report`` words the
 skip-rate warning.
@@ -68,8 +80,10 @@ class StreamCounters:
         self.table = torch.zeros(max(slots, 1), len(FIELDS), dtype=torch.long).share_memory_()
         self._cells = self.table.numpy()  # the same memory: numpy's += costs ~1 us, torch's ~15 us
         self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.consumed: torch.Tensor | None = None  # counts of the batches taken (count_by_batch)
         self.rate_warned = False  # the skip-rate warning was given (main process, loaders.SkipWatch)
         self._warned: dict[str, int] = {}
+        self._mark = None  # this process's row at its previous mark()
 
     def add(self, name: str, n: int = 1, detail: str = "") -> None:
         slot = _slot()
@@ -89,8 +103,30 @@ class StreamCounters:
             log.warning("skipped (%s): %s", name, detail or "no detail")
 
     def vector(self) -> torch.Tensor:
-        """``long[len(FIELDS)]``: every field summed over workers, plus the carried counts."""
-        return self.table.sum(dim=0) + self.carried
+        """``long[len(FIELDS)]``: every field summed over workers (over the batches taken, when counting by
+        batch), plus the carried counts."""
+        counted = self.table.sum(dim=0) if self.consumed is None else self.consumed
+        return counted + self.carried
+
+    def count_by_batch(self) -> None:
+        """From now on totals are the sum of the batches' counts passed to ``consume`` (main process)."""
+        if self.consumed is None:
+            self.consumed = torch.zeros(len(FIELDS), dtype=torch.long)
+
+    def begin_marks(self) -> None:
+        """Start of a worker's iteration: the next ``mark()`` counts from here."""
+        self._mark = self._cells[_slot()].copy()
+
+    def mark(self) -> list[int]:
+        """What this process counted since its previous mark (or ``begin_marks``): the counts of the batch it
+        is about to yield."""
+        row = self._cells[_slot()].copy()
+        delta, self._mark = (row - self._mark).tolist(), row
+        return delta
+
+    def consume(self, delta: list[int]) -> None:
+        """Add one taken batch's counts (``mark()`` in the worker that made it)."""
+        self.consumed += torch.tensor(delta, dtype=torch.long)
 
     def totals(self) -> dict[str, int]:
         """All fields summed over workers (plus what was carried over from before a resume)."""
@@ -108,6 +144,8 @@ class StreamCounters:
     def reset(self) -> None:
         self.table.zero_()
         self.carried.zero_()
+        if self.consumed is not None:
+            self.consumed.zero_()
 
     def __getstate__(self) -> dict:
         return {"table": self.table}
@@ -116,8 +154,10 @@ class StreamCounters:
         self.table = state["table"]
         self._cells = self.table.numpy()
         self.carried = torch.zeros(len(FIELDS), dtype=torch.long)
+        self.consumed = None
         self.rate_warned = False
         self._warned = {}
+        self._mark = None
 
 
 class NullCounters(StreamCounters):

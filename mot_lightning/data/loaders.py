@@ -82,9 +82,11 @@ class EpochLoader:
     before iterating): the state is the seed of the epoch in progress and how many
     of its batches were handed out. A resumed ``iter()`` regenerates that epoch and
     skips what was already trained on, so a resumed run sees exactly the batches an
-    unbroken run would, wherever the checkpoint was taken. ``epoch_start_counts``
-    are the stream's counters when the epoch in progress started: what a checkpoint
-    carries over (the regenerated epoch counts its own part again).
+    unbroken run would, wherever the checkpoint was taken. The stream's counters
+    count by batch (``counters.py``): its totals are those of the batches handed
+    out, whatever the workers have read ahead. ``epoch_start_counts`` are the
+    totals when the epoch in progress started: what a checkpoint carries over (the
+    regenerated epoch counts its own part again, the skipped batches included).
     """
 
     def __init__(self, loader: DataLoader, batches: int, skip_warning: float | None = None) -> None:
@@ -94,7 +96,9 @@ class EpochLoader:
         self._current: int | None = None  # seed of the epoch being iterated
         self._yielded = 0
         self._skip = 0
+        loader.dataset.counts_per_batch = True  # its workers yield (batch, counts) pairs
         counters = loader.dataset.counters
+        counters.count_by_batch()
         self.epoch_start_counts = counters.totals()
         self.watch = SkipWatch("train", counters, skip_warning)
 
@@ -131,9 +135,11 @@ class EpochLoader:
             shut_down(iterator)
 
     def _next(self, iterator: Iterator) -> MultiModalBatch:
-        batch = next_batch(iterator, self.loader.timeout)
-        if batch is None:
+        item = next_batch(iterator, self.loader.timeout)
+        if item is None:
             raise RuntimeError("the training stream ended; it is infinite unless a worker failed")
+        batch, counts = item
+        self.loader.dataset.counters.consume(counts)
         return batch
 
 

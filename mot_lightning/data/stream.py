@@ -83,7 +83,8 @@ class NoUsableDocument(RuntimeError):
 
 
 class PackedStream(IterableDataset):
-    """Yields ``MultiModalBatch`` of ``batch_size`` rows (the last one may be smaller when finite)."""
+    """Yields ``MultiModalBatch`` of ``batch_size`` rows (the last one may be smaller when finite); with
+    ``counts_per_batch``, ``(batch, counts)`` pairs (``StreamCounters.mark``)."""
 
     def __init__(
         self,
@@ -104,6 +105,8 @@ class PackedStream(IterableDataset):
         self.mix = MixSchedule.constant([s.weight for s in sources])  # the data module sets both
         self.clock = BatchClock(1)
         self._tags = config.infinite and len(sources) > 1  # batches carry source_ids
+        # yield (batch, its counts) pairs instead of batches: set by loaders.EpochLoader (counters.py)
+        self.counts_per_batch = False
         self._drop_rng = random.Random(f"{config.seed}-caption-dropout")  # reseeded per iteration
 
     def set_epoch(self, epoch: int) -> None:
@@ -123,16 +126,24 @@ class PackedStream(IterableDataset):
         if cfg.shuffle_buffer > 1:
             docs = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)(docs)
         packer = Packer(cfg.seq_len, cfg.overlong, self.counters, open_rows=cfg.open_rows)
+        counted = self.counts_per_batch
+        if counted:
+            self.counters.begin_marks()
+
+        def out(rows: list) -> MultiModalBatch | tuple[MultiModalBatch, list[int]]:
+            batch = self._collate(rows)
+            return (batch, self.counters.mark()) if counted else batch
+
         rows: list = []
         for doc in docs:
             rows += packer.add(doc)
             if len(rows) >= cfg.batch_size:
-                yield self._collate(rows[: cfg.batch_size])
+                yield out(rows[: cfg.batch_size])
                 made[0] += 1
                 rows = rows[cfg.batch_size :]
         rows += packer.flush()
         for i in range(0, len(rows), cfg.batch_size):
-            yield self._collate(rows[i : i + cfg.batch_size])
+            yield out(rows[i : i + cfg.batch_size])
 
     def _collate(self, rows: list) -> MultiModalBatch:
         if not self._tags:

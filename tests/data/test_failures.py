@@ -143,18 +143,27 @@ def bad_and_good(tmp_path) -> list[SourceConfig]:
     return [SourceConfig("t", str(tmp_path / "train.tar"))], [SourceConfig("v", str(tmp_path / "val.tar"))]
 
 
-def test_skip_counters_per_stage_and_across_a_resume(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_counters_per_stage_and_across_a_resume(tmp_path, workers):
+    """With workers reading ahead, the training counts are still those of the batches taken (counted by batch):
+    they stay put while the workers fill their prefetch queues, and a resumed run lands on the same counts."""
     train, val = bad_and_good(tmp_path)
 
     def make():
-        dm = make_datamodule(tmp_path, train, val_sets=val, num_workers=0, seq_len=64, batch_size=2,
+        dm = make_datamodule(tmp_path, train, val_sets=val, num_workers=workers, seq_len=64, batch_size=2,
                              train_batches_per_epoch=3, skip_warning=None)
         dm.setup("fit")
         return dm
 
     unbroken = make()
     loader = unbroken.train_dataloader()
-    for _ in range(3):
+    it = iter(loader)
+    next(it)
+    after_one = unbroken.stream_stats()["train"]
+    time.sleep(0.5)  # the workers read 4 batches ahead each meanwhile (prefetch_factor)
+    assert unbroken.stream_stats()["train"] == after_one and after_one["docs"] > 0
+    list(it)
+    for _ in range(2):
         list(loader)
     for _ in range(2):  # validation counts are per pass
         list(unbroken.val_dataloader()[0])
