@@ -11,15 +11,15 @@ module sums them over ranks when they are logged (``skip_metrics``).
 
 The table counts what the workers have *read*, which runs ahead of what was
 trained on by up to the DataLoader's prefetch depth, and by how far depends on
-timing. The training stream therefore counts *by batch*
-(``count_by_batch()``, set by ``loaders.EpochLoader``): each batch a worker
-yields carries its row's change since the worker's previous batch (``mark()``),
-and the main process adds the change of every batch it takes (``consume()``).
-Its totals are then exactly the documents read to make the batches handed out
-so far: the same at a step whatever the timing, and what a resumed run, which
-regenerates its epoch and takes the batches trained on before the checkpoint
-again, counts too. Finite (validation) streams are read to their end, where
-the table is exact.
+timing. The app's loaders therefore count *by batch* (``count_by_batch()``, set
+by ``loaders.counted``): each batch a worker yields carries its row's change
+since the worker's previous batch (``mark()``), a finite stream's end carries
+what was read past its last batch, and the main process adds the change of
+every batch it takes (``consume()``). The totals are then exactly the
+documents read to make the batches handed out so far: the same at a training
+step whatever the timing, what a resumed run (which regenerates its epoch and
+takes the batches trained on before the checkpoint again) counts too, and for
+a validation pass cut short, what it evaluated.
 
 ``carried`` (main process only) holds counts from before a resume, restored
 from the checkpoint; ``totals()`` includes them. ``skip_report`` words the

@@ -72,6 +72,26 @@ def next_batch(iterator: Iterator, timeout: float) -> MultiModalBatch | None:
                            "if that is expected, or set it to 0 to wait forever") from err
 
 
+def counted(loader: DataLoader) -> StreamCounters:
+    """Make ``loader``'s stream count by batch (``counters.py``): its workers yield ``(batch, counts)`` pairs,
+    ``take`` adds the counts of each batch taken."""
+    loader.dataset.counts_per_batch = True
+    counters = loader.dataset.counters
+    counters.count_by_batch()
+    return counters
+
+
+def take(iterator: Iterator, loader: DataLoader) -> MultiModalBatch | None:
+    """The next batch of a ``counted`` loader with its counts added to the stream's counters, or None at the end
+    (after adding what its workers read past their last batch)."""
+    while (item := next_batch(iterator, loader.timeout)) is not None:
+        batch, counts = item
+        loader.dataset.counters.consume(counts)
+        if batch is not None:
+            return batch
+    return None
+
+
 class EpochLoader:
     """A training DataLoader cut into epochs of exactly ``batches`` batches (equal on every rank).
 
@@ -96,9 +116,7 @@ class EpochLoader:
         self._current: int | None = None  # seed of the epoch being iterated
         self._yielded = 0
         self._skip = 0
-        loader.dataset.counts_per_batch = True  # its workers yield (batch, counts) pairs
-        counters = loader.dataset.counters
-        counters.count_by_batch()
+        counters = counted(loader)
         self.epoch_start_counts = counters.totals()
         self.watch = SkipWatch("train", counters, skip_warning)
 
@@ -135,11 +153,9 @@ class EpochLoader:
             shut_down(iterator)
 
     def _next(self, iterator: Iterator) -> MultiModalBatch:
-        item = next_batch(iterator, self.loader.timeout)
-        if item is None:
+        batch = take(iterator, self.loader)
+        if batch is None:
             raise RuntimeError("the training stream ended; it is infinite unless a worker failed")
-        batch, counts = item
-        self.loader.dataset.counters.consume(counts)
         return batch
 
 
@@ -148,13 +164,14 @@ class EqualBatches:
 
     ``any_rank(flag)`` is True when ``flag`` is True on any rank (an all-reduce; the identity in one
     process). Every step all ranks learn whether any still has a batch; one that has none runs
-    ``empty`` instead. Counters are reset at the start of each pass (validation counts are per pass).
+    ``empty`` instead. Counters are reset at the start of each pass (validation counts are per pass) and
+    count by batch, so a pass cut short (``trainer.limit_val_batches``) counts what it evaluated.
     """
 
     def __init__(self, loader: DataLoader, empty: MultiModalBatch, any_rank: Callable[[bool], bool],
                  name: str, skip_warning: float | None = None) -> None:
         self.loader, self.empty, self.any_rank = loader, empty, any_rank
-        self.watch = SkipWatch(name, loader.dataset.counters, skip_warning)
+        self.watch = SkipWatch(name, counted(loader), skip_warning)
         self.padded = 0  # empty batches run in the last pass
 
     def __iter__(self) -> Iterator[MultiModalBatch]:
@@ -164,7 +181,7 @@ class EqualBatches:
         exhausted = False
         try:
             while True:
-                batch = None if exhausted else next_batch(iterator, self.loader.timeout)
+                batch = None if exhausted else take(iterator, self.loader)
                 exhausted = batch is None  # its workers are done; shut_down still ends its feeder threads
                 if not self.any_rank(batch is not None):
                     break

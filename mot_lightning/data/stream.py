@@ -84,7 +84,8 @@ class NoUsableDocument(RuntimeError):
 
 class PackedStream(IterableDataset):
     """Yields ``MultiModalBatch`` of ``batch_size`` rows (the last one may be smaller when finite); with
-    ``counts_per_batch``, ``(batch, counts)`` pairs (``StreamCounters.mark``)."""
+    ``counts_per_batch``, ``(batch, counts)`` pairs (``StreamCounters.mark``), a finite stream ending with
+    ``(None, counts)``."""
 
     def __init__(
         self,
@@ -144,6 +145,8 @@ class PackedStream(IterableDataset):
         rows += packer.flush()
         for i in range(0, len(rows), cfg.batch_size):
             yield out(rows[i : i + cfg.batch_size])
+        if counted:  # a finite stream's end: what was read after the last batch (documents skipped), no batch
+            yield None, self.counters.mark()
 
     def _collate(self, rows: list) -> MultiModalBatch:
         if not self._tags:

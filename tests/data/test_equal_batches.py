@@ -35,7 +35,7 @@ def any_rank(flag):
     return bool(t.item())
 
 equal.any_rank = any_rank
-raw = list(equal.loader)  # this rank's own batches, unpadded
+raw = [b for b, _ in equal.loader if b is not None]  # this rank's own batches, unpadded ((batch, counts) pairs)
 batches = list(equal)
 tags = [t for b in batches for row in b.tokens for t in re.findall(r"doc-\d+", text_of(row, dm.vocab))]
 padding = [b for b in batches if (b.targets != -100).sum() == 0]

@@ -138,9 +138,12 @@ def bad_and_good(tmp_path) -> list[SourceConfig]:
     docs = text_docs("good", 20)
     docs[3::4] = [{"__key__": f"bad{i}", "txt": b"\xff\xfe not utf-8"} for i in range(len(docs[3::4]))]
     write_tar(str(tmp_path / "train.tar"), docs)
-    write_tar(str(tmp_path / "val.tar"), [{"__key__": "v0", "png": b"not a png", "txt": b"x"},
-                                          *text_docs("val", 4)])
-    return [SourceConfig("t", str(tmp_path / "train.tar"))], [SourceConfig("v", str(tmp_path / "val.tar"))]
+    bad_png = [{"__key__": f"v{i}", "png": b"not a png", "txt": b"x"} for i in range(3)]
+    write_tar(str(tmp_path / "val.tar"), [bad_png[0], *text_docs("val", 4)])
+    # a set with no usable document: no batch, only what its readers read (counted at its end)
+    write_tar(str(tmp_path / "bad.tar"), bad_png[1:])
+    return [SourceConfig("t", str(tmp_path / "train.tar"))], [SourceConfig("v", str(tmp_path / "val.tar")),
+                                                              SourceConfig("bad", str(tmp_path / "bad.tar"))]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -166,8 +169,9 @@ def test_skip_counters_per_stage_and_across_a_resume(tmp_path, workers):
     for _ in range(2):
         list(loader)
     for _ in range(2):  # validation counts are per pass
-        list(unbroken.val_dataloader()[0])
-    assert unbroken.skip_counts("val") == {**dict.fromkeys(unbroken.skip_counts("val"), 0), "bad_image": 1}
+        for loader in unbroken.val_dataloader():
+            list(loader)
+    assert unbroken.skip_counts("val") == {**dict.fromkeys(unbroken.skip_counts("val"), 0), "bad_image": 3}
     expected = unbroken.skip_counts("train")
     assert expected["bad_encoding"] > 0 and expected["bad_image"] == 0
     assert unbroken.skip_metrics("train")["data/train/skipped_bad_encoding"] == expected["bad_encoding"]
