@@ -106,7 +106,7 @@ class PackedStream(IterableDataset):
         self.mix = MixSchedule.constant([s.weight for s in sources])  # the data module sets both
         self.clock = BatchClock(1)
         self._tags = config.infinite and len(sources) > 1  # batches carry source_ids
-        # yield (batch, its counts) pairs instead of batches: set by loaders.EpochLoader (counters.py)
+        # yield (batch, its counts) pairs instead of batches: set by loaders.counted (counters.py)
         self.counts_per_batch = False
         self._drop_rng = random.Random(f"{config.seed}-caption-dropout")  # reseeded per iteration
 

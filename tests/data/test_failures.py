@@ -134,7 +134,7 @@ def test_uneven_shards_are_sampled_in_proportion_to_their_documents(tmp_path):
 
 
 # --- 3. skip counters per stage, carried across a resume -----------------------------------
-def bad_and_good(tmp_path) -> list[SourceConfig]:
+def bad_and_good(tmp_path) -> tuple[list[SourceConfig], list[SourceConfig]]:
     docs = text_docs("good", 20)
     docs[3::4] = [{"__key__": f"bad{i}", "txt": b"\xff\xfe not utf-8"} for i in range(len(docs[3::4]))]
     write_tar(str(tmp_path / "train.tar"), docs)
@@ -163,14 +163,14 @@ def test_skip_counters_per_stage_and_across_a_resume(tmp_path, workers):
     it = iter(loader)
     next(it)
     after_one = unbroken.stream_stats()["train"]
-    time.sleep(0.5)  # the workers read 4 batches ahead each meanwhile (prefetch_factor)
+    time.sleep(0.5)  # workers, if any, read 4 batches ahead each meanwhile (prefetch_factor)
     assert unbroken.stream_stats()["train"] == after_one and after_one["docs"] > 0
     list(it)
     for _ in range(2):
         list(loader)
     for _ in range(2):  # validation counts are per pass
-        for loader in unbroken.val_dataloader():
-            list(loader)
+        for val_loader in unbroken.val_dataloader():
+            list(val_loader)
     assert unbroken.skip_counts("val") == {**dict.fromkeys(unbroken.skip_counts("val"), 0), "bad_image": 3}
     expected = unbroken.skip_counts("train")
     assert expected["bad_encoding"] > 0 and expected["bad_image"] == 0
