@@ -3,6 +3,7 @@ validation and generation from callbacks (a slow data loader counts), MFU = FLOP
 names, and under gradient accumulation everything is counted once per optimizer step."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import lightning.pytorch as pl
@@ -109,8 +110,12 @@ def test_a_slow_data_loader_lowers_tokens_per_s(tmp_path):
     delay = 0.5
     fast = seconds_per_step(tmp_path / "fast", delay=0.0)
     slow = seconds_per_step(tmp_path / "slow", delay=delay)
-    assert all(seconds < delay for seconds in fast.values()), fast
     # Lightning loads one batch ahead: by the first step's start (where the clock starts) the first two
-    # batches are loaded; each later step's time holds the loading of the batch after it
+    # batches are loaded; each later step's time holds the loading of the batch after it. The sleep is a
+    # lower bound on every such step, whatever the machine's load
     for step in range(1, len(slow)):
         assert slow[step] >= delay, (step, slow)
+    # the control: without the delay a step is far shorter (~0.02 s). Step 0 is left out (it holds one-time
+    # setup: 1.04 s once on a loaded CI machine), and the median of the rest absorbs one step stalled by other
+    # processes on the same cores (0.77 s seen with 5 processes on 2 cores)
+    assert statistics.median(fast[step] for step in range(1, len(fast))) < delay, fast
