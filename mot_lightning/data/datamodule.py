@@ -134,8 +134,7 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
             with once(corpus.out, "the demo corpus"):  # once per shared filesystem
                 corpus.prepare()
         files = self.tokenizer_files
-        fitted.fit_missing(self.tokenizers, self.plan.tokenizer_dir(), self.plan.fit_data(), files.files, files.train,
-                           self.plan.fit_key(), files.fit_items)
+        fitted.fit_missing(self.tokenizers, self.plan.fit_place(), self.plan.fit_data(), files.train, files.fit_items)
 
     def split_sources(self, split: str) -> list[SourceConfig]:
         """The sources of ``split``: ``"train"`` (the training sources) or a validation set's name."""
@@ -165,9 +164,7 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if any(fitted.needs_file(t) for t in self.tokenizers.values()):
-            files = self.tokenizer_files
-            self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.tokenizer_dir(), files.files,
-                                                 self.plan.fit_key())
+            self.tokenizers = fitted.load_fitted(self.tokenizers, self.plan.fit_place())
             self.encoder = self._encoder()
             self._stamp = None
         rank, world = rank_and_world(self.trainer)
@@ -251,8 +248,7 @@ class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
     def tokenizer_stamp(self) -> dict:
         """What a checkpoint records of this module's tokenizers (fingerprints and fitted files)."""
         if self._stamp is None:
-            self._stamp = tokenizer_stamp(self.encoder, fitted.fitted_files(
-                self.tokenizers, self.plan.tokenizer_dir(), self.tokenizer_files.files, self.plan.fit_key()))
+            self._stamp = tokenizer_stamp(self.encoder, fitted.fitted_files(self.tokenizers, self.plan.fit_place()))
         return self._stamp
 
     def load_state_dict(self, state: dict) -> None:

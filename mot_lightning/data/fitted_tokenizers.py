@@ -6,10 +6,10 @@ configured in YAML by class and config like any other; their weights live in
 ``prepare_data`` (one process per node) fits every unfitted tokenizer whose file
 is missing on the training data and saves it; ``setup`` (every process) loads
 the file. A changed tokenizer config, or the same config on other data, therefore
-gets a new file instead of silently reusing weights fitted on something else
-(``data_key``: the data's identity, ``SourcePlan.fit_key``). ``explicit`` maps a
-modality to a file made elsewhere (``mot tokenizer fit``), which is then loaded
-and never refitted.
+gets a new file instead of silently reusing weights fitted on something else.
+``FitPlace`` says where the files are: the directory, the data's identity
+(``data_key``, ``SourcePlan.fit_key``) and ``explicit``, which maps a modality to
+a file made elsewhere (``mot tokenizer fit``), then loaded and never refitted.
 
 Once per shared filesystem: each fit holds ``<file>.lock`` (``locks.once``), checks
 again that the file is missing, and saves under a name unique to the process
@@ -43,17 +43,25 @@ def needs_file(tok: Tokenizer | None) -> bool:
     return isinstance(tok, FittableTokenizer) and not tok.is_fitted
 
 
-def tokenizer_path(directory: str, modality: Modality, tok: Tokenizer,
-                   explicit: dict[Modality, str] | None = None, data_key: str | None = None) -> Path:
-    """The file ``tok`` is fitted into: named by its class, config and ``data_key`` (what it is fitted on;
-    None: the config alone), or the one ``explicit`` names for ``modality``."""
-    if explicit and modality in explicit:
-        return Path(explicit[modality])
-    key = _config_key(tok)
-    if data_key is not None:
-        key += f"\ndata:{data_key}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return Path(directory) / f"{modality.label}-{type(tok).__name__}-{digest}.pt"
+@dataclasses.dataclass(frozen=True)
+class FitPlace:
+    """Where fitted tokenizer files live (``SourcePlan.fit_place``): ``directory``, named by ``data_key`` (what
+    they are fitted on; None: by the config alone), except the files ``explicit`` names per modality."""
+
+    directory: str
+    explicit: dict[Modality, str] = dataclasses.field(default_factory=dict)
+    data_key: str | None = None
+
+    def path(self, modality: Modality, tok: Tokenizer) -> Path:
+        """The file ``tok`` is fitted into: named by its class, config and ``data_key``, or the one
+        ``explicit`` names for ``modality``."""
+        if modality in self.explicit:
+            return Path(self.explicit[modality])
+        key = _config_key(tok)
+        if self.data_key is not None:
+            key += f"\ndata:{self.data_key}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        return Path(self.directory) / f"{modality.label}-{type(tok).__name__}-{digest}.pt"
 
 
 def _config_key(tok: Tokenizer) -> str:
@@ -61,22 +69,20 @@ def _config_key(tok: Tokenizer) -> str:
     return f"{type(tok).__name__}:{getattr(tok, 'config', None)!r}"
 
 
-def fit_missing(tokenizers: Tokenizers, directory: str, fit_data: str | None,
-                explicit: dict[Modality, str] | None = None, train: TrainConfig | None = None,
-                data_key: str | None = None, fit_items: int | None = None) -> None:
+def fit_missing(tokenizers: Tokenizers, place: FitPlace, fit_data: str | None, train: TrainConfig | None = None,
+                fit_items: int | None = None) -> None:
     """Fit and save each unfitted tokenizer that has no file yet (call from ``prepare_data``).
 
+    ``place.data_key`` must identify what is fitted on: ``fit_data`` read up to ``fit_items`` items.
     ``train`` sets the optimisation of neural tokenizers (VQ-VAE, KL-VAE); the others ignore it.
-    ``data_key``: the identity of what is fitted on (``fit_data`` read up to ``fit_items`` items), which
-    names the files (``tokenizer_path``).
     """
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok, explicit, data_key)
+        path = place.path(modality, tok)
         if path.exists():
             continue
-        if explicit and modality in explicit:
+        if modality in place.explicit:
             raise FileNotFoundError(
                 f"data.tokenizer_files.files names {path} for {modality.label}, but it does not exist: "
                 "fit it with `mot tokenizer fit` or drop the entry to fit one here")
@@ -131,19 +137,18 @@ def forked_random_state() -> Iterator[None]:
 _SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
-def load_fitted(tokenizers: Tokenizers, directory: str,
-                explicit: dict[Modality, str] | None = None, data_key: str | None = None) -> Tokenizers:
+def load_fitted(tokenizers: Tokenizers, place: FitPlace) -> Tokenizers:
     """Replace each unfitted tokenizer by the one in its file (call from ``setup``)."""
     out = dict(tokenizers)
     for modality, tok in tokenizers.items():
         if not needs_file(tok):
             continue
-        path = tokenizer_path(directory, modality, tok, explicit, data_key)
+        path = place.path(modality, tok)
         if not path.exists():
             others = sorted(p.name for p in path.parent.glob(f"{modality.label}-{type(tok).__name__}-*.pt"))
             hint = (f"; {path.parent} holds fits of this class for other configs or data ({', '.join(others)}): "
                     f"name the one you mean with --data.tokenizer_files.files '{{\"{modality.label}\": FILE}}'"
-                    if others and not (explicit and modality in explicit) else "")
+                    if others and modality not in place.explicit else "")
             raise FileNotFoundError(f"fitted {modality.label} tokenizer {path} is missing: run "
                                     f"`prepare_data` (`mot fit` does) or fit it with `mot tokenizer fit`{hint}")
         loaded = type(tok).load(str(path))
@@ -163,7 +168,6 @@ def holds(path: str | Path, tok: Tokenizer) -> bool:
     return type(loaded) is type(tok) and _config_key(loaded) == _config_key(tok)
 
 
-def fitted_files(tokenizers: dict, directory: str, files: dict | None, data_key: str | None = None) -> dict:
+def fitted_files(tokenizers: dict, place: FitPlace) -> dict:
     """Modality -> the fitted file each fittable tokenizer is (or would be) loaded from, as a string."""
-    return {m: str(tokenizer_path(directory, m, t, files, data_key)) for m, t in tokenizers.items()
-            if isinstance(t, FittableTokenizer)}
+    return {m: str(place.path(m, t)) for m, t in tokenizers.items() if isinstance(t, FittableTokenizer)}

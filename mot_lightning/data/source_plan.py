@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mot_lightning.data import demo as demo_corpus
+from mot_lightning.data.fitted_tokenizers import FitPlace
 from mot_lightning.data.mix import MixSchedule
 from mot_lightning.data.options import DemoCorpus, TokenizerFiles
 from mot_lightning.data.sources import SourceConfig
@@ -59,6 +60,11 @@ class SourcePlan:
         """Tokenizers fitted on the procedural demo are kept apart from those fitted on the fixed corpus."""
         files = self.tokenizer_files
         return self.demo.tokenizer_dir(files.dir) if self.uses_demo and files.fit_data is None else files.dir
+
+    def fit_place(self) -> FitPlace:
+        """Where the fitted tokenizer files are: ``tokenizer_dir``, named by ``fit_key``, except those
+        ``tokenizer_files.files`` names."""
+        return FitPlace(self.tokenizer_dir(), self.tokenizer_files.files, self.fit_key())
 
     def fit_key(self) -> str | None:
         """What the tokenizers are fitted on, as their file names record it: the demo corpus by its content
