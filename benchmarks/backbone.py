@@ -7,6 +7,8 @@
     python benchmarks/backbone.py --cases dense,mot,mot_grouped_mm   # per-tower loop vs one grouped GEMM
     python benchmarks/backbone.py --cases dense,mot_untie_none,mot_no_gather,mot_one_gemm,mot,dense_again
                                                         # where MoT's extra time goes (attribution cases)
+    python benchmarks/backbone.py --cases dense,mot,dense_rms_norm,mot_rms_norm
+                                                        # the hand-written CPU norm against F.rms_norm
 
 One *step* is forward + backward of ``out.pow(2).mean()`` on a batch whose
 sequences interleave text runs, fixed-size image runs and speech runs (like
@@ -92,6 +94,10 @@ VARIANTS = {
     # attribution only, wrong outputs: MoT without the gathers (towers split the tokens by count, in sequence
     # order: the same matmuls and norms, no reordering)
     "mot_no_gather": dict(sparsity="mot"),
+    # norms on F.rms_norm (+ a per-tower scale when untied) instead of the hand-written CPU norm (set up in
+    # build_cases): what that norm saves each arm
+    "dense_rms_norm": dict(sparsity="dense"),
+    "mot_rms_norm": dict(sparsity="mot"),
     # the same MoT, each projection's towers in one torch._grouped_mm (CUDA sm90+ in bf16; CPU any dtype)
     "mot_grouped_mm": dict(sparsity="mot", grouped_gemm="grouped_mm"),
     "mot_untie_ffn": dict(sparsity="mot", untie=["ffn"]),
@@ -132,6 +138,10 @@ def build_cases(args, device, dtype):
         for module in cases["mot_one_gemm"].modules():
             if isinstance(module, UntiedLinear) and module.n_weights > 1:
                 module.forward = functools.partial(_one_gemm, module)
+    for name in ("dense_rms_norm", "mot_rms_norm"):
+        for module in cases[name].modules() if name in cases else ():
+            if isinstance(module, UntiedRMSNorm):
+                module.forward = module.rms_norm_path
     if "mot_no_gather" in cases:
         cases["mot_no_gather"].context = functools.partial(_context_without_gathers, cases["mot_no_gather"])
     if "tutorial" in names:

@@ -104,7 +104,8 @@ def planned(case: str, rank0: dict, args: list[str]) -> dict:
     seq_len = int(opts.get("--data.seq_len", config["data"]["seq_len"]))
     shape = RunShape(vocab_size=rank0["vocab_size"], optimizer_states=states, seq_len=seq_len,
                      batch_size=int(opts.get("--data.batch_size", config["data"]["batch_size"])), world_size=world,
-                     strategy=strategy, z_loss=True, sharded_init=opts.get("--model.sharded_init") != "false")
+                     strategy=strategy, z_loss=True, sharded_init=opts.get("--model.sharded_init") != "false",
+                     norms="hand")  # these runs are CPU float32: the hand-written RMSNorm
     plan = memory_plan(cfg, shape)
     return {"startup_gb": plan.startup / GB, "total_gb": plan.total / GB,
             "terms_gb": {k: getattr(plan, k) / GB for k in ("parameters", "gradients", "optimizer", "activations",

@@ -3,6 +3,8 @@
     python benchmarks/tower_gemms.py                    # 2,048 and 8,192 tokens, torch's default threads
     python benchmarks/tower_gemms.py --scales 1 --threads 1
     python benchmarks/tower_gemms.py --scan             # one forward matmul's time against its rows, cold cache
+    python benchmarks/tower_gemms.py --scan --projections all   # the same for every projection of a block
+    python benchmarks/tower_gemms.py --scales 1 --cold --kernel onednn   # oneDNN's matmuls instead of MKL's
 
 An untied linear runs one matmul per tower on its contiguous slice of the tower-sorted tokens
 (``UntiedLinear``'s loop kernel); dense runs one matmul on all of them. Here the four projections of
@@ -16,13 +18,18 @@ backward matmuls (input and weight gradient) four ways on the token split of ``b
 - ``split_3w``      three matmuls, one weight per tower (MoT: also three weights to read and write);
 - ``split_even_3w`` as ``split_3w`` with equal slices (does the uneven split matter?).
 
-Timed round-robin per projection (median of ``--reps``); microseconds per block, fwd + bwd.
+Timed round-robin per projection (median of ``--reps``); microseconds per block, fwd + bwd. ``--cold``
+writes 64 MB before each timed call, so weights and activations come from memory as inside a step.
+``--kernel onednn`` runs every matmul through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel
+inductor uses for CPU linears) instead of ``torch.mm`` (MKL in the PyPI wheels). It has no ``out=``, so the
+per-tower outputs of the forward and input-gradient calls are concatenated, as a layer needs one tensor.
 Inside a step the split is timed by ``backbone.py``'s ``mot`` against ``mot_one_gemm``
 (benchmarks/README.md, "Where MoT's extra step time goes").
 
-``--scan`` times the gate/up forward matmul alone for row counts ``--rows`` (round-robin), with a 64 MB
-write before each call so weight and input come from memory as inside a step, and fits ``time = fixed + per_row * rows``
-(least squares): ``fixed`` is what every extra per-tower call costs whatever its size.
+``--scan`` times the gate/up forward matmul (``--projections``: any of the four, or ``all``) alone for
+row counts ``--rows`` (round-robin), with a 64 MB write before each call so weight and input come from
+memory as inside a step, and fits ``time = fixed + per_row * rows`` (least squares): ``fixed`` is what
+every extra per-tower call costs whatever its size.
 """
 from __future__ import annotations
 
@@ -55,6 +62,23 @@ def matmuls(x, weights, grad, out, grad_x, counts):
         torch.mm(gs.t(), xs)  # weight gradient
 
 
+def onednn_matmuls(x, weights, grad, out, grad_x, counts):
+    """``matmuls`` through oneDNN: ``linear(a, b) = a b^T`` returns a new tensor, so with several slices the
+    forward outputs and the input gradients are concatenated into one tensor each (``out``/``grad_x`` unused)."""
+    linear = torch.ops.mkldnn._linear_pointwise
+    ys, gxs = [], []
+    for xs, w, gs in zip(x.split(counts), weights, grad.split(counts)):
+        ys.append(linear(xs, w, None, "none", [None], ""))  # forward
+        gxs.append(linear(gs, w.t(), None, "none", [None], ""))  # input gradient
+        linear(gs.t(), xs.t(), None, "none", [None], "")  # weight gradient
+    if len(ys) > 1:
+        torch.cat(ys)
+        torch.cat(gxs)
+
+
+KERNELS = {"mkl": matmuls, "onednn": onednn_matmuls}
+
+
 def round_robin(cases: dict, reps: int, before=None) -> dict:
     """Median seconds of each case's call, timed one call of every case per round (slow drift of the machine
     hits all alike) after 3 warm-up rounds; ``before()`` runs untimed ahead of each call."""
@@ -70,7 +94,7 @@ def round_robin(cases: dict, reps: int, before=None) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(scale: int, reps: int) -> dict:
+def measure(scale: int, reps: int, kernel: str = "mkl", cold: bool = False) -> dict:
     counts = [c * scale for c in SPLIT]
     n = sum(counts)
     even = [n // 3 + (1 if k < n % 3 else 0) for k in range(3)]
@@ -81,31 +105,44 @@ def measure(scale: int, reps: int) -> dict:
         out, grad_x = torch.empty(n, d_out), torch.empty(n, d_in)
         w = torch.randn(d_out, d_in)
         ws = [torch.randn(d_out, d_in) for _ in range(3)]
+        run = KERNELS[kernel]
         cases = {
-            "dense": lambda: matmuls(x, [w], grad, out, grad_x, [n]),
-            "split_same_w": lambda: matmuls(x, [w] * 3, grad, out, grad_x, counts),
-            "split_3w": lambda: matmuls(x, ws, grad, out, grad_x, counts),
-            "split_even_3w": lambda: matmuls(x, ws, grad, out, grad_x, even),
+            "dense": lambda: run(x, [w], grad, out, grad_x, [n]),
+            "split_same_w": lambda: run(x, [w] * 3, grad, out, grad_x, counts),
+            "split_3w": lambda: run(x, ws, grad, out, grad_x, counts),
+            "split_even_3w": lambda: run(x, ws, grad, out, grad_x, even),
         }
-        per_projection[name] = {k: t * 1e6 for k, t in round_robin(cases, reps).items()}
+        medians = round_robin(cases, reps, before=flush if cold else None)
+        per_projection[name] = {k: t * 1e6 for k, t in medians.items()}
         for k, v in per_projection[name].items():
             totals[k] = totals.get(k, 0.0) + v
     return {"tokens": n, "split": counts, "per_projection_us": per_projection, "block_us": totals,
             "vs_dense": {k: v / totals["dense"] for k, v in totals.items()}}
 
 
-def scan(rows: list[int], reps: int) -> dict:
-    """Cold-cache time of one gate/up forward matmul per row count, and the fitted fixed + per-row cost."""
-    d_in, d_out = PROJECTIONS["gate_up"]
-    w, flush = torch.randn(d_out, d_in), torch.empty(16 * 2**20)  # 64 MB: more than this VM's L2 + L3 share
+_FLUSH: list[torch.Tensor] = []
+
+
+def flush() -> None:
+    """Write 64 MB (more than this VM's L2 + L3 share): evicts the next call's weight, input and output."""
+    if not _FLUSH:
+        _FLUSH.append(torch.empty(16 * 2**20))
+    _FLUSH[0].add_(1.0)
+
+
+def scan(rows: list[int], reps: int, projection: str = "gate_up") -> dict:
+    """Cold-cache time of one forward matmul of ``projection`` per row count, and the fitted fixed + per-row cost."""
+    d_in, d_out = PROJECTIONS[projection]
+    w = torch.randn(d_out, d_in)
     inputs = {m: (torch.randn(m, d_in), torch.empty(m, d_out)) for m in rows}
     cases = {m: functools.partial(torch.mm, x, w.t(), out=out) for m, (x, out) in inputs.items()}
-    medians = round_robin(cases, reps, before=lambda: flush.add_(1.0))  # the write evicts x, w and out
+    medians = round_robin(cases, reps, before=flush)
     points = [{"rows": m, "ms": t * 1e3, "gflops": 2 * m * d_in * d_out / t / 1e9} for m, t in medians.items()]
     a = torch.tensor([[1.0, p["rows"]] for p in points], dtype=torch.float64)
     b = torch.tensor([[p["ms"]] for p in points], dtype=torch.float64)
     fixed, per_row = torch.linalg.lstsq(a, b).solution.flatten().tolist()
-    return {"projection": f"{d_in} -> {d_out}", "points": points, "fixed_ms": fixed, "per_row_us": per_row * 1e3}
+    return {"projection": f"{d_in} -> {d_out}", "name": projection, "weight_mb": d_in * d_out * 4 / 2**20,
+            "points": points, "fixed_ms": fixed, "per_row_us": per_row * 1e3}
 
 
 def main(argv=None) -> None:
@@ -115,6 +152,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--scan", action="store_true", help="cold-cache time of one forward matmul against its rows")
     p.add_argument("--rows", default="128,256,342,512,682,1024,2048", help="row counts for --scan")
+    p.add_argument("--projections", default="gate_up",
+                   help=f"--scan: comma-separated among {','.join(PROJECTIONS)}, or 'all'")
+    p.add_argument("--cold", action="store_true", help="block timing: evict the caches before every timed call")
+    p.add_argument("--kernel", choices=sorted(KERNELS), default="mkl",
+                   help="block timing: torch.mm (MKL) or oneDNN's linear")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -123,14 +165,23 @@ def main(argv=None) -> None:
     report = {"config": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                                  "threads": threads}}
     if args.scan:
-        r = report["scan"] = scan([int(r) for r in args.rows.split(",")], args.reps)
-        print(f"threads={threads}  {r['projection']} forward, cold cache")
-        for pt in r["points"]:
-            print(f"{pt['rows']:>6} rows {pt['ms']:>8.3f} ms {pt['gflops']:>7.1f} GFLOP/s")
-        print(f"fit: {r['fixed_ms']:.3f} ms per call + {r['per_row_us']:.3f} us per row")
+        names = list(PROJECTIONS) if args.projections == "all" else args.projections.split(",")
+        unknown = set(names) - set(PROJECTIONS)
+        if unknown:
+            raise SystemExit(f"unknown --projections {sorted(unknown)}; choose from {', '.join(PROJECTIONS)} or 'all'")
+        report["scans"] = []
+        for name in names:
+            r = scan([int(r) for r in args.rows.split(",")], args.reps, name)
+            report["scans"].append(r)
+            print(f"threads={threads}  {name} ({r['projection']}, weight {r['weight_mb']:.2f} MB) forward, cold cache")
+            for pt in r["points"]:
+                print(f"{pt['rows']:>6} rows {pt['ms']:>8.3f} ms {pt['gflops']:>7.1f} GFLOP/s")
+            print(f"fit: {r['fixed_ms']:.3f} ms per call + {r['per_row_us']:.3f} us per row")
     else:
-        rows = report["results"] = [measure(int(s), args.reps) for s in args.scales.split(",")]
-        print(f"threads={threads}  microseconds per block (4 projections, forward + backward)")
+        rows = report["results"] = [measure(int(s), args.reps, args.kernel, args.cold)
+                                    for s in args.scales.split(",")]
+        print(f"threads={threads}  kernel={args.kernel}  cache={'cold' if args.cold else 'warm'}  "
+              "microseconds per block (4 projections, forward + backward)")
         print(f"{'tokens':>7} " + " ".join(f"{k:>22}" for k in rows[0]["block_us"]))
         for r in rows:
             print(f"{r['tokens']:>7} " + " ".join(f"{v:>13.0f} ({r['vs_dense'][k]:.3f})"

@@ -7,11 +7,15 @@ ranks sharding them: the world size under FSDP, 1 under DDP or one device):
   precisions, whose weights stay fp32; 2 for ``bf16-true``); gradients the same;
 - optimizer state ``P * 4 * states / S`` (AdamW: 2 fp32 moments; SGD with momentum: 1; plain SGD: 0);
 - activations kept for the backward, per row of ``seq_len`` tokens, in the compute dtype's ``c`` bytes:
-  per layer ``4 * ffn_hidden + 16 * dim + 4 * n_heads`` values a token (``14 * dim`` without tower routing),
-  plus ``(1 + z) * vocab + 6 * dim`` for the embedding, final norm and logits (``z`` = 1 with a z-loss).
-  These coefficients were counted on this implementation with autograd's saved-tensor hooks (SDPA keeps no
-  ``T x T`` scores). With activation checkpointing a layer keeps its input only (``dim``) and one layer's
-  activations exist at a time, during its recomputation;
+  per layer ``4 * ffn_hidden + 12 * dim + 3 * n_heads`` values a token (``10 * dim`` without tower routing),
+  plus ``(1 + z) * vocab + 2 * dim + head_dim`` for the embedding, final norm, rotary angles and logits
+  (``z`` = 1 with a z-loss). These coefficients were counted on this implementation with autograd's
+  saved-tensor hooks on CPU in float32 (SDPA keeps no ``T x T`` scores), where every RMSNorm keeps only its
+  input and ``1/rms`` (``untied.py``'s hand-written norm). Elsewhere (``RunShape.norms="rms_norm"``, the
+  default: CUDA, autocast) norms run ``F.rms_norm`` and an untied one also keeps its normalised input for the
+  per-tower scale: ``dim`` more a token for each untied attention/FFN norm and the final norm, and
+  ``(n_heads + n_kv_heads) * head_dim`` for untied q/k norms. With activation checkpointing a layer keeps its
+  input only (``dim``) and one layer's activations exist at a time, during its recomputation;
 - transient: the logits' gradient and softmax in fp32 during the loss backward (``2 * vocab`` a token);
   under FSDP the gathered full weights of two blocks (the current and the prefetched one) and one block's
   unsharded gradients, plus the root module's (embedding, head, final norm: gathered from forward to
@@ -53,6 +57,9 @@ class RunShape:
     z_loss: bool = False
     latent_dim: int = 0
     sharded_init: bool = True  # FSDP2's meta-device build
+    # which RMSNorm the run's norms use (module docstring): "rms_norm" (F.rms_norm: CUDA, autocast) or
+    # "hand" (CPU float32: untied.py's hand-written norm, which keeps less for an untied norm)
+    norms: Literal["rms_norm", "hand"] = "rms_norm"
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,15 @@ def total_parameters(cfg: TransformerConfig, vocab_size: int, latent_dim: int = 
 
 def activation_values_per_token(cfg: TransformerConfig, shape: RunShape) -> float:
     """Values kept for the backward per token (module docstring)."""
-    routed = 16 if cfg.is_routed else 14
-    layer = 4 * cfg.ffn_hidden + routed * cfg.dim + 4 * cfg.n_heads
-    ends = (1 + int(shape.z_loss)) * shape.vocab_size + 6 * cfg.dim
+    routed = 12 if cfg.is_routed else 10
+    layer = 4 * cfg.ffn_hidden + routed * cfg.dim + 3 * cfg.n_heads
+    ends = (1 + int(shape.z_loss)) * shape.vocab_size + 2 * cfg.dim + cfg.head_dim
+    if shape.norms == "rms_norm":  # an untied F.rms_norm keeps its normalised input for the per-tower scale
+        untied_norms = cfg.towers_for("norm") > 1
+        layer += 2 * cfg.dim * untied_norms
+        ends += cfg.dim * untied_norms
+        if cfg.qk_norm and cfg.towers_for("attn") > 1:
+            layer += (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim
     if shape.activation_checkpointing:
         return cfg.n_layers * cfg.dim + layer + ends
     return cfg.n_layers * layer + ends

@@ -192,6 +192,58 @@ class _GroupedScale(torch.autograd.Function):
         return grad_x, None, *grad_ws
 
 
+class _RMSNorm(torch.autograd.Function):
+    """``y[slice_k] = rms_norm(x[slice_k]) * w_k`` over the last dimension, slices along dim 0; one weight and
+    one slice is the tied norm. Forward and backward by hand, for CPU eager float32/float64.
+
+    One autograd node and about five passes over the activations each way, where ``F.rms_norm`` on CPU runs
+    a dozen composite ops (and an untied norm added a per-tower scale on top); it saves only ``x`` and the
+    per-row ``1/rms``. With ``n = x / rms`` and ``s = sum_j g_j w_j x_j`` per row:
+    ``dx = rstd * (g * w) - rstd**3 * s / d * x`` and ``dw_k = sum over slice k of g * n``.
+    ``UntiedRMSNorm.reference`` is its simple twin.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float, counts: tuple[int, ...], *weights: Tensor) -> Tensor:
+        d = x.shape[-1]
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+        out = torch.mul(x, rstd)
+        for part, w in zip(out.split(counts), weights):
+            part.mul_(w)
+        ctx.save_for_backward(x, rstd, *weights)
+        ctx.counts = counts
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, rstd, *weights = ctx.saved_tensors
+        d, counts = x.shape[-1], ctx.counts
+        gxw = grad.mul(x).reshape(-1, d)  # g * x, one row per normalised vector
+        s = torch.empty(gxw.shape[0], dtype=x.dtype, device=x.device)
+        rows = [c * math.prod(x.shape[1:-1]) for c in counts]  # vectors per slice (x may be (N, heads, d))
+        grad_ws: list[Tensor | None] = []
+        for k, (ts, ss, rs, w) in enumerate(zip(gxw.split(rows), s.split(rows), rstd.reshape(-1).split(rows),
+                                                weights)):
+            torch.mv(ts, w, out=ss)  # s = (g * x) . w
+            grad_ws.append(torch.mv(ts.t(), rs) if ctx.needs_input_grad[3 + k] else None)  # sum of g * x * rstd
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            for gs, gxs, w in zip(grad.split(counts), grad_x.split(counts), weights):
+                torch.mul(gs, w, out=gxs)  # g * w
+            coef = rstd.pow(3).mul_(s.view(rstd.shape)).div_(-d)
+            grad_x.mul_(rstd).addcmul_(x, coef)
+        return grad_x, None, None, *grad_ws
+
+
+def _hand_norm(x: Tensor) -> bool:
+    """``_RMSNorm`` runs for CPU eager float32/float64 outside autocast; elsewhere ``F.rms_norm`` (fused on CUDA,
+    traced by the compiler, upcast in low precision)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:
     """The autocast compute dtype for ``x``'s device, or None outside autocast."""
     kind = x.device.type
@@ -302,9 +354,19 @@ class UntiedRMSNorm(_UntiedWeights):
             nn.init.ones_(w)
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
+        """x: (N, ..., dim), tower-sorted along dim 0 -> the same shape, in ``x``'s dtype."""
+        if self.n_weights > 1:
+            _check_towers(self.n_weights, routing)
+        if _hand_norm(x):  # tied or untied, the same kernel: dense and MoT pay alike
+            counts = routing.counts if self.n_weights > 1 else (x.shape[0],)
+            return _RMSNorm.apply(x, self.eps, counts, *(w.to(x.dtype) for w in self.weights))
+        return self.rms_norm_path(x, routing)
+
+    def rms_norm_path(self, x: Tensor, routing: Routing) -> Tensor:
+        """``forward`` off the CPU float32 eager path: ``F.rms_norm`` (fused on CUDA, traced when compiling,
+        composite ops on CPU) and, untied, a per-tower scale."""
         if self.n_weights == 1:  # weight in x's dtype, as the untied scale below (and the fused kernel) needs
             return F.rms_norm(x, (self.dim,), self.weights[0].to(x.dtype), self.eps)
-        _check_towers(self.n_weights, routing)
         normed = F.rms_norm(x, (self.dim,), None, self.eps)  # (N, ..., dim), no weight yet
         weights = [w.to(normed.dtype) for w in self.weights]
         if torch.compiler.is_compiling():  # traceable form; the compiler fuses it into the norm

@@ -112,6 +112,35 @@ def test_grouped_fast_path_matches_reference_forward_and_backward(layer_cls):
         assert_close(a, b, reduction=63 + 8, msg=name)  # a weight gradient sums over the 63 tokens
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("n_weights", [1, 3])
+def test_hand_norm_matches_rms_norm_on_head_views(n_weights, dtype):
+    """The hand-written CPU norm, tied and untied, against the ``F.rms_norm`` path that CUDA, autocast and the
+    compiler take: forward, input and weight gradients, on ``(N, heads, head_dim)`` views of a wider projection
+    (what q/k norms see: not contiguous), with an empty tower slice."""
+    counts = (5, 0, 9) if n_weights == 3 else (14,)
+    norm = UntiedRMSNorm(8, n_weights).to(dtype)
+    with torch.no_grad():
+        for w in norm.weights:
+            w.normal_()
+    gen = torch.Generator().manual_seed(0)
+    wide, grad = torch.randn(14, 40, generator=gen, dtype=dtype), torch.randn(14, 3, 8, generator=gen, dtype=dtype)
+
+    def run(fn):
+        src = wide.clone().requires_grad_(True)
+        norm.zero_grad()
+        y = fn(src[:, 8:32].unflatten(-1, (3, 8)), Routing(counts=counts))
+        y.backward(grad)
+        return y.detach(), src.grad, weight_grads(norm)
+
+    hand, composite = run(norm), run(norm.rms_norm_path)
+    probe = norm(wide.requires_grad_(True)[:, :8], Routing(counts=counts))
+    assert type(probe.grad_fn).__name__ == "_RMSNormBackward"  # forward took the hand path on the CPU
+    assert hand[1][:, :8].abs().max() == 0 and hand[1][:, 32:].abs().max() == 0  # only the view's columns
+    for name, a, b in zip(("output", "input grad", "weight grad"), hand, composite):
+        assert_close(a, b, reduction=8 + 14 * 3, msg=name)  # a weight gradient sums over 14 x 3 vectors
+
+
 def test_grouped_linear_follows_autocast():
     modality = interleaved_modality(2, 16, 2)
     r = Routing.build(modality, towers=[0, 1], n_towers=2)
