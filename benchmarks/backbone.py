@@ -138,8 +138,8 @@ def build_cases(args, device, dtype):
         for module in cases["mot_one_gemm"].modules():
             if isinstance(module, UntiedLinear) and module.n_weights > 1:
                 module.forward = functools.partial(_one_gemm, module)
-    for name in ("dense_rms_norm", "mot_rms_norm"):
-        for module in cases[name].modules() if name in cases else ():
+    for name in {"dense_rms_norm", "mot_rms_norm"} & set(cases):
+        for module in cases[name].modules():
             if isinstance(module, UntiedRMSNorm):
                 module.forward = module.rms_norm_path
     if "mot_no_gather" in cases:

@@ -120,14 +120,14 @@ def measure(scale: int, reps: int, kernel: str = "mkl", cold: bool = False) -> d
             "vs_dense": {k: v / totals["dense"] for k, v in totals.items()}}
 
 
-_FLUSH: list[torch.Tensor] = []
+@functools.cache
+def _flush_buffer() -> torch.Tensor:
+    return torch.empty(16 * 2**20)  # 64 MB: more than this VM's L2 + L3 share
 
 
 def flush() -> None:
-    """Write 64 MB (more than this VM's L2 + L3 share): evicts the next call's weight, input and output."""
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(16 * 2**20))
-    _FLUSH[0].add_(1.0)
+    """Write 64 MB: evicts the next call's weight, input and output."""
+    _flush_buffer().add_(1.0)
 
 
 def scan(rows: list[int], reps: int, projection: str = "gate_up") -> dict:

@@ -355,18 +355,19 @@ class UntiedRMSNorm(_UntiedWeights):
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         """x: (N, ..., dim), tower-sorted along dim 0 -> the same shape, in ``x``'s dtype."""
-        if self.n_weights > 1:
-            _check_towers(self.n_weights, routing)
-        if _hand_norm(x):  # tied or untied, the same kernel: dense and MoT pay alike
-            counts = routing.counts if self.n_weights > 1 else (x.shape[0],)
-            return _RMSNorm.apply(x, self.eps, counts, *(w.to(x.dtype) for w in self.weights))
-        return self.rms_norm_path(x, routing)
+        if not _hand_norm(x):
+            return self.rms_norm_path(x, routing)
+        if self.n_weights == 1:  # tied or untied, the same kernel: dense and MoT pay alike
+            return _RMSNorm.apply(x, self.eps, (x.shape[0],), self.weights[0].to(x.dtype))
+        _check_towers(self.n_weights, routing)
+        return _RMSNorm.apply(x, self.eps, routing.counts, *(w.to(x.dtype) for w in self.weights))
 
     def rms_norm_path(self, x: Tensor, routing: Routing) -> Tensor:
         """``forward`` off the CPU float32 eager path: ``F.rms_norm`` (fused on CUDA, traced when compiling,
         composite ops on CPU) and, untied, a per-tower scale."""
         if self.n_weights == 1:  # weight in x's dtype, as the untied scale below (and the fused kernel) needs
             return F.rms_norm(x, (self.dim,), self.weights[0].to(x.dtype), self.eps)
+        _check_towers(self.n_weights, routing)
         normed = F.rms_norm(x, (self.dim,), None, self.eps)  # (N, ..., dim), no weight yet
         weights = [w.to(normed.dtype) for w in self.weights]
         if torch.compiler.is_compiling():  # traceable form; the compiler fuses it into the norm
