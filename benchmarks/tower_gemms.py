@@ -5,6 +5,7 @@
     python benchmarks/tower_gemms.py --scan             # one forward matmul's time against its rows, cold cache
     python benchmarks/tower_gemms.py --scan --projections all   # the same for every projection of a block
     python benchmarks/tower_gemms.py --scales 1 --cold --kernel onednn   # oneDNN's matmuls instead of MKL's
+    python benchmarks/tower_gemms.py --scales 1 --cold --kernel mkl_grouped   # MKL's grouped batch GEMM
 
 An untied linear runs one matmul per tower on its contiguous slice of the tower-sorted tokens
 (``UntiedLinear``'s loop kernel); dense runs one matmul on all of them. Here the four projections of
@@ -23,6 +24,9 @@ writes 64 MB before each timed call, so weights and activations come from memory
 ``--kernel onednn`` runs every matmul through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel
 inductor uses for CPU linears) instead of ``torch.mm`` (MKL in the PyPI wheels). It has no ``out=``, so the
 per-tower outputs of the forward and input-gradient calls are concatenated, as a layer needs one tensor.
+``--kernel mkl_grouped`` runs each of the three matmuls as one call of MKL's grouped batch GEMM
+(``cblas_sgemm_batch``, one group per tower, called through ctypes from the MKL that ``libtorch_cpu`` links
+and exports): the one API here that takes every tower's matmul in a single call. Float32, x86 wheels only.
 Inside a step the split is timed by ``backbone.py``'s ``mot`` against ``mot_one_gemm``
 (benchmarks/README.md, "Where MoT's extra step time goes").
 
@@ -34,6 +38,7 @@ every extra per-tower call costs whatever its size.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import json
 import platform
@@ -76,7 +81,66 @@ def onednn_matmuls(x, weights, grad, out, grad_x, counts):
         torch.cat(gxs)
 
 
-KERNELS = {"mkl": matmuls, "onednn": onednn_matmuls}
+@functools.cache
+def _sgemm_batch():
+    """MKL's ``cblas_sgemm_batch`` as ``libtorch_cpu`` exports it (LP64: 32-bit sizes)."""
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    try:
+        return lib.cblas_sgemm_batch
+    except AttributeError:
+        raise SystemExit("--kernel mkl_grouped needs a torch build that exports MKL's cblas_sgemm_batch "
+                         "(the x86 PyPI wheels do)") from None
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
+
+
+def grouped_gemm(trans_a: bool, trans_b: bool, a: list, b: list, c: list) -> None:
+    """``c[g] = op(a[g]) @ op(b[g])`` for every g in one MKL call, one group of one matmul per g (row-major
+    float32 with unit column stride; ``op`` transposes where asked)."""
+    g = len(c)
+
+    def arr(kind, values):
+        return (kind * g)(*values)
+
+    ints, ptrs = ctypes.c_int, ctypes.c_void_p
+    k = [t.shape[0] if trans_a else t.shape[1] for t in a]
+    _sgemm_batch()(
+        ints(_ROW_MAJOR), arr(ints, [_TRANS if trans_a else _NO_TRANS] * g),
+        arr(ints, [_TRANS if trans_b else _NO_TRANS] * g),
+        arr(ints, [t.shape[0] for t in c]), arr(ints, [t.shape[1] for t in c]), arr(ints, k),
+        arr(ctypes.c_float, [1.0] * g), arr(ptrs, [t.data_ptr() for t in a]), arr(ints, [t.stride(0) for t in a]),
+        arr(ptrs, [t.data_ptr() for t in b]), arr(ints, [t.stride(0) for t in b]),
+        arr(ctypes.c_float, [0.0] * g), arr(ptrs, [t.data_ptr() for t in c]), arr(ints, [t.stride(0) for t in c]),
+        ints(g), arr(ints, [1] * g))
+
+
+def grouped_matmuls(x, weights, grad, out, grad_x, counts):
+    """``matmuls`` with each of the three matmuls as one grouped MKL call over the slices (the weight gradients
+    are new tensors, as ``torch.mm`` makes them in ``matmuls``)."""
+    xs, gs = x.split(counts), grad.split(counts)
+    grouped_gemm(False, True, xs, weights, out.split(counts))  # forward
+    grouped_gemm(False, False, gs, weights, grad_x.split(counts))  # input gradient
+    grouped_gemm(True, False, gs, xs, [torch.empty_like(w) for w in weights])  # weight gradient
+
+
+def check_grouped() -> None:
+    """Stop unless ``grouped_gemm`` gives ``torch.mm``'s products for uneven slices (all three layouts)."""
+    counts, d_in, d_out = [5, 0, 11], 7, 9
+    x, grad, ws = torch.randn(16, d_in), torch.randn(16, d_out), [torch.randn(d_out, d_in) for _ in counts]
+    out, grad_x, grad_w = torch.empty(16, d_out), torch.empty(16, d_in), [torch.empty(d_out, d_in) for _ in counts]
+    xs, gs = x.split(counts), grad.split(counts)
+    grouped_gemm(False, True, xs, ws, out.split(counts))
+    grouped_gemm(False, False, gs, ws, grad_x.split(counts))
+    grouped_gemm(True, False, gs, xs, grad_w)
+    pairs = [(out, torch.cat([a @ w.t() for a, w in zip(xs, ws)])),
+             (grad_x, torch.cat([g @ w for g, w in zip(gs, ws)])),
+             *zip(grad_w, [g.t() @ a for g, a in zip(gs, xs)])]  # the empty slice's gradient is zeros
+    for got, want in pairs:
+        torch.testing.assert_close(got, want)  # float32 defaults: rtol 1.3e-6, atol 1e-5
+
+
+KERNELS = {"mkl": matmuls, "onednn": onednn_matmuls, "mkl_grouped": grouped_matmuls}
 
 
 def round_robin(cases: dict, reps: int, before=None) -> dict:
@@ -156,7 +220,7 @@ def main(argv=None) -> None:
                    help=f"--scan: comma-separated among {','.join(PROJECTIONS)}, or 'all'")
     p.add_argument("--cold", action="store_true", help="block timing: evict the caches before every timed call")
     p.add_argument("--kernel", choices=sorted(KERNELS), default="mkl",
-                   help="block timing: torch.mm (MKL) or oneDNN's linear")
+                   help="block timing: torch.mm (MKL), oneDNN's linear, or MKL's grouped batch GEMM")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -178,6 +242,8 @@ def main(argv=None) -> None:
                 print(f"{pt['rows']:>6} rows {pt['ms']:>8.3f} ms {pt['gflops']:>7.1f} GFLOP/s")
             print(f"fit: {r['fixed_ms']:.3f} ms per call + {r['per_row_us']:.3f} us per row")
     else:
+        if args.kernel == "mkl_grouped":
+            check_grouped()
         rows = report["results"] = [measure(int(s), args.reps, args.kernel, args.cold)
                                     for s in args.scales.split(",")]
         print(f"threads={threads}  kernel={args.kernel}  cache={'cold' if args.cold else 'warm'}  "
