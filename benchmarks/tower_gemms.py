@@ -84,12 +84,11 @@ def onednn_matmuls(x, weights, grad, out, grad_x, counts):
 @functools.cache
 def _sgemm_batch():
     """MKL's ``cblas_sgemm_batch`` as ``libtorch_cpu`` exports it (LP64: 32-bit sizes)."""
-    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
     try:
-        return lib.cblas_sgemm_batch
-    except AttributeError:
-        raise SystemExit("--kernel mkl_grouped needs a torch build that exports MKL's cblas_sgemm_batch "
-                         "(the x86 PyPI wheels do)") from None
+        return ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")).cblas_sgemm_batch
+    except (OSError, AttributeError):
+        raise SystemExit("--kernel mkl_grouped needs a Linux torch build that links MKL and exports its "
+                         "cblas_sgemm_batch (the x86 PyPI wheels do)") from None
 
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
