@@ -18,17 +18,12 @@ same tokenizers in both runs and compare per token as they are.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This folder holds tokenizers.py, named like HF's `tokenizers` package (which BPE loads): drop the folder
-# from the import path first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import math
+import sys
 from collections import Counter
+from pathlib import Path
 
 import torch
 import yaml

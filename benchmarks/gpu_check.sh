@@ -128,9 +128,9 @@ if timeout "${BUILD_TIMEOUT:-480}" python benchmarks/meta_build.py "${BUILD[@]}"
     > "$OUT/meta_build.log" 2>&1; then echo ok; else echo "FAILED rc=$?"; fi > "$OUT/meta_build.status"
 stamp "  meta build: $(cat "$OUT/meta_build.status")"
 
-# 4. one table
+# 4. one table (meta_build.json ends without a newline: echo one before the closing fence)
 stamp "summary"
 python benchmarks/gpu_check.py summarize "$OUT"
 { echo; echo "## Meta-device build ($(cat "$OUT/meta_build.status"))"; echo; echo '```'
-  cat "$OUT/meta_build.json" 2>/dev/null; echo '```'; } >> "$OUT/gpu_check.md"
+  cat "$OUT/meta_build.json" 2>/dev/null; echo; echo '```'; } >> "$OUT/gpu_check.md"
 stamp "done; table in $OUT/gpu_check.md"

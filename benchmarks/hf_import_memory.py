@@ -17,18 +17,14 @@ The import's overhead is ``import - model``: the claim is "about one tensor" (th
 """
 from __future__ import annotations
 
+import argparse
+import json
+import resource
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# This folder holds tokenizers.py, named like HF's `tokenizers` package: drop it from the import path first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 CONFIG = dict(vocab_size=32_000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
               num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=False, rope_theta=10_000.0)

@@ -5,7 +5,7 @@ Speeds, printed as a markdown table:
     mot tokenizer demo-data                       # once: data/demo/tokenizers (about 10 s)
     mot tokenizer fit --config configs/tokenizers/vqvae_image.yaml    # optional: learned image tokenizers,
     mot tokenizer fit --config configs/tokenizers/klvae_latent.yaml   # their fit time/metrics are read back
-    python benchmarks/tokenizers.py [--data data/demo/tokenizers] [--runs runs/tokenizers] [--threads 2]
+    python benchmarks/tokenizer_bench.py [--data data/demo/tokenizers] [--runs runs/tokenizers] [--threads 2]
 
 Fits the fast tokenizers (BPE, k-means image, speech units) here and times them; for the VQ-VAE
 and KL-VAE it reads the fit time and held-out metrics that `mot tokenizer fit` wrote
@@ -15,17 +15,11 @@ The image tokenizers that the LM settings train on (k-means in configs/chameleon
 the configs/image_tokenizer/vqvae.yaml overlay), fitted as `mot fit` fits them (on the demo corpus'
 training shards, 10% of the images held out by key hash) and measured on the same held-out images:
 
-    python benchmarks/tokenizers.py compare-images --out benchmarks/results/tokenizers_demo.json
+    python benchmarks/tokenizer_bench.py compare-images --out benchmarks/results/tokenizers_demo.json
 
 writes the JSON and a markdown table beside it (``.md``).
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file is named like HF's `tokenizers` package: drop its folder from the import path first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import contextlib
@@ -33,8 +27,10 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import yaml
