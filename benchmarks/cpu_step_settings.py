@@ -85,6 +85,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu_step_settings.json")
     args = p.parse_args()
     sizes, settings = args.sizes.split(","), args.settings.split(",")
+    unknown = [k for k in settings if k not in SETTINGS]
+    if unknown or "eager" not in settings:
+        p.error(f"--settings: {', '.join(unknown) or 'eager missing'}; choose from {', '.join(SETTINGS)}, with "
+                "eager (every other setting's speed is given against it)")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or Path(tmp) / "data"
         # the first run writes the procedural validation shards and fits the tokenizers, once, before the others

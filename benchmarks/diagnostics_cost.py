@@ -3,8 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/diagnostics_cost.py --config configs/speech/mot.yaml,configs/procedural.yaml \
         --out benchmarks/results/diagnostics_cost_speech.json [overrides, e.g. --data.demo.dir DIR]
 
-Builds the model and data of the config (``generate.build``), takes real validation batches (training batches
-have the same shape: B x T of the config), and times, median of ``--reps``:
+Builds the model and data of the config (``mot_lightning.building.build``), takes real validation batches
+(training batches have the same shape: B x T of the config), and times, median of ``--reps``. It reads the
+demo corpus and the fitted tokenizer files that a ``mot fit`` of the same configs writes (a run of one step
+is enough); without them it stops, naming the missing file.
 
 - a training step: objective forward + backward + clipping + AdamW step (``TowerHealth`` off);
 - ``TowerHealth`` at a logging step: the per-group gradient norms at clipping, the weight snapshot, the weight

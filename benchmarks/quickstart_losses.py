@@ -33,14 +33,21 @@ def read(run_dir: str) -> dict:
             raise SystemExit(f"{run_dir} has no scalar {tag!r}: is it a quickstart run?")
         return {int(step): float(value) for step, value in zip(scalars[tag].steps, scalars[tag].values)}
 
+    def at(tag: str, step: int) -> float:
+        values = series(tag)
+        if step not in values:  # a logged batch without this modality has no loss for it
+            raise SystemExit(f"{run_dir}: {tag!r} has no value at step {step} (logged at {len(values)} other "
+                             "steps): is it a quickstart run?")
+        return values[step]
+
     first, last = min(series("train/loss_text")), max(series("train/loss_text"))
     val_step = max(series("val/loss_text"))
     out = {"train_first_step": first, "train_last_step": last, "val_step": val_step,
-           "train_first": {m: series(f"train/loss_{m}")[first] for m in MODALITIES},
-           "train_last": {m: series(f"train/loss_{m}")[last] for m in MODALITIES},
-           "val": {m: series(f"val/loss_{m}")[val_step] for m in MODALITIES}}
+           "train_first": {m: at(f"train/loss_{m}", first) for m in MODALITIES},
+           "train_last": {m: at(f"train/loss_{m}", last) for m in MODALITIES},
+           "val": {m: at(f"val/loss_{m}", val_step) for m in MODALITIES}}
     for name in VAL_SETS:
-        out[name] = {m: series(f"val/{name}/loss_{m}")[val_step] for m in MODALITIES}
+        out[name] = {m: at(f"val/{name}/loss_{m}", val_step) for m in MODALITIES}
     return out
 
 

@@ -15,7 +15,10 @@ difference counts when its interval excludes 0; one no larger than 1.96 x the tw
 
 Writes ``<out>/generation.md`` (the table), ``<out>/generation.json`` (every metric of every run, with n and
 SE, and the commands) and each run's ``metrics.json`` / ``samples.png`` under ``<out>/<setting>_<arm>_s<seed>``
-(only the seed-0 grids are kept with ``--keep-grids 1``, the default).
+(only the seed-0 grids are kept with ``--keep-grids 1``, the default). Each run is scored with the backbone
+its own ``config.yaml`` records, so every ``--size`` of the sweep works. The first ``mot eval`` in a fresh
+``--cwd`` fits the procedural world's scorer once (about 4.5 minutes on 2 cores) and keeps it beside the
+fitted tokenizers (``data.tokenizer_files.dir``) for every later run.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,12 +58,26 @@ def checkpoints(runs: Path, setting: str, arm: str, size: str) -> dict[int, Path
     return found
 
 
+def backbone_overlay(ckpt: Path, folder: Path) -> Path:
+    """A YAML overlay with the ``model.backbone`` the run trained (its ``config.yaml``): the sweep point's sizes,
+    which ``configs/<setting>/<arm>.yaml`` alone does not give (it has the shipped widths)."""
+    run = ckpt.parent.parent
+    saved = sorted(run.glob("version_*/config.yaml"), key=lambda f: int(f.parent.name.split("_")[1]))
+    if not saved:
+        raise SystemExit(f"{run} has no version_*/config.yaml (written by `mot fit`): cannot tell its model size")
+    backbone = yaml.safe_load(saved[-1].read_text())["model"]["backbone"]
+    overlay = folder / ("backbone_" + "_".join(run.parts[-4:]) + ".yaml")  # <setting>_<arm>_<size>_<run>
+    overlay.write_text(yaml.safe_dump({"model": {"backbone": backbone}}))
+    return overlay
+
+
 def evaluate(job: tuple, args, overlay: Path) -> dict:
     setting, arm, seed, ckpt = job
     out = args.out / f"{setting}_{arm}_s{seed}"
     cmd = [sys.executable, "-m", "mot_lightning.commands", "eval", "--ckpt", str(ckpt),
            "--config", str(ROOT / f"configs/{setting}/{arm}.yaml"), "--config", str(ROOT / "configs/procedural.yaml"),
-           "--config", str(overlay), "--out", str(out), "--n", str(args.n), "--n_heldout", str(args.n_heldout),
+           "--config", str(overlay), "--config", str(backbone_overlay(ckpt, overlay.parent)),
+           "--out", str(out), "--n", str(args.n), "--n_heldout", str(args.n_heldout),
            "--n_speech", str(args.n_speech if setting == "speech" else 0), "--seed", "0", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=args.cwd, env=env, capture_output=True, text=True)

@@ -58,7 +58,8 @@ def data_module(configs: list[Path], demo_dir: str, tokenizer_dir: str, batches:
                          "loader": {"train_batches_per_epoch": batches + 1}})
     parser = ArgumentParser()
     parser.add_class_arguments(MultiModalDataModule, "data")
-    return parser.instantiate_classes(parser.parse_object({"data": data})).data
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # its name < 4.49
+    return instantiate(parser.parse_object({"data": data})).data
 
 
 def measure_loader(dm: MultiModalDataModule, batches: int) -> dict:

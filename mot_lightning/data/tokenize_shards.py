@@ -283,7 +283,8 @@ def parse(argv: list[str]):
     with tempfile.TemporaryDirectory() as folder:
         parser = _parser()
         cfg = parser.parse_args(_data_only(argv, folder))
-        return parser.instantiate_classes(cfg).data, cfg
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # its name < 4.49
+        return instantiate(cfg).data, cfg
 
 
 def tokenize_split(dm, out: str, split: str = "train", batch_size: int = 64, workers: int = 2,
