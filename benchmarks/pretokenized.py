@@ -95,7 +95,8 @@ def run_setting(name: str, base: list[str], work: str, args, batches: int) -> di
     tokenize_s = time.perf_counter() - start
     raw = measure(parse([*base, *loader, "--out", out])[0], batches)
     sources = [info["config"] for info in manifest["sources"].values()]
-    pre_dm, _ = parse([*base, *loader, "--data.sources", json.dumps(sources), "--out", out])
+    files = ["--data.tokenizer_files.files", json.dumps(manifest["tokenizer_files"])]  # as `mot data tokenize` says
+    pre_dm, _ = parse([*base, *loader, "--data.sources", json.dumps(sources), *files, "--out", out])
     pre = measure(pre_dm, batches)
     return {"setting": name, "workers": args.workers, "batches": batches, "cpus": os.cpu_count(),
             "raw": raw, "pretokenized": pre, "speedup": round(pre["tokens_per_s"] / raw["tokens_per_s"], 1),

@@ -15,7 +15,10 @@ the stream uses, so a document's ids are exactly what training on the raw shard 
 see (tested). Output: ``<out>/<split>/<source>/<source>-%06d.tar`` (samples of ``chunk``
 consecutive documents, ``shard_size`` documents per shard) and a
 ``manifest.json``; the command prints the ``sources:`` / ``val_sets:`` YAML that
-points at them. Documents are kept whatever their length (``seq_len`` may change).
+points at them, with ``tokenizer_files.files`` naming the fitted tokenizer files that
+made them: a run on the new sources reads those files (fitted files are named by the
+data they were fitted on, which the new sources are not). Documents are kept whatever
+their length (``seq_len`` may change).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import webdataset as wds
 import yaml
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.documents import BadSample, DecodeLimits, Document, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import LatentDoc
@@ -294,7 +298,8 @@ def tokenize_split(dm, out: str, split: str = "train", batch_size: int = 64, wor
     dm.setup("validate")  # loads them
     stamp = fingerprints(dm.encoder, dm.image_size)
     split_dir = os.path.join(out, split)
-    manifest = {"split": split, "fingerprint": stamp, "sources": {}}
+    files = {m.label: f for m, f in fitted.fitted_files(dm.tokenizers, dm.plan.fit_place()).items()}
+    manifest = {"split": split, "fingerprint": stamp, "tokenizer_files": files, "sources": {}}
     for source in dm.split_sources(split):
         start = time.perf_counter()
         got = tokenize_source(source, dm.encoder, dm.kept, os.path.join(split_dir, source.name), dm.image_size,
@@ -318,6 +323,8 @@ def main(argv: list[str]) -> None:
     manifest = tokenize_split(dm, cfg.out, cfg.split, cfg.batch_size, cfg.workers, cfg.device, cfg.shard_size,
                               cfg.chunk)
     key = "sources" if cfg.split == "train" else "val_sets"
-    snippet = [info["config"] for info in manifest["sources"].values()]
+    data = {key: [info["config"] for info in manifest["sources"].values()]}
+    if manifest["tokenizer_files"]:  # the fitted files that made the shards, whatever data they are named by
+        data["tokenizer_files"] = {"files": manifest["tokenizer_files"]}
     print("\nin the training YAML (raw and pre-tokenized sources mix freely):\n"
-          + yaml.safe_dump({"data": {key: snippet}}, sort_keys=False, default_flow_style=None))
+          + yaml.safe_dump({"data": data}, sort_keys=False, default_flow_style=None))

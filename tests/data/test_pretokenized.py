@@ -215,3 +215,37 @@ def test_mot_data_tokenize_from_a_training_yaml(tmp_path, capsys):
     assert (tmp_path / "out" / "held" / "manifest.json").is_file()
     assert png_bytes  # the raw corpus holds PNGs; the output holds none
     assert not [p for p in (tmp_path / "out").rglob("*.png")]
+
+
+def test_a_run_on_the_printed_yaml_reads_the_fitted_tokenizers_that_made_the_shards(tmp_path, capsys):
+    """Fitted tokenizer files are named by the data they were fitted on, and the pre-tokenized sources are
+    other data: the printed YAML names the files that made the shards, and a run on it loads them (without
+    them the run asks which file is meant)."""
+    from mot_lightning.data.options import TokenizerFiles
+
+    mixed_corpus(tmp_path, n=24, shards=4)
+    kmeans = {"resolution": 16, "patch_size": 4, "codebook_size": 8, "iters": 2}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "text_tokenizer": {"class_path": "mot_lightning.tokenizers.text.ByteTokenizer"},
+        "image_tokenizer": {"class_path": "mot_lightning.tokenizers.image_kmeans.KMeansImageTokenizer",
+                            "init_args": {"config": kmeans}},
+        "sources": [{"name": "mix", "urls": str(tmp_path / RAW)}], "seq_len": 128, "loader": {"num_workers": 0},
+        "tokenizer_files": {"dir": str(tmp_path / "tok")}}}))
+    tokenize_main(["--config", str(config), "--out", str(tmp_path / "out"), "--workers", "1"])
+    printed = capsys.readouterr().out
+    data = yaml.safe_load(printed[printed.index("\ndata:"):])["data"]
+    [fit] = (tmp_path / "tok").glob("image-KMeansImageTokenizer-*.pt")  # fitted by the command, once
+    assert data["tokenizer_files"] == {"files": {"image": str(fit)}}
+    manifest = yaml.safe_load((tmp_path / "out" / "train" / "manifest.json").read_text())
+    assert manifest["tokenizer_files"] == {"image": str(fit)}
+
+    pre = [SourceConfig(**source) for source in data["sources"]]
+    kw = {"image_tokenizer": KMeansImageTokenizer(KMeansImageConfig(**kmeans)), "speech_tokenizer": None,
+          "num_workers": 0}
+    with pytest.raises(FileNotFoundError, match="name the one you mean"):
+        make_datamodule(tmp_path, pre, tokenizer_files=TokenizerFiles(dir=str(tmp_path / "tok")), **kw).setup("fit")
+    dm = make_datamodule(tmp_path, pre, tokenizer_files=TokenizerFiles(**data["tokenizer_files"]), **kw)
+    dm.setup("fit")
+    assert dm.tokenizer_stamp()["image"]["file"] == str(fit)  # what a checkpoint of the run records
+    assert len(list(dm.train_dataloader())) == 5
