@@ -34,18 +34,6 @@ from mot_lightning.data.batch import MultiModalBatch
 from mot_lightning.modality import Modality
 
 
-def build_datamodule(data: dict):
-    """A ``MultiModalDataModule`` from a resolved ``data`` section (a run's saved config.yaml)."""
-    from jsonargparse import ArgumentParser
-
-    from mot_lightning.data.datamodule import MultiModalDataModule
-
-    parser = ArgumentParser()
-    parser.add_class_arguments(MultiModalDataModule, "data")
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # the name before 4.49
-    return instantiate(parser.parse_object({"data": data})).data
-
-
 def batch_counts(batch: MultiModalBatch, vocab, text_tok) -> Counter:
     """Targets per modality, text bytes, text runs, documents and padding of one packed batch."""
     out = Counter()
@@ -78,7 +66,9 @@ def validation_counts(run_dir: Path) -> tuple[dict, dict]:
     config = yaml.safe_load(next(run_dir.glob("version_*/config.yaml")).read_text())
     data = config["data"]
     data["loader"]["num_workers"] = 0  # the same packed rows, read in this process
-    dm = build_datamodule(data)
+    from mot_lightning.data.datamodule import MultiModalDataModule  # Lightning: imported when used
+
+    dm = MultiModalDataModule.from_data_section(data)
     dm.prepare_data()  # fitted tokenizer files exist after the run: only loads them
     dm.setup("validate")
     text_tok = dm.tokenizers[Modality.TEXT]

@@ -146,17 +146,6 @@ def resolved_data(configs: list[str]) -> dict:
     return yaml.safe_load(out.getvalue())["data"]
 
 
-def build_datamodule(data: dict):
-    """A ``MultiModalDataModule`` from a resolved ``data`` section (its tokenizers are not fitted yet)."""
-    from jsonargparse import ArgumentParser
-
-    from mot_lightning.data.datamodule import MultiModalDataModule
-
-    parser = ArgumentParser()
-    parser.add_class_arguments(MultiModalDataModule, "data")
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # the name before 4.49
-    return instantiate(parser.parse_object({"data": data})).data
-
 
 def code_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """long[N, n] codes -> codes used, never used, and the perplexity of their histogram (max: codebook_size)."""
@@ -183,12 +172,14 @@ def measure_image_tokenizer(tok, images: torch.Tensor, held: torch.Tensor) -> di
 
 def compare_images(settings: dict[str, list[str]], demo_dir: str | None) -> list[dict]:
     """Fit each setting's image tokenizer on the demo corpus as ``prepare_data`` does; measure it."""
+    from mot_lightning.data.datamodule import MultiModalDataModule  # Lightning: imported when used
+
     rows = []
     for name, configs in settings.items():
         data = resolved_data(configs)
         if demo_dir:
             data["demo"]["dir"] = demo_dir
-        dm = build_datamodule(data)
+        dm = MultiModalDataModule.from_data_section(data)
         corpus = dm.demo.corpus(dm.image_size)
         corpus.prepare()
         fit_data = FitData(path=corpus.fit_data())  # the split prepare_data's fit uses (FitData defaults)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
 
 from mot_lightning.data.datamodule import MultiModalDataModule
 
@@ -56,10 +55,7 @@ def data_module(configs: list[Path], demo_dir: str, tokenizer_dir: str, batches:
         data = _merge(data, yaml.safe_load(path.read_text()).get("data") or {})
     data = _merge(data, {"demo": {"dir": demo_dir}, "tokenizer_files": {"dir": tokenizer_dir},
                          "loader": {"train_batches_per_epoch": batches + 1}})
-    parser = ArgumentParser()
-    parser.add_class_arguments(MultiModalDataModule, "data")
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # its name < 4.49
-    return instantiate(parser.parse_object({"data": data})).data
+    return MultiModalDataModule.from_data_section(data)
 
 
 def measure_loader(dm: MultiModalDataModule, batches: int) -> dict:

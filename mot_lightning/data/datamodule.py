@@ -45,6 +45,17 @@ from mot_lightning.tokenizers.base import DiscreteTokenizer, Tokenizer
 
 
 class MultiModalDataModule(MediaPairs, pl.LightningDataModule):
+    @classmethod
+    def from_data_section(cls, data: dict) -> MultiModalDataModule:
+        """The module as ``mot fit`` builds it from a YAML ``data:`` mapping (typed groups checked,
+        ``class_path`` tokenizers instantiated); its tokenizers are not fitted yet."""
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser()
+        parser.add_class_arguments(cls, "data")
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # its name < 4.49
+        return instantiate(parser.parse_object({"data": data})).data
+
     def __init__(
         self,
         text_tokenizer: DiscreteTokenizer,

@@ -36,7 +36,6 @@ import webdataset as wds
 import yaml
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mot_lightning.data import fitted_tokenizers as fitted
 from mot_lightning.data.documents import BadSample, DecodeLimits, Document, parse_sample
 from mot_lightning.data.encode import DocumentEncoder
 from mot_lightning.data.packing import LatentDoc
@@ -298,7 +297,7 @@ def tokenize_split(dm, out: str, split: str = "train", batch_size: int = 64, wor
     dm.setup("validate")  # loads them
     stamp = fingerprints(dm.encoder, dm.image_size)
     split_dir = os.path.join(out, split)
-    files = {m.label: f for m, f in fitted.fitted_files(dm.tokenizers, dm.plan.fit_place()).items()}
+    files = {label: entry["file"] for label, entry in dm.tokenizer_stamp().items() if entry["file"]}
     manifest = {"split": split, "fingerprint": stamp, "tokenizer_files": files, "sources": {}}
     for source in dm.split_sources(split):
         start = time.perf_counter()

@@ -6,6 +6,7 @@ tokenizer fingerprints that differ are refused naming the tokenizer, nothing is 
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from dataclasses import fields
 
@@ -237,7 +238,7 @@ def test_a_run_on_the_printed_yaml_reads_the_fitted_tokenizers_that_made_the_sha
     data = yaml.safe_load(printed[printed.index("\ndata:"):])["data"]
     [fit] = (tmp_path / "tok").glob("image-KMeansImageTokenizer-*.pt")  # fitted by the command, once
     assert data["tokenizer_files"] == {"files": {"image": str(fit)}}
-    manifest = yaml.safe_load((tmp_path / "out" / "train" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "train" / "manifest.json").read_text())
     assert manifest["tokenizer_files"] == {"image": str(fit)}
 
     pre = [SourceConfig(**source) for source in data["sources"]]

@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 from diffusers import AutoencoderKL, VQModel
-from jsonargparse import ArgumentParser
 
 from mot_lightning.data.datamodule import MultiModalDataModule
 from mot_lightning.data.documents import Document, Segment
@@ -130,10 +129,7 @@ data:
 
 
 def _datamodule(cls: str, path: str) -> MultiModalDataModule:
-    parser = ArgumentParser()
-    parser.add_class_arguments(MultiModalDataModule, "data")
-    cfg = parser.parse_object(yaml.safe_load(DATA_YAML.format(cls=cls, path=path, res=RES)))
-    return parser.instantiate_classes(cfg).data
+    return MultiModalDataModule.from_data_section(yaml.safe_load(DATA_YAML.format(cls=cls, path=path, res=RES))["data"])
 
 
 def test_vq_adapter_by_class_path_gives_joint_ids(vq_dir):
